@@ -1,8 +1,4 @@
-# Loads the sbio pytest plugin for this repository even when sbio is not
-# installed (an installed sbio registers it through its pytest11 entry point).
-import importlib.metadata
-
-try:
-    importlib.metadata.distribution("sbio")
-except importlib.metadata.PackageNotFoundError:
-    pytest_plugins = ["sbio.testing"]
+# The sbio pytest plugin (sbio.testing) is loaded by `-p sbio.testing` in
+# pytest.ini, first, so gevent is monkey-patched before other plugins import
+# ssl or threading. An installed sbio also registers it as the pytest11 entry
+# point "sbio.testing" for projects that use sbio.

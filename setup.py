@@ -52,7 +52,7 @@ setup(
             "sbio=sbio.cli:main",
             "run_server=sbio.cli:main",
         ],
-        "pytest11": ["sbio=sbio.testing"],
+        "pytest11": ["sbio.testing=sbio.testing"],
     },
     classifiers=[
         "Framework :: Flask",

@@ -1,7 +1,23 @@
-"""pytest plugin for sbio applications (registered as the ``sbio`` pytest11 entry point).
+r"""pytest plugin for sbio applications (registered as the ``sbio`` pytest11 entry point).
+
+Loading the plugin monkey-patches gevent first thing (``gevent.monkey.patch_all()``),
+as ``sbio run`` does; set ``SBIO_MONKEY_PATCH=0`` to opt out.
 
 Fixtures
 --------
+``sbio_client``
+    factory of :class:`LocalClient`: an in-process client for a Namespace
+    class that goes through the same dispatch code as a real connection,
+    with real socket.io packets and no network.
+``sbio_server``
+    factory of real :class:`sbio.Server`\ s on a free loopback port, stopped
+    after the test.
+``live_client``
+    factory of :class:`LiveClient`: a python-socketio client connected to a
+    server over a real socket (websocket or polling).
+``sbio_config``
+    the configuration the two factories use (sbio's defaults, host 127.0.0.1,
+    port 0); override it in your conftest to change settings.
 ``postgres_url`` / ``redis_url`` / ``chromium_executable``
     The local service to test against. When the service is not reachable
     the test is skipped with a message naming what is missing; with the
@@ -9,11 +25,28 @@ Fixtures
     the skip becomes a failure, so CI always runs those tests.
 """
 import os
-import shutil
-import socket
-from urllib.parse import urlsplit
 
-import pytest
+if os.environ.get("SBIO_MONKEY_PATCH", "1").lower() not in ("0", "false", "no"):
+    from gevent import monkey
+
+    if not monkey.is_module_patched("socket"):
+        monkey.patch_all()
+
+import itertools  # noqa: E402
+import shutil  # noqa: E402
+import socket  # noqa: E402
+import uuid  # noqa: E402
+from urllib.parse import urlsplit  # noqa: E402
+
+import gevent  # noqa: E402
+import gevent.event  # noqa: E402
+import pytest  # noqa: E402
+from engineio import packet as eio_packet  # noqa: E402
+from socketio import packet as sio_packet  # noqa: E402
+
+from .errors import ConnectionRefused, RpcError, SbioError  # noqa: E402
+
+__all__ = ["CallError", "LocalClient", "LiveClient", "missing_service"]
 
 #: Environment variable that turns "service missing" skips into failures.
 REQUIRE_SERVICES_ENV = "SBIO_REQUIRE_SERVICES"
@@ -81,3 +114,432 @@ def chromium_executable():
     except ImportError:
         missing_service("Playwright (pip install playwright)")
     return path
+
+
+# -- clients ----------------------------------------------------------------------
+
+
+class CallError(RpcError):
+    """A test client's call was answered with ``{"ok": false, "error": ...}``.
+
+    ``code`` and ``message`` are the error's; for an ``internal`` error of an
+    in-process client, ``__cause__`` is the exception the handler raised.
+    """
+
+    __test__ = False
+
+
+class _ClientBase:
+    """What both test clients share: the received-events log and waiting on it."""
+
+    __test__ = False
+
+    def __init__(self, namespace, timeout):
+        self.namespace = namespace
+        self.timeout = timeout
+        self.events = []  # [(event, args)]
+        self._arrived = gevent.event.Event()
+
+    def _record(self, event, args):
+        self.events.append((event, list(args)))
+        self._arrived.set()
+
+    def received(self, event=None):
+        """Every event received so far (or only *event*), as ``[(event, args)]``
+        or, with *event*, a list of argument lists."""
+        if event is None:
+            return list(self.events)
+        return [args for name, args in self.events if name == event]
+
+    def receive(self, event, timeout=None, count=1):
+        """Wait until *count* ``event`` events have been received; return the last's args.
+
+        Raises :class:`TimeoutError` after *timeout* seconds (the client's default).
+        """
+        timeout = self.timeout if timeout is None else timeout
+        with gevent.Timeout(timeout, TimeoutError(
+                f"{count} {event!r} event(s) not received within {timeout}s "
+                f"(got: {[name for name, _ in self.events]})")):
+            while True:
+                matching = self.received(event)
+                if len(matching) >= count:
+                    return matching[count - 1]
+                self._arrived.clear()
+                self._arrived.wait()
+
+    @staticmethod
+    def _unwrap(envelope, cause=None):
+        if not isinstance(envelope, dict) or "ok" not in envelope:
+            raise SbioError(f"the server answered with a non-envelope ack: {envelope!r}")
+        if envelope["ok"]:
+            return envelope.get("data")
+        error = envelope.get("error") or {}
+        exc = CallError(error.get("code", "unknown"), error.get("message", ""))
+        if cause is not None:
+            raise exc from cause
+        raise exc
+
+    def call(self, event, *args, timeout=None):
+        """Call *event* with an ack; return its data or raise :class:`CallError`."""
+        envelope, cause = self._call(event, args, timeout)
+        return self._unwrap(envelope, cause)
+
+    def call_envelope(self, event, *args, timeout=None):
+        """Call *event* with an ack and return the raw envelope dict."""
+        return self._call(event, args, timeout)[0]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.disconnect()
+
+
+class LocalClient(_ClientBase):
+    """An in-process socket.io client of one namespace of an (unstarted) :class:`sbio.Server`.
+
+    Packets are encoded and decoded exactly as on the wire and handed to
+    python-socketio's packet handling, so the dispatch, ACL, error mapping
+    and broadcasts are the real ones; there is just no socket. Several
+    clients of the same server see each other's broadcasts.
+
+    :param raise_server_errors: when a handler raises (an ``internal``
+        error), the :class:`CallError` carries the original exception as its
+        ``__cause__`` so the test shows the server-side traceback.
+    """
+
+    _ids = itertools.count(1)
+
+    def __init__(self, server, namespace, auth=None, environ=None, timeout=5,
+                 raise_server_errors=True):
+        super().__init__(namespace, timeout)
+        self.server = server
+        self.sio = server.sio
+        self.eio_sid = uuid.uuid4().hex
+        self.sid = None
+        self.connected = False
+        self.raise_server_errors = raise_server_errors
+        self.handlers = {}  # event -> fn answering server calls
+        self._acks = {}
+        self._connect_result = gevent.event.AsyncResult()
+        self._environ = environ or self._default_environ()
+        _Router.of(server).add(self)
+        self.sio._handle_eio_connect(self.eio_sid, self._environ)
+        self._feed(sio_packet.Packet(sio_packet.CONNECT, data=auth, namespace=namespace))
+        ok, payload = self._connect_result.get(timeout=timeout)
+        if not ok:
+            _Router.of(server).remove(self)
+            self.sio._handle_eio_disconnect(self.eio_sid, "client disconnect")
+            payload = payload or {}
+            raise ConnectionRefused(payload.get("message", "Connection refused"),
+                                    payload.get("data"))
+        self.sid = payload["sid"]
+        self.connected = True
+
+    @staticmethod
+    def _default_environ():
+        from werkzeug.test import EnvironBuilder
+
+        environ = EnvironBuilder(path="/socket.io/", base_url="http://127.0.0.1/").get_environ()
+        environ["REMOTE_ADDR"] = "127.0.0.1"
+        return environ
+
+    @property
+    def instance(self):
+        """The server-side Namespace instance of this connection."""
+        return self.server.dispatcher(self.namespace).instances.get(self.sid)
+
+    def on(self, event, fn):
+        """Answer the server's ``call(event, ...)`` with ``fn(*args)``; also record it."""
+        self.handlers[event] = fn
+
+    def _feed(self, pkt):
+        encoded = pkt.encode()
+        for part in encoded if isinstance(encoded, list) else [encoded]:
+            self.sio._handle_eio_message(self.eio_sid, part)
+
+    def _deliver(self, text):
+        """A packet the server sent to this client."""
+        pkt = sio_packet.Packet(encoded_packet=text)
+        if pkt.namespace not in (None, self.namespace) and (pkt.namespace or "/") != self.namespace:
+            return
+        kind = pkt.packet_type
+        if kind == sio_packet.CONNECT:
+            self._connect_result.set((True, pkt.data))
+        elif kind == sio_packet.CONNECT_ERROR:
+            self._connect_result.set((False, pkt.data))
+        elif kind == sio_packet.DISCONNECT:
+            self.connected = False
+            self._record("disconnect", [])
+        elif kind == sio_packet.ACK:
+            waiter = self._acks.pop(pkt.id, None)
+            if waiter is not None:
+                waiter.set(pkt.data[0] if pkt.data else None)
+        elif kind == sio_packet.EVENT:
+            event, args = pkt.data[0], pkt.data[1:]
+            self._record(event, args)
+            if pkt.id is not None:
+                # Answer in a greenlet of our own, as a remote client would:
+                # never inside the server's send path.
+                gevent.spawn(self._answer, event, args, pkt.id)
+
+    def _answer(self, event, args, ack_id):
+        fn = self.handlers.get(event)
+        reply = fn(*args) if fn is not None else None
+        data = list(reply) if isinstance(reply, tuple) else [reply]
+        if self.connected:
+            self._feed(sio_packet.Packet(sio_packet.ACK, namespace=self.namespace,
+                                         id=ack_id, data=data))
+
+    def _call(self, event, args, timeout):
+        self._require_connected()
+        timeout = self.timeout if timeout is None else timeout
+        ack_id = next(self._ids)
+        waiter = gevent.event.AsyncResult()
+        self._acks[ack_id] = waiter
+        self._feed(sio_packet.Packet(sio_packet.EVENT, namespace=self.namespace,
+                                     data=[event, *args], id=ack_id))
+        try:
+            envelope = waiter.get(timeout=timeout)
+        except gevent.Timeout:
+            self._acks.pop(ack_id, None)
+            raise TimeoutError(f"no ack for {event!r} within {timeout}s") from None
+        cause = None
+        if self.raise_server_errors and self.instance is not None:
+            cause = _ErrorCapture.of(self.server).take(self.sid, event)
+        return envelope, cause
+
+    def emit(self, event, *args):
+        """Emit *event* without an ack (failures come back as ``sbio:error``)."""
+        self._require_connected()
+        self._feed(sio_packet.Packet(sio_packet.EVENT, namespace=self.namespace,
+                                     data=[event, *args]))
+
+    def send_raw(self, text):
+        """Feed a raw socket.io packet string (for malformed-input tests)."""
+        self.sio._handle_eio_message(self.eio_sid, text)
+
+    def _require_connected(self):
+        if not self.connected:
+            raise SbioError(f"{self!r} is not connected")
+
+    def disconnect(self):
+        """Leave the namespace and close the (virtual) connection. Idempotent."""
+        if self.eio_sid is None:
+            return
+        if self.connected:
+            self._feed(sio_packet.Packet(sio_packet.DISCONNECT, namespace=self.namespace))
+        self.sio._handle_eio_disconnect(self.eio_sid, "client disconnect")
+        _Router.of(self.server).remove(self)
+        self.connected = False
+        self.eio_sid = None
+
+    def __repr__(self):
+        return f"<LocalClient {self.namespace} sid={self.sid}>"
+
+
+class _Router:
+    """Routes what an in-process server sends to the LocalClient of each eio sid."""
+
+    def __init__(self, server):
+        self.clients = {}
+        eio = server.sio.eio
+        eio.send_packet = self.send_packet
+        eio.send = lambda eio_sid, data: self.send_packet(
+            eio_sid, eio_packet.Packet(eio_packet.MESSAGE, data=data))
+        eio.disconnect = self.disconnect
+        server._sbio_router = self
+
+    @classmethod
+    def of(cls, server):
+        return getattr(server, "_sbio_router", None) or cls(server)
+
+    def add(self, client):
+        self.clients[client.eio_sid] = client
+
+    def remove(self, client):
+        self.clients.pop(client.eio_sid, None)
+
+    def send_packet(self, eio_sid, pkt):
+        client = self.clients.get(eio_sid)
+        if client is not None and pkt.packet_type == eio_packet.MESSAGE:
+            client._deliver(pkt.data)
+
+    def disconnect(self, eio_sid=None, reason=None):
+        targets = list(self.clients.values()) if eio_sid is None else \
+            [c for c in [self.clients.get(eio_sid)] if c is not None]
+        for client in targets:
+            client.disconnect()
+
+
+class _ErrorCapture:
+    """Keeps the last handler exception per (sid, event) for LocalClient's ``__cause__``."""
+
+    def __init__(self, server):
+        self.errors = {}
+        for dispatcher in server.sio.dispatchers.values():
+            self.attach(dispatcher)
+        server._sbio_error_capture = self
+
+    def attach(self, dispatcher):
+        if self.record not in dispatcher.error_hooks:
+            dispatcher.error_hooks.append(self.record)
+
+    @classmethod
+    def of(cls, server):
+        return getattr(server, "_sbio_error_capture", None) or cls(server)
+
+    def record(self, instance, event, exc):
+        self.errors[(instance.sid, event)] = exc
+
+    def take(self, sid, event):
+        return self.errors.pop((sid, event), None)
+
+
+class LiveClient(_ClientBase):
+    """A python-socketio client connected to a running server over a real socket.
+
+    :param url: the server's URL (``server.url``).
+    :param namespace: the namespace to connect to.
+    :param transports: ``["websocket"]`` (default), ``["polling"]``, or both.
+    """
+
+    def __init__(self, url, namespace, auth=None, transports=("websocket",), timeout=5,
+                 headers=None):
+        import socketio
+
+        super().__init__(namespace, timeout)
+        self.client = socketio.Client(reconnection=False)
+        self._refusal = None
+
+        def on_any(event, *args):
+            self._record(event, args)
+
+        def on_connect_error(data=None):
+            self._refusal = data if isinstance(data, dict) else {"message": str(data)}
+
+        def on_disconnect(reason=None):
+            self._record("disconnect", [reason])
+
+        self.client.on("*", on_any, namespace=namespace)
+        self.client.on("connect_error", on_connect_error, namespace=namespace)
+        self.client.on("disconnect", on_disconnect, namespace=namespace)
+        try:
+            self.client.connect(url, namespaces=[namespace], auth=auth,
+                                transports=list(transports), headers=headers or {},
+                                wait_timeout=timeout)
+        except Exception as exc:
+            self.client.disconnect()
+            if self._refusal is not None:
+                raise ConnectionRefused(self._refusal.get("message", "Connection refused"),
+                                        self._refusal.get("data")) from None
+            raise ConnectionError(f"cannot connect to {url}{namespace}: {exc}") from exc
+
+    @property
+    def sid(self):
+        return self.client.get_sid(self.namespace)
+
+    @property
+    def connected(self):
+        return self.client.connected and self.namespace in self.client.namespaces
+
+    def _call(self, event, args, timeout):
+        import socketio
+
+        timeout = self.timeout if timeout is None else timeout
+        try:
+            return self.client.call(event, tuple(args), namespace=self.namespace,
+                                    timeout=timeout), None
+        except socketio.exceptions.TimeoutError:
+            raise TimeoutError(f"no ack for {event!r} within {timeout}s") from None
+
+    def emit(self, event, *args):
+        """Emit *event* without an ack."""
+        self.client.emit(event, tuple(args), namespace=self.namespace)
+
+    def disconnect(self):
+        """Disconnect. Idempotent."""
+        self.client.disconnect()
+
+    def __repr__(self):
+        return f"<LiveClient {self.namespace}>"
+
+
+# -- fixtures -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def sbio_config():
+    """sbio's configuration for the test servers: defaults, 127.0.0.1, a free port."""
+    from .config import load_sbio_config
+
+    return load_sbio_config(overrides={"server.host": "127.0.0.1", "server.port": 0,
+                                       "server.secret_key": "sbio-tests"})
+
+
+@pytest.fixture
+def sbio_client(sbio_config):
+    """Factory: ``sbio_client(NamespaceClass, auth=None, **kw) -> LocalClient``.
+
+    Every client of one test shares one in-process server hosting the
+    classes asked for, so broadcasts between them work. Clients still
+    connected are disconnected after the test.
+    """
+    from .server import Server
+
+    state = {"server": None, "clients": []}
+
+    def make(cls, auth=None, **kwargs):
+        server = state["server"]
+        if server is None:
+            server = state["server"] = Server(config=sbio_config)
+        if cls.name not in server.namespaces:
+            dispatcher = server.add_namespace(cls)
+            _ErrorCapture.of(server).attach(dispatcher)
+        client = LocalClient(server, cls.name, auth=auth, **kwargs)
+        state["clients"].append(client)
+        return client
+
+    yield make
+    for client in state["clients"]:
+        client.disconnect()
+
+
+@pytest.fixture
+def sbio_server(sbio_config):
+    """Factory: ``sbio_server(*namespace_classes, app=None) -> started sbio.Server``.
+
+    The server listens on a free loopback port (``server.url``) and is
+    stopped after the test.
+    """
+    from .server import Server
+
+    servers = []
+
+    def make(*namespaces, app=None, config=None):
+        server = Server(namespaces, config=config or sbio_config, app=app)
+        servers.append(server)
+        return server.start()
+
+    yield make
+    for server in servers:
+        server.stop(timeout=5)
+
+
+@pytest.fixture
+def live_client():
+    """Factory: ``live_client(server, "/ns", auth=None, transports=("websocket",))``.
+
+    Returns a connected :class:`LiveClient`; disconnected after the test.
+    """
+    clients = []
+
+    def make(server, namespace, **kwargs):
+        url = server if isinstance(server, str) else server.url
+        client = LiveClient(url, namespace, **kwargs)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.disconnect()

@@ -1,0 +1,43 @@
+"""sbio: real-time web applications on gevent and socket.io.
+
+The public API, in one place:
+
+* :class:`Namespace` — subclass it; one instance per connection, with
+  ``session``, an ACL over its ``on_*`` handlers, rooms and owned greenlets.
+* :class:`Server` — hosts namespaces and a Flask app on a gevent WSGIServer.
+* :class:`RpcError`, :class:`ConnectionRefused`, :class:`SbioError`,
+  :class:`SbioTimeoutError` — the exception tree.
+
+Importing sbio has no side effects: no monkey-patching, no sockets, no
+configuration parsed. The names are loaded on first use, so ``import sbio``
+does not import socket.io (or the network libraries it pulls in) before you
+had the chance to monkey-patch.
+"""
+import importlib
+
+__version__ = "0.1.0"
+
+#: public name -> module that defines it
+_EXPORTS = {
+    "Namespace": "sbio.namespace",
+    "Server": "sbio.server",
+    "RpcError": "sbio.errors",
+    "ConnectionRefused": "sbio.errors",
+    "SbioError": "sbio.errors",
+    "SbioTimeoutError": "sbio.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sbio' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

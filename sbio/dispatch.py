@@ -1,0 +1,402 @@
+"""Adapter from python-socketio's singleton namespaces to per-connection sbio namespaces.
+
+:class:`SocketIOServer` subclasses ``socketio.Server`` and takes over three
+steps of its packet handling:
+
+* connect: unknown namespaces get ``CONNECT_ERROR {"message": "Invalid
+  namespace"}``; a known one creates an instance of the user's
+  :class:`~sbio.Namespace` subclass and runs ``on_connect`` — a refusal or a
+  crash always answers the client (python-socketio would leave it hanging);
+* events: every inbound event goes to :meth:`NamespaceDispatcher.handle_event`,
+  which validates the name, checks the ACL, checks the arguments, runs the
+  handler and answers with the envelope of the wire protocol
+  (``docs/protocol.md``); un-acked failures become an ``sbio:error`` push;
+* malformed packets are answered (or logged), never raised into Engine.IO.
+
+The bookkeeping here is plain Python; all IO goes through python-socketio.
+"""
+import contextvars
+import inspect
+import logging
+import re
+import typing
+
+import gevent
+import socketio
+from socketio import packet as sio_packet
+
+from .errors import ConnectionRefused, RpcError, SbioTimeoutError
+from .namespace import RESERVED_HANDLERS
+
+__all__ = ["SocketIOServer", "NamespaceDispatcher", "CallContext", "current_call",
+           "ok_envelope", "error_envelope"]
+
+log = logging.getLogger(__name__)
+
+_EVENT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
+_SIMPLE_TYPES = (int, float, str, bool, list, dict)
+_MAX_NAME_IN_MESSAGE = 64
+
+#: Event name of the push that reports a failed event sent without an ack.
+ERROR_EVENT = "sbio:error"
+
+
+def ok_envelope(data):
+    """The success envelope of an ack: ``{"ok": True, "data": data}``."""
+    return {"ok": True, "data": data}
+
+
+def error_envelope(code, message):
+    """The failure envelope of an ack: ``{"ok": False, "error": {...}}``."""
+    return {"ok": False, "error": {"code": code, "message": message}}
+
+
+def _short(name):
+    text = repr(name)
+    return text if len(text) <= _MAX_NAME_IN_MESSAGE else text[:_MAX_NAME_IN_MESSAGE] + "...'"
+
+
+class CallContext:
+    """The handler call in progress in this greenlet (see :func:`current_call`).
+
+    ``after_success`` holds callables run once the handler has returned
+    normally (``@notifies``, ``notify(delay=True)``); they are dropped when
+    it raised.
+    """
+
+    __slots__ = ("namespace", "event", "args", "after_success", "finished", "purpose")
+
+    def __init__(self, namespace, event, args, purpose="call"):
+        self.namespace = namespace
+        self.event = event
+        self.args = args
+        self.after_success = []
+        self.finished = False
+        #: "call" for a client call, "subscribe" / "rerun" for live data.
+        self.purpose = purpose
+
+
+_current_call = contextvars.ContextVar("sbio_current_call", default=None)
+
+
+def current_call():
+    """The :class:`CallContext` of the handler running in this greenlet, or None."""
+    ctx = _current_call.get()
+    if ctx is not None and ctx.finished:
+        return None
+    return ctx
+
+
+class _HandlerSpec:
+    """What dispatch needs to know of one ``on_*`` method, computed once per class."""
+
+    __slots__ = ("func", "min_args", "max_args", "checks", "params")
+
+    def __init__(self, func):
+        self.func = func
+        sig = inspect.signature(func)
+        params = list(sig.parameters.values())[1:]  # drop self
+        positional = [p for p in params
+                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        self.params = [p.name for p in positional]
+        self.min_args = sum(1 for p in positional if p.default is p.empty)
+        varargs = any(p.kind is p.VAR_POSITIONAL for p in params)
+        self.max_args = None if varargs else len(positional)
+        try:
+            hints = typing.get_type_hints(func)
+        except Exception:  # unresolvable annotations: no type checks
+            hints = {}
+        self.checks = tuple(
+            (index, p.name, hints[p.name])
+            for index, p in enumerate(positional)
+            if hints.get(p.name) in _SIMPLE_TYPES
+        )
+
+    def check_args(self, event, args):
+        """None when *args* fit the handler, else the bad_request message."""
+        count = len(args)
+        if count < self.min_args or (self.max_args is not None and count > self.max_args):
+            if self.max_args is None:
+                wanted = f"at least {self.min_args}"
+            elif self.min_args == self.max_args:
+                wanted = str(self.max_args)
+            else:
+                wanted = f"{self.min_args} to {self.max_args}"
+            names = ", ".join(self.params)
+            return (f"event {_short(event)} takes {wanted} argument(s) ({names}), "
+                    f"got {count}")
+        for index, name, kind in self.checks:
+            if index >= count:
+                break
+            value = args[index]
+            if kind is float:
+                good = isinstance(value, (int, float)) and not isinstance(value, bool)
+            elif kind is int:
+                good = isinstance(value, int) and not isinstance(value, bool)
+            else:
+                good = isinstance(value, kind)
+            if not good:
+                return (f"argument {name!r} of event {_short(event)} must be "
+                        f"{kind.__name__}, got {type(value).__name__}")
+        return None
+
+
+class NamespaceDispatcher:
+    """Routes one namespace's connections and events to per-sid instances of *cls*."""
+
+    def __init__(self, server, cls):
+        self.server = server
+        self.cls = cls
+        self.name = cls.name
+        #: sid -> live Namespace instance.
+        self.instances = {}
+        #: event name -> callable(instance, args) -> envelope, for ``sbio:*`` events.
+        self.internal_events = {}
+        #: callables(instance, reason) run when a connection ends (before on_disconnect).
+        self.disconnect_hooks = []
+        #: callables(instance, event, exc) told of every exception a handler raised
+        #: that became an ``internal`` error (the test client uses this).
+        self.error_hooks = []
+        self._specs = {}
+        self._decorated = (cls.exception_handler_decorator
+                           is not _base_exception_handler_decorator())
+
+    # -- connect / disconnect ------------------------------------------------------
+
+    def connect(self, sid, environ, auth=None):
+        """Create the instance for *sid* and run ``on_connect``; refuse on failure."""
+        sio = self.server.sio
+        eio_sid = sio.manager.eio_sid_from_sid(sid, self.name)
+        instance = self.cls(self.server, sid, environ,
+                            connection_session=self.server._connection_session(eio_sid))
+        self.instances[sid] = instance
+        try:
+            accepted = instance.on_connect(auth)
+        except ConnectionRefused as exc:
+            self.instances.pop(sid, None)
+            log.info("connection refused (sid=%s namespace=%s): %s", sid, self.name, exc.message)
+            if exc.data is None:
+                raise socketio.exceptions.ConnectionRefusedError(exc.message) from None
+            raise socketio.exceptions.ConnectionRefusedError(exc.message, exc.data) from None
+        except Exception:
+            self.instances.pop(sid, None)
+            log.exception("on_connect failed (sid=%s namespace=%s)", sid, self.name)
+            raise socketio.exceptions.ConnectionRefusedError("Internal server error") from None
+        if accepted is False:
+            self.instances.pop(sid, None)
+            log.info("connection refused by on_connect (sid=%s namespace=%s)", sid, self.name)
+            return False
+        instance.connected = True
+        return True
+
+    def disconnect(self, sid, reason=None):
+        """Drop *sid*'s instance: hooks, ``on_disconnect``, kill its greenlets."""
+        instance = self.instances.pop(sid, None)
+        if instance is None:
+            return
+        instance.connected = False
+        for hook in self.disconnect_hooks:
+            try:
+                hook(instance, reason)
+            except Exception:
+                log.exception("disconnect hook %r failed (sid=%s namespace=%s)",
+                              hook, sid, self.name)
+        try:
+            instance.on_disconnect(reason)
+        except Exception:
+            log.exception("on_disconnect failed (sid=%s namespace=%s)", sid, self.name)
+        # Not blocking: the disconnect may come from one of these very jobs.
+        instance.jobs.kill(block=False)
+
+    # -- events --------------------------------------------------------------------
+
+    def handle_event(self, sid, event, args):
+        """Run one inbound event; return the envelope to ack (never raises)."""
+        instance = self.instances.get(sid)
+        if instance is None:
+            return error_envelope("bad_request", "not connected to this namespace")
+        if type(event) is not str:
+            return error_envelope("bad_request", "event name must be a string")
+        internal = self.internal_events.get(event)
+        if internal is not None:
+            return internal(instance, args)
+        if not _EVENT_NAME.match(event):
+            return error_envelope(
+                "bad_request",
+                f"invalid event name {_short(event)}: use letters, digits and _, "
+                "starting with a letter")
+        return self.call_handler(instance, event, args)
+
+    def handler_spec(self, method_name):
+        """The cached :class:`_HandlerSpec` of *method_name*, or None if not a handler."""
+        try:
+            return self._specs[method_name]
+        except KeyError:
+            pass
+        spec = None
+        if method_name not in RESERVED_HANDLERS:
+            func = getattr(self.cls, method_name, None)
+            if inspect.isfunction(func):
+                spec = _HandlerSpec(func)
+        self._specs[method_name] = spec
+        return spec
+
+    def call_handler(self, instance, event, args, purpose="call"):
+        """Run ``on_<event>`` of *instance* under its ACL; return the envelope.
+
+        Used for client calls and by the live-data module (subscribe and
+        re-runs), so every path applies the same checks and error mapping.
+        """
+        method_name = "on_" + event
+        if not instance.is_method_allowed(method_name):
+            return error_envelope("forbidden", f"not allowed to call {_short(event)}")
+        spec = self.handler_spec(method_name)
+        if spec is None:
+            return error_envelope("not_found", f"no handler for event {_short(event)}")
+        problem = spec.check_args(event, args)
+        if problem is not None:
+            return error_envelope("bad_request", problem)
+        ctx = CallContext(instance, event, args, purpose)
+        token = _current_call.set(ctx)
+        try:
+            if self._decorated:
+                result = instance.exception_handler_decorator(spec.func)(instance, *args)
+            else:
+                result = spec.func(instance, *args)
+        except RpcError as exc:
+            return {"ok": False, "error": exc.to_dict()}
+        except (SbioTimeoutError, gevent.Timeout) as exc:
+            log.warning("handler timed out (sid=%s namespace=%s event=%s): %s",
+                        instance.sid, self.name, event, exc)
+            return error_envelope("timeout", "the handler timed out")
+        except Exception as exc:
+            log.exception("handler failed (sid=%s namespace=%s event=%s)",
+                          instance.sid, self.name, event)
+            for hook in self.error_hooks:
+                hook(instance, event, exc)
+            return error_envelope("internal", "internal server error")
+        finally:
+            ctx.finished = True
+            _current_call.reset(token)
+        for callback in ctx.after_success:
+            try:
+                callback()
+            except Exception:
+                log.exception("after-success callback failed (sid=%s namespace=%s event=%s)",
+                              instance.sid, self.name, event)
+        return {"ok": True, "data": result}
+
+
+def _base_exception_handler_decorator():
+    from .namespace import Namespace
+    return Namespace.exception_handler_decorator
+
+
+class SocketIOServer(socketio.Server):
+    """``socketio.Server`` with sbio's per-connection dispatch (see the module doc)."""
+
+    def __init__(self, sbio_server, **kwargs):
+        self.sbio_server = sbio_server
+        #: namespace name -> NamespaceDispatcher
+        self.dispatchers = {}
+        super().__init__(**kwargs)
+
+    def add_namespace_class(self, cls):
+        dispatcher = NamespaceDispatcher(self.sbio_server, cls)
+        self.dispatchers[cls.name] = dispatcher
+        if self.namespaces != "*" and cls.name not in self.namespaces:
+            self.namespaces = list(self.namespaces) + [cls.name]
+        return dispatcher
+
+    # -- overrides of python-socketio internals (pinned to python-socketio 5.x) --
+
+    def _handle_connect(self, eio_sid, namespace, data):
+        namespace = namespace or "/"
+        if namespace not in self.dispatchers and namespace not in self.handlers \
+                and namespace not in self.namespace_handlers:
+            log.info("connect to unknown namespace %s refused", _short(namespace))
+            self._send_packet(eio_sid, self.packet_class(
+                sio_packet.CONNECT_ERROR, data={"message": "Invalid namespace"},
+                namespace=namespace))
+            return
+        super()._handle_connect(eio_sid, namespace, data)
+
+    def _trigger_event(self, event, namespace, *args):
+        dispatcher = self.dispatchers.get(namespace)
+        if dispatcher is not None:
+            if event == "connect":
+                return dispatcher.connect(*args)
+            if event == "disconnect":
+                return dispatcher.disconnect(*args)
+        return super()._trigger_event(event, namespace, *args)
+
+    def _handle_event_internal(self, server, sid, eio_sid, data, namespace, id):
+        dispatcher = self.dispatchers.get(namespace)
+        if dispatcher is None:
+            return super()._handle_event_internal(server, sid, eio_sid, data, namespace, id)
+        event = data[0] if data else None
+        try:
+            envelope = dispatcher.handle_event(sid, event, data[1:])
+        except Exception:  # a bug in sbio itself: still answer
+            log.exception("dispatch failed (sid=%s namespace=%s event=%s)", sid, namespace, event)
+            envelope = error_envelope("internal", "internal server error")
+        if id is not None:
+            self._send_ack(eio_sid, namespace, id, envelope, sid, event)
+        elif not envelope["ok"]:
+            self.push_error(eio_sid, namespace, event, envelope["error"])
+
+    def _send_ack(self, eio_sid, namespace, id, envelope, sid, event):
+        pkt = self.packet_class(sio_packet.ACK, namespace=namespace, id=id, data=[envelope])
+        try:
+            encoded = pkt.encode()
+        except (TypeError, ValueError, OverflowError) as exc:
+            log.error("result of handler is not JSON-serializable (sid=%s namespace=%s "
+                      "event=%s): %s", sid, namespace, event, exc)
+            pkt = self.packet_class(
+                sio_packet.ACK, namespace=namespace, id=id,
+                data=[error_envelope("internal", "the handler returned a value that "
+                                     "cannot be sent as JSON")])
+            encoded = pkt.encode()
+        self._send_encoded(eio_sid, encoded)
+
+    def _send_encoded(self, eio_sid, encoded):
+        if isinstance(encoded, list):
+            for part in encoded:
+                self.eio.send(eio_sid, part)
+        else:
+            self.eio.send(eio_sid, encoded)
+
+    def push_error(self, eio_sid, namespace, event, error):
+        """Send ``sbio:error`` ``{"event", "code", "message"}`` to one connection."""
+        body = {"event": event if isinstance(event, str) else None}
+        body.update(error)
+        self._send_packet(eio_sid, self.packet_class(
+            sio_packet.EVENT, namespace=namespace, data=[ERROR_EVENT, body]))
+
+    def _handle_eio_message(self, eio_sid, data):
+        try:
+            super()._handle_eio_message(eio_sid, data)
+        except ValueError as exc:
+            self._bad_packet(eio_sid, data, exc)
+
+    _PACKET_NAMESPACE = re.compile(r"\d(?:\d+-)?(/[^,]*),")
+
+    def _bad_packet(self, eio_sid, data, exc):
+        """A packet that does not decode: tell the client if we know its namespace."""
+        namespace = "/"
+        if isinstance(data, str):
+            match = self._PACKET_NAMESPACE.match(data)
+            if match:
+                namespace = match.group(1)
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        log.warning("malformed packet from %s (namespace %s): %s", sid or eio_sid,
+                    _short(namespace), exc)
+        if sid is not None and namespace in self.dispatchers:
+            self.push_error(eio_sid, namespace, None, {
+                "code": "bad_request", "message": f"malformed packet: {exc}"})
+
+    def _handle_eio_disconnect(self, eio_sid, reason):
+        try:
+            super()._handle_eio_disconnect(eio_sid, reason)
+        finally:
+            self.sbio_server._connection_sessions.pop(eio_sid, None)

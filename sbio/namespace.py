@@ -1,0 +1,235 @@
+"""The :class:`Namespace` base class: one instance per (connection, namespace).
+
+python-socketio's class-based namespaces are singletons shared by every
+client. sbio instead creates one instance of your subclass for each
+connection to the namespace (see :mod:`sbio.dispatch`), so connection state
+lives on ``self``: ``self.session``, the ACL, spawned greenlets.
+
+Handlers are methods named ``on_<event>``. A client emitting ``login`` with
+an ack runs ``on_login`` and receives ``{"ok": true, "data": <return value>}``
+or ``{"ok": false, "error": {"code": ..., "message": ...}}``.
+"""
+import logging
+
+import gevent
+from gevent.pool import Group
+
+from .errors import SbioTimeoutError
+
+__all__ = ["Namespace"]
+
+log = logging.getLogger(__name__)
+
+#: Methods named ``on_*`` that are lifecycle hooks, never client events.
+RESERVED_HANDLERS = frozenset({"on_connect", "on_disconnect", "on_startup", "on_shutdown"})
+
+
+class Namespace:
+    """Base class of sbio namespaces; subclass it and set :attr:`name`.
+
+    Attributes available on every instance (set before ``on_connect`` runs):
+
+    ``sid``
+        this connection's socket.io session id in this namespace.
+    ``namespace``
+        the namespace name, e.g. ``"/chat"``.
+    ``environ``
+        the WSGI environ of the request that opened the connection.
+    ``session``
+        a dict private to this (connection, namespace) instance.
+    ``connection_session``
+        a dict shared by every namespace instance of the same underlying
+        connection (the same Engine.IO socket).
+    ``server``
+        the :class:`sbio.Server` hosting the namespace.
+    ``allowed_methods``
+        ``None`` (every handler allowed) or a ``set`` of handler names.
+    ``jobs``
+        a :class:`gevent.pool.Group` of greenlets started with :meth:`spawn`;
+        they are killed when the connection goes away.
+    """
+
+    #: The socket.io namespace this class serves, e.g. ``"/chat"``.
+    name = None
+
+    def __init__(self, server, sid, environ, session=None, connection_session=None):
+        self.server = server
+        self.sid = sid
+        self.environ = environ
+        self.namespace = type(self).name
+        self.session = {} if session is None else session
+        self.connection_session = {} if connection_session is None else connection_session
+        self.jobs = Group()
+        self.allowed_methods = None
+        self.connected = False
+        self.reset_acl()
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.namespace} sid={self.sid}>"
+
+    # -- hooks ---------------------------------------------------------------
+
+    def on_connect(self, auth):
+        """Called when a client connects; *auth* is the client's auth payload or None.
+
+        Raise :class:`sbio.ConnectionRefused` (or return ``False``) to refuse
+        the connection. The default accepts everyone.
+        """
+
+    def on_disconnect(self, reason):
+        """Called once when the connection to this namespace ends, with socket.io's reason."""
+
+    def exception_handler_decorator(self, fn):
+        """Wrap every handler call and every :meth:`spawn`\\ ed function.
+
+        Override to add cross-cutting error handling (e.g. rolling back a
+        database session). Return a callable with the same signature. The
+        default returns *fn* unchanged; exceptions the wrapper lets through
+        are turned into ``internal`` errors (or ``RpcError`` codes) by sbio.
+        """
+        return fn
+
+    # -- ACL (names follow gevent-socketio's BaseNamespace) ------------------
+
+    def get_initial_acl(self):
+        """Return the handler names allowed when the connection starts.
+
+        ``None`` (the default) allows every handler; any iterable of names
+        (``["on_login"]``) restricts the connection to those until
+        :meth:`lift_acl_restrictions` or :meth:`add_acl_method` widen it.
+        """
+        return None
+
+    def reset_acl(self):
+        """Restore the ACL to :meth:`get_initial_acl`."""
+        initial = self.get_initial_acl()
+        if initial is None:
+            self.allowed_methods = None
+        elif isinstance(initial, str):
+            self.allowed_methods = {initial}
+        else:
+            self.allowed_methods = set(initial)
+
+    def lift_acl_restrictions(self):
+        """Allow every handler on this connection."""
+        self.allowed_methods = None
+
+    def add_acl_method(self, method_name):
+        """Allow *method_name* (e.g. ``"on_whoami"``). A no-op when everything is allowed."""
+        if self.allowed_methods is not None:
+            self.allowed_methods.add(method_name)
+
+    def del_acl_method(self, method_name):
+        """Forbid *method_name*; every other handler keeps its current access.
+
+        On an unrestricted ACL this forbids only *method_name*: the ACL
+        becomes "every handler of the class but this one". Removing a name
+        that is not allowed is not an error.
+        """
+        if self.allowed_methods is None:
+            self.allowed_methods = set(type(self).handler_names())
+        self.allowed_methods.discard(method_name)
+
+    def is_method_allowed(self, method_name):
+        """True when the ACL lets this connection call *method_name*."""
+        allowed = self.allowed_methods
+        return allowed is None or method_name in allowed
+
+    @classmethod
+    def handler_names(cls):
+        """The names of every client-callable handler (``on_*``) of the class."""
+        names = cls.__dict__.get("_sbio_handler_names")
+        if names is None:
+            names = frozenset(
+                attr
+                for attr in dir(cls)
+                if attr.startswith("on_")
+                and attr not in RESERVED_HANDLERS
+                and callable(getattr(cls, attr, None))
+            )
+            cls._sbio_handler_names = names
+        return names
+
+    # -- talking to clients ----------------------------------------------------
+
+    def emit(self, event, *args, to=None):
+        """Send *event* with *args* to this connection, or to *to* (a sid, a room or a list)."""
+        self.server.sio.emit(event, args, to=self.sid if to is None else to,
+                             namespace=self.namespace)
+
+    def broadcast(self, event, *args, room=None, include_self=True):
+        """Send *event* to every connection of the namespace, or of *room*.
+
+        :param include_self: False leaves this connection out.
+        """
+        self.server.sio.emit(event, args, to=room, namespace=self.namespace,
+                             skip_sid=None if include_self else self.sid)
+
+    def send(self, data, to=None):
+        """Send a socket.io ``message`` event (the client's ``on("message")``)."""
+        self.emit("message", data, to=to)
+
+    def call(self, event, *args, timeout=10):
+        """Emit *event* to this client and wait for its acknowledgement.
+
+        Returns the client's ack value (a single value, or a tuple when the
+        client acked with several). Raises :class:`sbio.SbioTimeoutError`
+        after *timeout* seconds.
+        """
+        import socketio.exceptions
+
+        try:
+            result = self.server.sio.call(event, args, to=self.sid,
+                                          namespace=self.namespace, timeout=timeout)
+        except socketio.exceptions.TimeoutError:
+            raise SbioTimeoutError(
+                f"client {self.sid} did not acknowledge {event!r} within {timeout}s") from None
+        return result
+
+    def error(self, code, message, event=None):
+        """Push an ``sbio:error`` event ``{"event", "code", "message"}`` to this connection."""
+        self.emit("sbio:error", {"event": event, "code": code, "message": message})
+
+    def disconnect(self):
+        """Close this connection to the namespace (``on_disconnect`` runs)."""
+        self.server.sio.disconnect(self.sid, namespace=self.namespace)
+
+    # -- rooms -------------------------------------------------------------------
+
+    def enter_room(self, room):
+        """Add this connection to *room* (see :meth:`broadcast` and ``emit(to=room)``)."""
+        self.server.sio.enter_room(self.sid, room, namespace=self.namespace)
+
+    def leave_room(self, room):
+        """Remove this connection from *room*."""
+        self.server.sio.leave_room(self.sid, room, namespace=self.namespace)
+
+    def rooms(self):
+        """The rooms this connection is in (its own sid room included)."""
+        return self.server.sio.rooms(self.sid, namespace=self.namespace)
+
+    # -- greenlets ---------------------------------------------------------------
+
+    def spawn(self, fn, *args, **kwargs):
+        """Run ``fn(*args, **kwargs)`` in a greenlet owned by this connection.
+
+        The greenlet is killed when the connection ends (or by
+        :meth:`kill_local_jobs`). An exception it raises is logged with the
+        sid and namespace, never printed.
+        """
+        wrapped = self.exception_handler_decorator(fn)
+
+        def run():
+            try:
+                return wrapped(*args, **kwargs)
+            except gevent.GreenletExit:
+                raise
+            except Exception:
+                log.exception("spawned job %r failed (sid=%s namespace=%s)",
+                              getattr(fn, "__name__", fn), self.sid, self.namespace)
+
+        return self.jobs.spawn(run)
+
+    def kill_local_jobs(self, timeout=5):
+        """Kill every greenlet started with :meth:`spawn` (waits up to *timeout* s)."""
+        self.jobs.kill(block=True, timeout=timeout)

@@ -1,0 +1,312 @@
+"""The sbio :class:`Server`: socket.io + Flask on a gevent WSGIServer, and its lifecycle.
+
+Monkey-patching: the server itself does not need it, but database drivers,
+Redis clients and code calling ``notify()`` from threads do. ``sbio run`` and
+the pytest plugin call ``gevent.monkey.patch_all()`` first thing; when you
+embed the server in your own program, do the same before importing anything
+else::
+
+    from gevent import monkey; monkey.patch_all()
+    import sbio
+"""
+import logging
+import secrets
+
+import gevent
+import gevent.event
+import socketio
+from flask import Flask, render_template_string
+from gevent.pywsgi import LoggingLogAdapter, WSGIServer
+from geventwebsocket.handler import WebSocketHandler
+from geventwebsocket.websocket import Header, WebSocket
+
+from .dispatch import SocketIOServer
+from .namespace import Namespace
+
+__all__ = ["Server"]
+
+log = logging.getLogger(__name__)
+
+
+class MessageTooBig(Exception):
+    """An incoming websocket message is larger than the configured limit."""
+
+
+class _LimitedWebSocket(WebSocket):
+    """gevent-websocket's WebSocket with a per-message size limit.
+
+    gevent-websocket reads a whole frame before anyone can look at its size;
+    this checks the frame header first, so an oversize message is refused
+    before it is read, with close code 1009 ("message too big") and a reason
+    naming the limit.
+    """
+
+    # WebSocket has __slots__: the limit is a class attribute of a per-server
+    # subclass, and the running byte count lives on the (per-connection) handler.
+    __slots__ = ()
+    max_message_size = None
+
+    def read_frame(self):
+        header = Header.decode_header(self.stream)
+        handler = self.handler
+        if header.opcode in (self.OPCODE_TEXT, self.OPCODE_BINARY):
+            handler.sbio_message_bytes = 0
+        if header.opcode in (self.OPCODE_TEXT, self.OPCODE_BINARY, self.OPCODE_CONTINUATION):
+            handler.sbio_message_bytes += header.length
+            if handler.sbio_message_bytes > self.max_message_size:
+                raise MessageTooBig(handler.sbio_message_bytes)
+        if header.flags:
+            from geventwebsocket.exceptions import ProtocolError
+            raise ProtocolError
+        if not header.length:
+            return header, b""
+        payload = self.raw_read(header.length)
+        if len(payload) != header.length:
+            from geventwebsocket.exceptions import WebSocketError
+            raise WebSocketError("Unexpected EOF reading frame payload")
+        if header.mask:
+            payload = header.unmask_payload(payload)
+        return header, payload
+
+    def receive(self):
+        try:
+            return super().receive()
+        except MessageTooBig as exc:
+            reason = f"message too big: {exc.args[0]} bytes, limit {self.max_message_size}"
+            log.info("closing websocket from %s: %s",
+                     self.environ.get("REMOTE_ADDR"), reason)
+            self.close(1009, reason.encode())
+            return None
+
+
+class _SbioWebSocketHandler(WebSocketHandler):
+    """gevent-websocket's handler, using :class:`_LimitedWebSocket`."""
+
+    #: a per-server subclass of _LimitedWebSocket carrying the limit
+    websocket_class = None
+    sbio_message_bytes = 0
+
+    def run_websocket(self):
+        if self.websocket_class is not None and type(self.websocket) is WebSocket:
+            self.websocket.__class__ = self.websocket_class
+        return super().run_websocket()
+
+
+_INDEX = """<!doctype html>
+<html><head><meta charset="utf-8"><title>sbio</title></head>
+<body><h1>sbio</h1><p>Namespaces mounted on this server:</p>
+<ul>{% for ns in namespaces %}<li><code>{{ ns.name }}</code> &mdash; {{ ns.doc }}</li>{% endfor %}</ul>
+</body></html>"""
+
+
+class Server:
+    """An sbio server: socket.io namespaces and a Flask app on one gevent WSGIServer.
+
+    :param namespaces: :class:`~sbio.Namespace` subclasses to host.
+    :param config: sbio's configuration (see ``docs/configuration.md``); by
+        default :func:`sbio.config.load_sbio_config` is read.
+    :param app: a Flask app for pages; by default a small one serving the
+        configured ``static_dir`` at ``/static`` and an index page listing
+        the namespaces.
+    :param host: overrides ``server.host``.
+    :param port: overrides ``server.port`` (0 picks a free port; see :attr:`port`).
+    """
+
+    #: The python-socketio server class; override to customize dispatch.
+    socketio_server_class = SocketIOServer
+
+    def __init__(self, namespaces=(), config=None, app=None, host=None, port=None):
+        if config is None:
+            from .config import load_sbio_config
+            config = load_sbio_config()
+        self.config = config
+        server_cfg = config["server"]
+        self.host = host if host is not None else server_cfg["host"]
+        self._port = port if port is not None else server_cfg["port"]
+        self.debug = bool(server_cfg["debug"])
+        self.max_message_size = int(server_cfg["max_message_size"])
+        self._connection_sessions = {}
+        self._wsgi_server = None
+        self._stopping = False
+        self._stopped = gevent.event.Event()
+        self._stopped.set()
+
+        self.sio = self.socketio_server_class(
+            self,
+            async_mode="gevent",
+            async_handlers=True,
+            logger=logging.getLogger("sbio.socketio"),
+            engineio_logger=logging.getLogger("sbio.engineio"),
+            cors_allowed_origins=self._cors(server_cfg["cors_allowed_origins"]),
+            max_http_buffer_size=self.max_message_size,
+            ping_interval=server_cfg["ping_interval"],
+            ping_timeout=server_cfg["ping_timeout"],
+            client_manager=self._client_manager(),
+        )
+        self.app = app if app is not None else self._default_app()
+        if not self.app.secret_key:
+            self.app.secret_key = self._secret_key()
+        self.wsgi_app = socketio.WSGIApp(self.sio, self.app)
+        self.namespaces = {}
+        for cls in namespaces:
+            self.add_namespace(cls)
+
+    # -- configuration helpers -----------------------------------------------------
+
+    @staticmethod
+    def _cors(origins):
+        origins = [o for o in (origins or []) if o]
+        if not origins:
+            return None  # same origin only
+        if "*" in origins:
+            return "*"
+        return origins
+
+    def _client_manager(self):
+        return None  # in-memory; the Redis scale-out replaces this
+
+    def _secret_key(self):
+        key = self.config["server"].get("secret_key")
+        if key:
+            return key
+        if not self.debug:
+            log.warning("server.secret_key is not set: generated a random one for this "
+                        "process (sessions will not survive a restart or span processes)")
+        return secrets.token_hex(32)
+
+    def _default_app(self):
+        import os
+        static_dir = os.path.abspath(self.config["server"].get("static_dir") or "static")
+        app = Flask("sbio", static_folder=static_dir, static_url_path="/static")
+
+        @app.route("/")
+        def index():
+            mounted = [{"name": name, "doc": (cls.__doc__ or "").strip().split("\n")[0]}
+                       for name, cls in sorted(self.namespaces.items())]
+            return render_template_string(_INDEX, namespaces=mounted)
+
+        return app
+
+    # -- namespaces --------------------------------------------------------------------
+
+    def add_namespace(self, cls):
+        """Host the :class:`~sbio.Namespace` subclass *cls* (before :meth:`start`)."""
+        if self.started:
+            raise RuntimeError(
+                f"Server.add_namespace({cls.__name__}) called after start(): "
+                "register every namespace before starting the server")
+        if not (isinstance(cls, type) and issubclass(cls, Namespace)):
+            raise TypeError(f"{cls!r} is not a subclass of sbio.Namespace")
+        name = cls.name
+        if not isinstance(name, str) or not name.startswith("/"):
+            raise ValueError(f"{cls.__name__}.name must be a string starting with '/', "
+                             f"got {name!r}")
+        if name in self.namespaces and self.namespaces[name] is not cls:
+            raise ValueError(f"namespace {name} is served by both "
+                             f"{self.namespaces[name].__name__} and {cls.__name__}")
+        self.namespaces[name] = cls
+        return self.sio.add_namespace_class(cls)
+
+    def dispatcher(self, name):
+        """The :class:`~sbio.dispatch.NamespaceDispatcher` of namespace *name*."""
+        return self.sio.dispatchers[name]
+
+    def _connection_session(self, eio_sid):
+        session = self._connection_sessions.get(eio_sid)
+        if session is None:
+            session = self._connection_sessions[eio_sid] = {}
+        return session
+
+    # -- emitting from outside handlers ----------------------------------------------
+
+    def emit(self, event, *args, namespace, to=None):
+        """Send *event* to *namespace* (every connection), or to *to* (sid, room or list)."""
+        self.sio.emit(event, args, to=to, namespace=namespace)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def started(self):
+        """True between :meth:`start` and :meth:`stop`."""
+        return not self._stopped.is_set()
+
+    @property
+    def port(self):
+        """The TCP port listened on (the real one once started with port 0)."""
+        if self._wsgi_server is not None:
+            return self._wsgi_server.server_port
+        return self._port
+
+    @property
+    def url(self):
+        """``http://host:port`` of the running server."""
+        host = self.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    def start(self):
+        """Listen and serve in the background (returns at once). Idempotent."""
+        if self.started:
+            return self
+        websocket_class = type("SbioWebSocket", (_LimitedWebSocket,),
+                               {"__slots__": (), "max_message_size": self.max_message_size})
+        handler = type("SbioWebSocketHandler", (_SbioWebSocketHandler,),
+                       {"websocket_class": websocket_class})
+        self._wsgi_server = WSGIServer(
+            (self.host, self._port), self.wsgi_app, handler_class=handler,
+            log=LoggingLogAdapter(logging.getLogger("sbio.access"), logging.DEBUG),
+            error_log=LoggingLogAdapter(logging.getLogger("sbio.wsgi"), logging.ERROR),
+        )
+        self._wsgi_server.start()
+        self._stopping = False
+        self._stopped.clear()
+        log.info("sbio listening on %s (namespaces: %s)", self.url,
+                 ", ".join(sorted(self.namespaces)) or "none")
+        return self
+
+    def stop(self, timeout=None):
+        """Stop gracefully: stop accepting, disconnect clients, then stop serving.
+
+        Connected clients receive a socket.io disconnect. Waits up to
+        *timeout* seconds (``server.shutdown_timeout`` by default) for
+        requests in flight, then kills what is left. Idempotent.
+        """
+        if not self.started or self._stopping:
+            return
+        self._stopping = True
+        if timeout is None:
+            timeout = float(self.config["server"].get("shutdown_timeout", 10))
+        log.info("sbio stopping (%s)", self.url)
+        server = self._wsgi_server
+        try:
+            server.close()  # stop accepting new connections
+            self._disconnect_all()
+            self.sio.shutdown()
+            server.stop(timeout=timeout)
+        finally:
+            self._stopped.set()
+            log.info("sbio stopped")
+
+    def _disconnect_all(self):
+        for name, dispatcher in list(self.sio.dispatchers.items()):
+            for sid in list(dispatcher.instances):
+                try:
+                    self.sio.disconnect(sid, namespace=name)
+                except Exception:
+                    log.exception("disconnecting %s [%s] at shutdown failed", sid, name)
+
+    def serve_forever(self):
+        """Start and block until :meth:`stop` is called (e.g. from a signal handler)."""
+        self.start()
+        self._stopped.wait()
+
+    def wait_stopped(self, timeout=None):
+        """Block until the server has stopped; False if *timeout* ran out first."""
+        return self._stopped.wait(timeout)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()

@@ -1,0 +1,257 @@
+"""Dispatch and the wire protocol, through the in-process client (real packets, no socket)."""
+import logging
+
+import gevent
+import gevent.event
+import pytest
+
+from sbio import ConnectionRefused, Namespace, RpcError, SbioTimeoutError
+from sbio.testing import CallError
+
+release = gevent.event.Event()
+
+
+class Things(Namespace):
+    name = "/things"
+
+    def on_connect(self, auth):
+        if auth == {"token": "bad"}:
+            raise ConnectionRefused("bad token", {"code": 401})
+        if auth == {"token": "false"}:
+            return False
+        if auth == {"token": "crash"}:
+            raise KeyError("oops")
+        self.session["n"] = 0
+
+    def on_echo(self, *args):
+        return list(args)
+
+    def on_add(self, a: int, b: int = 1):
+        return a + b
+
+    def on_incr(self):
+        self.session["n"] += 1
+        return self.session["n"]
+
+    def on_crash(self):
+        raise ValueError("the handler's own bug")
+
+    def on_typeerror_inside(self, x):
+        return len(x)  # a TypeError raised inside the handler is internal, not bad_request
+
+    def on_refuse(self):
+        raise RpcError("no_way", "you cannot do that")
+
+    def on_slow(self):
+        raise SbioTimeoutError("backend too slow")
+
+    def on_unjsonable(self):
+        return {"when": object()}
+
+    def on_block(self):
+        release.wait(5)
+        return "released"
+
+    def on_spawn_sleeper(self):
+        self.session["job"] = self.spawn(gevent.sleep, 60)
+        return "spawned"
+
+    def on_join(self, room):
+        self.enter_room(room)
+
+    def on_shout(self, room, text, include_self: bool = True):
+        self.broadcast("shout", text, room=room, include_self=include_self)
+
+    def on_ask(self, question):
+        return self.call("question", question, timeout=2)
+
+    def on_kick(self):
+        self.spawn(self.disconnect)
+
+    def on_disconnect(self, reason):
+        DISCONNECTS.append((self.sid, reason))
+
+
+DISCONNECTS = []
+
+
+def code_of(client, event, *args):
+    with pytest.raises(CallError) as err:
+        client.call(event, *args)
+    return err.value.code
+
+
+def test_ack_envelope_success(sbio_client):
+    c = sbio_client(Things)
+    assert c.call_envelope("echo", 1, "two", {"three": [3]}) == {
+        "ok": True, "data": [1, "two", {"three": [3]}]}
+    assert c.call_envelope("add", 2) == {"ok": True, "data": 3}
+
+
+def test_session_is_per_connection(sbio_client):
+    a, b = sbio_client(Things), sbio_client(Things)
+    assert [a.call("incr"), a.call("incr"), b.call("incr")] == [1, 2, 1]
+
+
+def test_error_codes(sbio_client):
+    c = sbio_client(Things)
+    assert code_of(c, "nope") == "not_found"
+    assert code_of(c, "connect") == "not_found"  # lifecycle hooks are not events
+    assert code_of(c, "_private") == "bad_request"
+    assert code_of(c, "sp ace") == "bad_request"
+    assert code_of(c, "add") == "bad_request"  # too few arguments
+    assert code_of(c, "add", 1, 2, 3) == "bad_request"  # too many
+    assert code_of(c, "add", "1") == "bad_request"  # wrong kind
+    assert code_of(c, "add", True) == "bad_request"  # bool is not an int
+    assert code_of(c, "refuse") == "no_way"
+    assert code_of(c, "slow") == "timeout"
+    c.raise_server_errors = False
+    assert code_of(c, "crash") == "internal"
+    assert code_of(c, "typeerror_inside", 5) == "internal"
+    assert code_of(c, "unjsonable") == "internal"
+
+
+def test_error_messages_are_clear_and_carry_no_traceback(sbio_client):
+    c = sbio_client(Things, raise_server_errors=False)
+    assert c.call_envelope("add") == {"ok": False, "error": {
+        "code": "bad_request",
+        "message": "event 'add' takes 1 to 2 argument(s) (a, b), got 0"}}
+    assert c.call_envelope("add", "x")["error"]["message"] == \
+        "argument 'a' of event 'add' must be int, got str"
+    crash = c.call_envelope("crash")
+    assert crash == {"ok": False, "error": {"code": "internal",
+                                            "message": "internal server error"}}
+    assert c.call_envelope("refuse")["error"] == {"code": "no_way",
+                                                  "message": "you cannot do that"}
+
+
+def test_internal_error_logged_once_with_sid_namespace_event(sbio_client, caplog):
+    c = sbio_client(Things, raise_server_errors=False)
+    with caplog.at_level(logging.ERROR, logger="sbio"):
+        c.call_envelope("crash")
+    records = [r for r in caplog.records if r.exc_info]
+    assert len(records) == 1
+    text = records[0].getMessage()
+    assert c.sid in text and "/things" in text and "crash" in text
+
+
+def test_in_process_client_shows_the_server_exception(sbio_client):
+    c = sbio_client(Things)
+    with pytest.raises(CallError) as err:
+        c.call("crash")
+    assert err.value.code == "internal"
+    assert isinstance(err.value.__cause__, ValueError)
+
+
+def test_unacked_failure_pushes_sbio_error(sbio_client):
+    c = sbio_client(Things, raise_server_errors=False)
+    c.emit("nope")
+    c.emit("add", "x")
+    c.emit("crash")
+    c.emit("echo", 1)  # success without ack: nothing comes back
+    errors = [args[0] for args in [c.receive("sbio:error", count=3)] and c.received("sbio:error")]
+    assert [(e["event"], e["code"]) for e in errors] == [
+        ("nope", "not_found"), ("add", "bad_request"), ("crash", "internal")]
+    assert c.call("echo") == []  # still serving
+    assert len(c.received("sbio:error")) == 3
+
+
+def test_malformed_packet_answers_bad_request_and_keeps_serving(sbio_client):
+    c = sbio_client(Things)
+    c.send_raw('2/things,["echo", {bad json')
+    error = c.receive("sbio:error")[0]
+    assert error["code"] == "bad_request" and error["event"] is None
+    assert c.call("echo", 1) == [1]
+
+
+def test_connect_refusals(sbio_client):
+    with pytest.raises(ConnectionRefused) as err:
+        sbio_client(Things, auth={"token": "bad"})
+    assert (err.value.message, err.value.data) == ("bad token", {"code": 401})
+    with pytest.raises(ConnectionRefused) as err:
+        sbio_client(Things, auth={"token": "false"})
+    assert err.value.message == "Connection rejected by server"
+    with pytest.raises(ConnectionRefused) as err:
+        sbio_client(Things, auth={"token": "crash"})
+    assert err.value.message == "Internal server error"
+    # refused connections leave nothing behind
+    ok = sbio_client(Things)
+    assert list(ok.server.dispatcher("/things").instances) == [ok.sid]
+
+
+def test_blocking_handler_does_not_block_other_connections(sbio_client):
+    release.clear()
+    slow, fast = sbio_client(Things), sbio_client(Things)
+    pending = gevent.spawn(slow.call, "block")
+    gevent.sleep(0.01)
+    assert not pending.ready()
+    assert fast.call("add", 1, 1) == 2  # answered while "block" is still running
+    assert not pending.ready()
+    release.set()
+    assert pending.get(timeout=5) == "released"
+
+
+def test_spawned_greenlets_die_on_disconnect(sbio_client):
+    c = sbio_client(Things)
+    c.call("spawn_sleeper")
+    job = c.instance.session["job"]
+    assert not job.dead
+    c.disconnect()
+    job.join(timeout=5)
+    assert job.dead
+    assert c.sid not in c.server.dispatcher("/things").instances
+
+
+def test_disconnect_hook_and_server_side_disconnect(sbio_client):
+    DISCONNECTS.clear()
+    c = sbio_client(Things)
+    c.call("kick")
+    c.receive("disconnect")
+    assert not c.connected
+    assert DISCONNECTS == [(c.sid, "server disconnect")]
+
+
+def test_rooms_and_broadcast(sbio_client):
+    a, b, outsider = sbio_client(Things), sbio_client(Things), sbio_client(Things)
+    a.call("join", "r1")
+    b.call("join", "r1")
+    a.call("shout", "r1", "hello")
+    assert b.receive("shout") == ["hello"]
+    assert a.receive("shout") == ["hello"]
+    a.call("shout", "r1", "quiet", False)
+    assert b.receive("shout", count=2) == ["quiet"]
+    assert a.received("shout") == [["hello"]]
+    assert outsider.received("shout") == []
+
+
+def test_server_to_client_call(sbio_client):
+    c = sbio_client(Things)
+    c.on("question", lambda q: f"answer to {q}")
+    assert c.call("ask", "life") == "answer to life"
+
+
+def test_server_to_client_call_times_out(sbio_client):
+    c = sbio_client(Things)
+    c.on("question", lambda q: gevent.sleep(10))
+    assert code_of(c, "ask", "slowly") == "timeout"
+
+
+def test_exception_handler_decorator_wraps_handlers_and_jobs(sbio_client):
+    seen = []
+
+    class Guarded(Things):
+        name = "/guarded"
+
+        def exception_handler_decorator(self, fn):
+            def wrapper(*args, **kwargs):
+                try:
+                    return fn(*args, **kwargs)
+                except ValueError as exc:
+                    seen.append(str(exc))
+                    raise RpcError("handled", str(exc)) from exc
+            return wrapper
+
+    c = sbio_client(Guarded)
+    assert code_of(c, "crash") == "handled"
+    assert seen == ["the handler's own bug"]
+    assert c.call("add", 1) == 2

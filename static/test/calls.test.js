@@ -124,6 +124,17 @@ test("connect refusal: status closed, connect_error with the server's message an
   assert.equal(await conn.call("echo", 3), 3);
 });
 
+test("on_connect returning False or raising also refuses, without leaking internals or hanging", async () => {
+  for (const token of ["false", "crash"]) {
+    const conn = open({ auth: { token } });
+    const err = await waitEvent(conn, "connect_error", () => true, 5000);
+    assert.equal(err.code, "connection_refused", token);
+    assert.equal(typeof err.message, "string");
+    assert.doesNotMatch(err.message, /secret internals|Traceback/);
+    assert.equal(conn.status, "closed");
+  }
+});
+
 test("polling transport works too (the browser default: polling, then upgrade)", async () => {
   const conn = open({ transports: ["polling", "websocket"] });
   assert.equal(await conn.call("echo", "via default transports"), "via default transports");

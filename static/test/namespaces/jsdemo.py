@@ -28,8 +28,13 @@ class JsDemo(Namespace):
         return ["on_login", "on_echo"]
 
     def on_connect(self, auth):
-        if auth and auth.get("token") == "bad":
+        token = auth.get("token") if isinstance(auth, dict) else None
+        if token == "bad":
             raise ConnectionRefused("bad token", {"code": 401})
+        if token == "false":
+            return False
+        if token == "crash":
+            raise RuntimeError("secret internals that must not reach the client")
 
     def on_login(self, username, password):
         if password != "secret":

@@ -11,6 +11,7 @@ else::
 """
 import logging
 import secrets
+import struct
 
 import gevent
 import gevent.event
@@ -75,8 +76,48 @@ class _LimitedWebSocket(WebSocket):
             reason = f"message too big: {exc.args[0]} bytes, limit {self.max_message_size}"
             log.info("closing websocket from %s: %s",
                      self.environ.get("REMOTE_ADDR"), reason)
-            self.close(1009, reason.encode())
+            sock = getattr(self.handler, "socket", None)
+            self.close_with(1009, reason)
+            self._drain(sock)
             return None
+
+    def _drain(self, sock, seconds=2.0, max_bytes=16 * 1024 * 1024):
+        """Read and discard what the client is still sending, briefly.
+
+        Closing a socket with unread input makes the kernel reset the
+        connection, and the client may lose the close frame (and its reason)
+        with it. A bounded lingering read, as HTTP servers do, avoids that.
+        """
+        if sock is None:
+            return
+        drained = 0
+        with gevent.Timeout(seconds, False):
+            while drained < max_bytes:
+                try:
+                    chunk = sock.recv(65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                drained += len(chunk)
+
+    def close_with(self, code, reason):
+        """Send a close frame with *code* and *reason*, then close.
+
+        (gevent-websocket's own ``close`` drops the code.)
+        """
+        from geventwebsocket.exceptions import WebSocketError
+
+        try:
+            payload = struct.pack("!H", code) + reason.encode("utf-8")[:123]
+            self.send_frame(payload, opcode=self.OPCODE_CLOSE)
+        except WebSocketError:
+            log.debug("could not send the close frame", exc_info=True)
+        finally:
+            self.closed = True
+            self.stream = None
+            self.raw_write = None
+            self.raw_read = None
 
 
 class _SbioWebSocketHandler(WebSocketHandler):
@@ -84,7 +125,24 @@ class _SbioWebSocketHandler(WebSocketHandler):
 
     #: a per-server subclass of _LimitedWebSocket carrying the limit
     websocket_class = None
+    #: the Engine.IO server whose origin policy applies
+    engineio_server = None
     sbio_message_bytes = 0
+
+    def run_application(self):
+        # gevent-websocket upgrades before the application runs, so Engine.IO's
+        # origin check could only close the socket after a 101. Check first:
+        # without the Upgrade header the request reaches Engine.IO as plain
+        # HTTP and gets its "400 Not an accepted origin" answer.
+        environ = self.environ
+        origin = environ.get("HTTP_ORIGIN")
+        eio = self.engineio_server
+        if origin and eio is not None and environ.get("HTTP_UPGRADE", "").lower() == "websocket" \
+                and eio.cors_allowed_origins != []:
+            allowed = eio._cors_allowed_origins(environ)
+            if allowed is not None and origin not in allowed:
+                del environ["HTTP_UPGRADE"]
+        return super().run_application()
 
     def run_websocket(self):
         if self.websocket_class is not None and type(self.websocket) is WebSocket:
@@ -146,7 +204,7 @@ class Server:
         self.app = app if app is not None else self._default_app()
         if not self.app.secret_key:
             self.app.secret_key = self._secret_key()
-        self.wsgi_app = socketio.WSGIApp(self.sio, self.app)
+        self._socketio_app = socketio.WSGIApp(self.sio, self.app)
         self.namespaces = {}
         for cls in namespaces:
             self.add_namespace(cls)
@@ -211,6 +269,30 @@ class Server:
         """The :class:`~sbio.dispatch.NamespaceDispatcher` of namespace *name*."""
         return self.sio.dispatchers[name]
 
+    def wsgi_app(self, environ, start_response):
+        """The WSGI application: socket.io at ``/socket.io/``, the Flask app elsewhere.
+
+        A long-polling POST larger than ``server.max_message_size`` is refused
+        here with 413 before Engine.IO sees it (Engine.IO would leave such a
+        request hanging).
+        """
+        if environ.get("REQUEST_METHOD") == "POST" and \
+                environ.get("PATH_INFO", "").startswith("/socket.io"):
+            try:
+                length = int(environ.get("CONTENT_LENGTH") or 0)
+            except ValueError:
+                length = 0
+            if length > self.max_message_size:
+                log.info("refusing a %d-byte polling POST from %s (limit %d)", length,
+                         environ.get("REMOTE_ADDR"), self.max_message_size)
+                body = (f"message too big: {length} bytes, "
+                        f"limit {self.max_message_size}\n").encode()
+                start_response("413 Payload Too Large", [
+                    ("Content-Type", "text/plain"), ("Content-Length", str(len(body))),
+                    ("Connection", "close")])
+                return [body]
+        return self._socketio_app(environ, start_response)
+
     def _connection_session(self, eio_sid):
         session = self._connection_sessions.get(eio_sid)
         if session is None:
@@ -252,7 +334,7 @@ class Server:
         websocket_class = type("SbioWebSocket", (_LimitedWebSocket,),
                                {"__slots__": (), "max_message_size": self.max_message_size})
         handler = type("SbioWebSocketHandler", (_SbioWebSocketHandler,),
-                       {"websocket_class": websocket_class})
+                       {"websocket_class": websocket_class, "engineio_server": self.sio.eio})
         self._wsgi_server = WSGIServer(
             (self.host, self._port), self.wsgi_app, handler_class=handler,
             log=LoggingLogAdapter(logging.getLogger("sbio.access"), logging.DEBUG),

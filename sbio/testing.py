@@ -46,7 +46,7 @@ from socketio import packet as sio_packet  # noqa: E402
 
 from .errors import ConnectionRefused, RpcError, SbioError  # noqa: E402
 
-__all__ = ["CallError", "LocalClient", "LiveClient", "missing_service"]
+__all__ = ["CallError", "LocalClient", "LiveClient", "Subscription", "missing_service"]
 
 #: Environment variable that turns "service missing" skips into failures.
 REQUIRE_SERVICES_ENV = "SBIO_REQUIRE_SERVICES"
@@ -139,9 +139,13 @@ class _ClientBase:
         self.timeout = timeout
         self.events = []  # [(event, args)]
         self._arrived = gevent.event.Event()
+        self.subscriptions = {}  # id -> Subscription (see subscribe())
+        self._sub_ids = itertools.count(1)
 
     def _record(self, event, args):
         self.events.append((event, list(args)))
+        if event == "sbio:update":
+            self._route_update(args)
         self._arrived.set()
 
     def received(self, event=None):
@@ -193,6 +197,59 @@ class _ClientBase:
 
     def __exit__(self, *exc):
         self.disconnect()
+
+    # -- live data ---------------------------------------------------------------
+
+    def subscribe(self, event, *args, id=None, timeout=None):
+        """Subscribe to ``on_<event>(*args)``; return a :class:`Subscription`.
+
+        The first result is in ``.data``; later ``sbio:update`` pushes land in
+        ``.updates`` / ``.errors``. Subscribing again with the same *id*
+        replaces the subscription (a new :class:`Subscription` is returned).
+        Raises :class:`CallError` when the server refuses it.
+        """
+        sub_id = f"s{next(self._sub_ids)}" if id is None else id
+        sub = Subscription(self, sub_id, event, list(args))
+        old = self.subscriptions.get(sub_id)
+        if old is not None:
+            old.active = False
+        # Registered first: an update may overtake the ack.
+        self.subscriptions[sub_id] = sub
+        payload = {"id": sub_id, "event": event, "args": list(args)}
+        try:
+            envelope, cause = self._call("sbio:subscribe", [payload], timeout)
+            if cause is None and isinstance(envelope, dict) and not envelope.get("ok", True):
+                cause = self._take_server_error(event)
+            data = self._unwrap(envelope, cause)
+        except BaseException:
+            if self.subscriptions.get(sub_id) is sub:
+                del self.subscriptions[sub_id]
+            sub.active = False
+            raise
+        if not sub.updates:  # an update that overtook the ack is fresher
+            sub.data = data
+        return sub
+
+    def unsubscribe(self, *subs, timeout=None):
+        """End subscriptions (:class:`Subscription` objects or ids); one ``{"ids"}`` call."""
+        ids = [s.id if isinstance(s, Subscription) else s for s in subs]
+        for sub_id in ids:
+            sub = self.subscriptions.pop(sub_id, None)
+            if sub is not None:
+                sub.active = False
+        payload = {"id": ids[0]} if len(ids) == 1 else {"ids": ids}
+        return self._unwrap(self._call("sbio:unsubscribe", [payload], timeout)[0])
+
+    def _route_update(self, args):
+        body = args[0] if args else None
+        if isinstance(body, dict):
+            sub = self.subscriptions.get(body.get("id"))
+            if sub is not None:
+                sub._push(body)
+
+    def _take_server_error(self, event):
+        """The exception a handler raised for *event* on this connection, if known."""
+        return None
 
 
 class LocalClient(_ClientBase):
@@ -319,6 +376,11 @@ class LocalClient(_ClientBase):
         """Feed a raw socket.io packet string (for malformed-input tests)."""
         self.sio._handle_eio_message(self.eio_sid, text)
 
+    def _take_server_error(self, event):
+        if not self.raise_server_errors or self.sid is None:
+            return None
+        return _ErrorCapture.of(self.server).take(self.sid, event)
+
     def _require_connected(self):
         if not self.connected:
             raise SbioError(f"{self!r} is not connected")
@@ -429,7 +491,8 @@ class LiveClient(_ClientBase):
                                 transports=list(transports), headers=headers or {},
                                 wait_timeout=timeout)
         except Exception as exc:
-            self.client.disconnect()
+            # abort: a polling transport would otherwise wait out its long-poll
+            self.client.eio.disconnect(abort=True)
             if self._refusal is not None:
                 raise ConnectionRefused(self._refusal.get("message", "Connection refused"),
                                         self._refusal.get("data")) from None
@@ -463,6 +526,71 @@ class LiveClient(_ClientBase):
 
     def __repr__(self):
         return f"<LiveClient {self.namespace}>"
+
+
+class Subscription:
+    """A live subscription of a test client (from ``client.subscribe(...)``).
+
+    ``data`` is the latest result (the first one, then each update);
+    ``updates`` the data of every ``sbio:update`` received after the first
+    result; ``errors`` every pushed error (``{"code", "message"}``);
+    ``pushes`` every raw ``sbio:update`` body, in order.
+    """
+
+    __test__ = False
+
+    def __init__(self, client, id, event, args):
+        self.client = client
+        self.id = id
+        self.event = event
+        self.args = args
+        self.data = None
+        self.updates = []
+        self.errors = []
+        self.pushes = []
+        self.active = True
+        self._seen = 0
+
+    def __repr__(self):
+        return f"<Subscription {self.id!r} {self.event}{tuple(self.args)!r}>"
+
+    def _push(self, body):
+        self.pushes.append(body)
+        if body.get("error") is not None:
+            self.errors.append(body["error"])
+        else:
+            self.data = body.get("data")
+            self.updates.append(self.data)
+
+    def wait_update(self, timeout=None):
+        """Wait for the next push not yet returned by this method; return its data.
+
+        An error push raises :class:`CallError` (with the server's exception
+        as ``__cause__`` for an in-process client, when known). Raises
+        :class:`TimeoutError` after *timeout* seconds (the client's default).
+        """
+        client = self.client
+        timeout = client.timeout if timeout is None else timeout
+        with gevent.Timeout(timeout, TimeoutError(
+                f"no sbio:update for subscription {self.id!r} ({self.event}) within "
+                f"{timeout}s ({len(self.pushes)} received, {self._seen} already seen)")):
+            while len(self.pushes) <= self._seen:
+                client._arrived.clear()
+                client._arrived.wait()
+        body = self.pushes[self._seen]
+        self._seen += 1
+        error = body.get("error")
+        if error is not None:
+            exc = CallError(error.get("code", "unknown"), error.get("message", ""))
+            cause = client._take_server_error(self.event)
+            if cause is not None:
+                raise exc from cause
+            raise exc
+        return body.get("data")
+
+    def unsubscribe(self, timeout=None):
+        """End this subscription."""
+        return self.client.unsubscribe(self, timeout=timeout)
 
 
 # -- fixtures -----------------------------------------------------------------------

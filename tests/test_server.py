@@ -1,0 +1,241 @@
+"""A real sbio.Server on a loopback port, driven by python-socketio clients and raw sockets."""
+import json
+import logging
+import struct
+
+import pytest
+import requests
+import websocket
+
+from sbio import ConnectionRefused, Namespace
+from sbio.testing import CallError
+
+import chat  # the bundled namespaces/chat.py (tests/conftest.py puts it on sys.path)
+
+
+class Chat(chat.Chat):
+    """The bundled chat, plus two ways to fail."""
+
+    def on_connect(self, auth):
+        if auth and auth.get("token") == "crash":
+            raise RuntimeError("on_connect bug")
+        return super().on_connect(auth)
+
+    def on_crash(self):
+        raise RuntimeError("handler bug")
+
+
+class Other(Namespace):
+    name = "/other"
+
+    def on_mark(self, value):
+        self.session["mine"] = value
+        self.connection_session["shared"] = value
+        return True
+
+    def on_peek(self):
+        return {"mine": self.session.get("mine"), "shared": self.connection_session.get("shared")}
+
+
+TRANSPORTS = [pytest.param(["websocket"], id="websocket"),
+              pytest.param(["polling"], id="polling")]
+
+
+@pytest.fixture
+def server(sbio_server):
+    return sbio_server(Chat, Other)
+
+
+@pytest.mark.parametrize("transports", TRANSPORTS)
+def test_login_flow_and_error_codes(server, live_client, transports):
+    c = live_client(server, "/chat", transports=transports)
+    assert c.call_envelope("whoami")["error"]["code"] == "forbidden"
+    assert c.call_envelope("login", "ann", "nope")["error"] == {
+        "code": "bad_credentials", "message": "wrong user name or password"}
+    assert c.call_envelope("login", "ann", "secret") == {"ok": True, "data": {"user": "ann"}}
+    assert c.call("whoami") == "ann"
+    codes = {
+        "not_found": c.call_envelope("nope"),
+        "bad_request": c.call_envelope("login", "only-one-argument"),
+        "internal": c.call_envelope("crash"),
+    }
+    for code, envelope in codes.items():
+        assert envelope["ok"] is False and envelope["error"]["code"] == code, envelope
+        assert "Traceback" not in envelope["error"]["message"]
+    assert c.call_envelope("bad name")["error"]["code"] == "bad_request"
+    c.emit("nope")
+    assert c.receive("sbio:error") == [{"event": "nope", "code": "not_found",
+                                        "message": "no handler for event 'nope'"}]
+
+
+def test_refused_connect_gets_message_and_data(server, live_client):
+    with pytest.raises(ConnectionRefused) as err:
+        live_client(server, "/chat", auth={"token": "bad"})
+    assert err.value.message == "bad token"
+    assert err.value.data == {"code": 401}
+
+
+def test_refused_connect_over_polling(server):
+    # Raw HTTP: python-socketio's client waits out a long-poll after a refusal.
+    base = f"{server.url}/socket.io/?EIO=4&transport=polling"
+    sid = json.loads(requests.get(base, timeout=5).text[1:])["sid"]
+    assert requests.post(f"{base}&sid={sid}", data='40/chat,{"token":"bad"}',
+                         timeout=5).text == "OK"
+    answer = requests.get(f"{base}&sid={sid}", timeout=5).text
+    assert answer == '44/chat,{"message":"bad token","data":{"code":401}}'
+
+
+def test_crash_in_on_connect_answers_instead_of_hanging(server, live_client):
+    with pytest.raises(ConnectionRefused) as err:
+        live_client(server, "/chat", auth={"token": "crash"}, timeout=5)
+    assert err.value.message == "Internal server error"
+
+
+def test_unknown_namespace_is_invalid(server, live_client):
+    with pytest.raises(ConnectionRefused) as err:
+        live_client(server, "/nowhere")
+    assert err.value.message == "Invalid namespace"
+
+
+def test_namespaces_on_one_connection_have_own_instances_and_a_shared_session(server):
+    import socketio
+
+    client = socketio.Client(reconnection=False)
+    client.connect(server.url, namespaces=["/chat", "/other"], transports=["websocket"],
+                   wait_timeout=5)
+    try:
+        assert client.call("mark", "x", namespace="/other", timeout=5)["ok"]
+        chat_sid, other_sid = client.get_sid("/chat"), client.get_sid("/other")
+        chat_ns = server.dispatcher("/chat").instances[chat_sid]
+        other = server.dispatcher("/other").instances[other_sid]
+        assert chat_ns is not other
+        assert chat_ns.session == {"user": None}
+        assert other.session == {"mine": "x"}
+        assert chat_ns.connection_session is other.connection_session
+        assert chat_ns.connection_session == {"shared": "x"}
+    finally:
+        client.disconnect()
+
+
+def test_two_clients_see_each_others_room_messages(server, live_client):
+    ann = live_client(server, "/chat")
+    bob = live_client(server, "/chat")
+    for client, name in ((ann, "ann"), (bob, "bob")):
+        client.call("login", name, "secret")
+        client.call("join", "lobby")
+    assert ann.call("say", "lobby", "hi bob") == "sent"
+    assert bob.receive("message") == [{"room": "lobby", "user": "ann", "text": "hi bob"}]
+    with pytest.raises(CallError) as err:
+        ann.call("say", "elsewhere", "hello?")
+    assert err.value.code == "not_in_room"
+
+
+def _raw_websocket(server, namespace="/chat", origin=None):
+    url = server.url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
+    ws = websocket.create_connection(url, timeout=5, origin=origin)
+    assert ws.recv().startswith("0{")  # engine.io open
+    ws.send(f"40{namespace},")
+    assert ws.recv().startswith(f"40{namespace},")
+    return ws
+
+
+def _next_event(ws):
+    while True:
+        frame = ws.recv()
+        if frame == "2":  # engine.io ping
+            ws.send("3")
+            continue
+        return frame
+
+
+def test_non_json_payload_gets_bad_request_and_the_connection_stays(server):
+    ws = _raw_websocket(server)
+    try:
+        ws.send('42/chat,["login", {not json')
+        frame = _next_event(ws)
+        assert frame.startswith('42/chat,["sbio:error"')
+        error = json.loads(frame[len("42/chat,"):])[1]
+        assert error["code"] == "bad_request" and error["event"] is None
+        ws.send('42/chat,1["login","ann","secret"]')
+        assert json.loads(_next_event(ws)[len("43/chat,1"):]) == [
+            {"ok": True, "data": {"user": "ann"}}]
+    finally:
+        ws.close()
+
+
+def test_oversize_websocket_message_closes_with_1009_and_others_keep_working(server, live_client):
+    bystander = live_client(server, "/chat")
+    ws = _raw_websocket(server)
+    big = '42/chat,["login","' + "x" * 2_000_000 + '","secret"]'
+    ws.send(big)
+    while True:
+        opcode, frame = ws.recv_data_frame(control_frame=True)
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            break
+    code, reason = struct.unpack("!H", frame.data[:2])[0], frame.data[2:].decode()
+    assert code == 1009  # "message too big"
+    assert "limit 1000000" in reason
+    ws.close()
+    assert bystander.call("login", "bob", "secret") == {"user": "bob"}
+
+
+def test_oversize_polling_message_is_refused(server):
+    open_ = requests.get(f"{server.url}/socket.io/?EIO=4&transport=polling", timeout=5)
+    sid = json.loads(open_.text[1:])["sid"]
+    big = '42/chat,["x","' + "x" * 2_000_000 + '"]'
+    response = requests.post(f"{server.url}/socket.io/?EIO=4&transport=polling&sid={sid}",
+                             data=big, timeout=10)
+    assert response.status_code == 413
+    assert "limit 1000000" in response.text
+
+
+def test_foreign_origin_is_refused_same_origin_accepted(server):
+    base = f"{server.url}/socket.io/?EIO=4&transport=polling"
+    assert requests.get(base, headers={"Origin": "http://evil.example"}, timeout=5).status_code == 400
+    # a look-alike of the host must not pass either (Sideboard's substring check did)
+    assert requests.get(base, headers={"Origin": f"{server.url}.evil.example"},
+                        timeout=5).status_code == 400
+    assert requests.get(base, headers={"Origin": server.url}, timeout=5).status_code == 200
+    with pytest.raises(websocket.WebSocketBadStatusException):
+        _raw_websocket(server, origin="http://evil.example")
+
+
+def test_configured_cors_origin_is_accepted(sbio_server, sbio_config):
+    from sbio.config import load_sbio_config
+
+    config = load_sbio_config(overrides={"server.host": "127.0.0.1", "server.port": 0,
+                                         "server.cors_allowed_origins": ["http://app.example"]})
+    server = sbio_server(Chat, config=config)
+    base = f"{server.url}/socket.io/?EIO=4&transport=polling"
+    assert requests.get(base, headers={"Origin": "http://app.example"}, timeout=5).status_code == 200
+    assert requests.get(base, headers={"Origin": "http://evil.example"}, timeout=5).status_code == 400
+
+
+def test_bad_input_is_never_logged_as_an_unhandled_exception(server, live_client, caplog):
+    caplog.set_level(logging.INFO)
+    c = live_client(server, "/chat")
+    c.call_envelope("nope")
+    c.call_envelope("bad name")
+    c.call_envelope("login")
+    ws = _raw_websocket(server)
+    ws.send('42/chat,["x", {oops')
+    _next_event(ws)
+    ws.send("not a packet at all")
+    ws.close()
+    assert c.call("login", "ann", "secret") == {"user": "ann"}
+    unhandled = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert unhandled == []
+
+
+def test_index_page_lists_namespaces_and_static_files_are_served(server):
+    page = requests.get(server.url + "/", timeout=5)
+    assert page.status_code == 200
+    assert "/chat" in page.text and "/other" in page.text
+
+
+def test_stop_disconnects_clients(sbio_server, live_client):
+    server = sbio_server(Chat)
+    c = live_client(server, "/chat")
+    server.stop(timeout=5)
+    c.receive("disconnect", timeout=5)
+    assert not server.started

@@ -5,8 +5,13 @@ The public API, in one place:
 * :class:`Namespace` — subclass it; one instance per connection, with
   ``session``, an ACL over its ``on_*`` handlers, rooms and owned greenlets.
 * :class:`Server` — hosts namespaces and a Flask app on a gevent WSGIServer.
+* :class:`DaemonTask`, :class:`Caller`, :class:`GenericCaller`,
+  :func:`on_startup`, :func:`on_shutdown`, :data:`stopped` — background work
+  tied to the server's lifecycle.
+* :func:`parse_config` — layered, validated configuration for your package.
 * :class:`RpcError`, :class:`ConnectionRefused`, :class:`SbioError`,
-  :class:`SbioTimeoutError` — the exception tree.
+  :class:`SbioTimeoutError`, :class:`ConfigurationError`,
+  :class:`LifecycleError`, :class:`QueueFull` — the exception tree.
 
 Importing sbio has no side effects: no monkey-patching, no sockets, no
 configuration parsed. The names are loaded on first use, so ``import sbio``
@@ -25,6 +30,16 @@ _EXPORTS = {
     "ConnectionRefused": "sbio.errors",
     "SbioError": "sbio.errors",
     "SbioTimeoutError": "sbio.errors",
+    "DaemonTask": "sbio.tasks",
+    "Caller": "sbio.tasks",
+    "GenericCaller": "sbio.tasks",
+    "on_startup": "sbio.tasks",
+    "on_shutdown": "sbio.tasks",
+    "stopped": "sbio.tasks",
+    "LifecycleError": "sbio.tasks",
+    "QueueFull": "sbio.tasks",
+    "parse_config": "sbio.config",
+    "ConfigurationError": "sbio.config",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -12,6 +12,7 @@ else::
 import logging
 import secrets
 import struct
+import time
 
 import gevent
 import gevent.event
@@ -168,12 +169,21 @@ class Server:
         the namespaces.
     :param host: overrides ``server.host``.
     :param port: overrides ``server.port`` (0 picks a free port; see :attr:`port`).
+    :param lifecycle: the :class:`sbio.tasks.Lifecycle` whose hooks, DaemonTasks
+        and Callers start and stop with this server (the process-wide
+        ``sbio.tasks.lifecycle`` by default). A server stops the lifecycle
+        only if it was the one that started it.
     """
 
     #: The python-socketio server class; override to customize dispatch.
     socketio_server_class = SocketIOServer
 
-    def __init__(self, namespaces=(), config=None, app=None, host=None, port=None):
+    def __init__(self, namespaces=(), config=None, app=None, host=None, port=None,
+                 lifecycle=None):
+        if lifecycle is None:
+            from .tasks import lifecycle
+        self.lifecycle = lifecycle
+        self._owns_lifecycle = False
         if config is None:
             from .config import load_sbio_config
             config = load_sbio_config()
@@ -263,6 +273,11 @@ class Server:
             raise ValueError(f"namespace {name} is served by both "
                              f"{self.namespaces[name].__name__} and {cls.__name__}")
         self.namespaces[name] = cls
+        startup, shutdown = getattr(cls, "on_startup", None), getattr(cls, "on_shutdown", None)
+        if startup is not None or shutdown is not None:
+            # keyed by class: a second server hosting cls does not add them twice
+            self.lifecycle.add_hooks(startup=startup, shutdown=shutdown,
+                                     key=("sbio.namespace", cls), name=cls.__qualname__)
         return self.sio.add_namespace_class(cls)
 
     def dispatcher(self, name):
@@ -328,9 +343,16 @@ class Server:
         return f"http://{host}:{self.port}"
 
     def start(self):
-        """Listen and serve in the background (returns at once). Idempotent."""
+        """Start the lifecycle (hooks, tasks), then listen and serve in the background.
+
+        Returns at once. Idempotent. A failing startup hook raises
+        :class:`sbio.tasks.LifecycleError` and nothing listens.
+        """
         if self.started:
             return self
+        if not self.lifecycle.running:
+            self.lifecycle.start()
+            self._owns_lifecycle = True
         websocket_class = type("SbioWebSocket", (_LimitedWebSocket,),
                                {"__slots__": (), "max_message_size": self.max_message_size})
         handler = type("SbioWebSocketHandler", (_SbioWebSocketHandler,),
@@ -340,7 +362,11 @@ class Server:
             log=LoggingLogAdapter(logging.getLogger("sbio.access"), logging.DEBUG),
             error_log=LoggingLogAdapter(logging.getLogger("sbio.wsgi"), logging.ERROR),
         )
-        self._wsgi_server.start()
+        try:
+            self._wsgi_server.start()
+        except Exception:
+            self._stop_lifecycle(self.config["server"].get("shutdown_timeout", 10))
+            raise
         self._stopping = False
         self._stopped.clear()
         log.info("sbio listening on %s (namespaces: %s)", self.url,
@@ -348,27 +374,36 @@ class Server:
         return self
 
     def stop(self, timeout=None):
-        """Stop gracefully: stop accepting, disconnect clients, then stop serving.
+        """Stop gracefully, within *timeout* seconds (``server.shutdown_timeout``).
 
-        Connected clients receive a socket.io disconnect. Waits up to
-        *timeout* seconds (``server.shutdown_timeout`` by default) for
-        requests in flight, then kills what is left. Idempotent.
+        In order: stop accepting connections, disconnect every client (they
+        receive a socket.io disconnect), let requests in flight finish, then
+        stop the lifecycle (DaemonTasks, Callers, shutdown hooks) with the
+        time that is left. What is still running at the deadline is killed
+        and logged. Idempotent.
         """
         if not self.started or self._stopping:
             return
         self._stopping = True
         if timeout is None:
             timeout = float(self.config["server"].get("shutdown_timeout", 10))
+        deadline = time.monotonic() + timeout
         log.info("sbio stopping (%s)", self.url)
         server = self._wsgi_server
         try:
             server.close()  # stop accepting new connections
             self._disconnect_all()
             self.sio.shutdown()
-            server.stop(timeout=timeout)
+            server.stop(timeout=max(0.0, (deadline - time.monotonic()) / 2))
         finally:
+            self._stop_lifecycle(max(0.5, deadline - time.monotonic()))
             self._stopped.set()
             log.info("sbio stopped")
+
+    def _stop_lifecycle(self, timeout):
+        if self._owns_lifecycle:
+            self._owns_lifecycle = False
+            self.lifecycle.stop(timeout=timeout)
 
     def _disconnect_all(self):
         for name, dispatcher in list(self.sio.dispatchers.items()):

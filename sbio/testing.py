@@ -44,6 +44,8 @@ import pytest  # noqa: E402
 from engineio import packet as eio_packet  # noqa: E402
 from socketio import packet as sio_packet  # noqa: E402
 
+from ._fixtures_config import config_patcher  # noqa: E402,F401
+from ._fixtures_tasks import *  # noqa: E402,F401,F403
 from .errors import ConnectionRefused, RpcError, SbioError  # noqa: E402
 
 __all__ = ["CallError", "LocalClient", "LiveClient", "Subscription", "missing_service"]
@@ -631,6 +633,8 @@ def sbio_client(sbio_config):
     yield make
     for client in state["clients"]:
         client.disconnect()
+    if state["server"] is not None:
+        state["server"].stop(timeout=5)
 
 
 @pytest.fixture

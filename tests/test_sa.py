@@ -1,0 +1,942 @@
+"""Tests for sbio.sa (SQLAlchemy helpers) and the db fixture, on SQLite and PostgreSQL."""
+# psycopg picks its (blocking or cooperative) wait function when it is
+# imported: gevent must patch select/socket before that. The sbio pytest
+# plugin is meant to patch at import; until it does, patch here.
+import os
+
+from gevent import monkey
+
+if os.environ.get("SBIO_MONKEY_PATCH", "1").lower() not in ("0", "false", "no"):
+    if not monkey.is_module_patched("select"):  # pragma: no cover - the plugin patched already
+        monkey.patch_all()
+
+import datetime  # noqa: E402
+import enum  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import types  # noqa: E402
+import uuid  # noqa: E402
+from decimal import Decimal  # noqa: E402
+from typing import Optional  # noqa: E402
+
+import gevent  # noqa: E402
+import pytest  # noqa: E402
+import sqlalchemy  # noqa: E402
+from sqlalchemy import (  # noqa: E402
+    Boolean,
+    Column,
+    Enum,
+    ForeignKey,
+    Integer,
+    Numeric,
+    String,
+    Table,
+    Text,
+    delete,
+    select,
+    text,
+    update,
+)
+from sqlalchemy import inspect as sa_inspect  # noqa: E402
+from sqlalchemy.exc import StatementError  # noqa: E402
+from sqlalchemy.orm import Mapped, mapped_column, relationship  # noqa: E402
+
+import sbio.sa  # noqa: E402
+import sbio.testing  # noqa: E402
+from sbio._fixtures_db import DbFixture, temporary_database  # noqa: E402
+from sbio.errors import RpcError  # noqa: E402
+from sbio.sa import (  # noqa: E402
+    JSON,
+    UUID,
+    SessionManager,
+    UTCDateTime,
+    ValidationError,
+    create_engine,
+    declarative_base,
+    get_change_notifier,
+    model_channel,
+    set_change_notifier,
+    snake_case,
+)
+
+if not hasattr(sbio.testing, "db"):  # until the plugin re-exports sbio._fixtures_db
+    from sbio._fixtures_db import db, db_seed  # noqa: E402,F401
+
+UTC = datetime.timezone.utc
+
+
+def utcnow():
+    return datetime.datetime.now(UTC)
+
+
+# --------------------------------------------------------------------------
+# models
+# --------------------------------------------------------------------------
+
+
+class Color(enum.Enum):
+    red = "r"
+    green = "g"
+
+
+@declarative_base
+class Base:
+    id = Column(UUID(), primary_key=True, default=uuid.uuid4)
+
+    def describe(self):
+        return f"{type(self).__name__} {self.id}"
+
+
+website_tag = Table(
+    "website_tag",
+    Base.metadata,
+    Column("website_id", ForeignKey("website.id", ondelete="CASCADE"), primary_key=True),
+    Column("tag_id", ForeignKey("tag.id", ondelete="CASCADE"), primary_key=True),
+)
+
+
+class Website(Base):
+    url = Column(Text(), nullable=False, unique=True)
+    title = Column(String(20))
+    score = Column(Integer, nullable=False, default=0)
+    status = Column(String(10), default="new")  # the scalar default Sideboard crashed on
+    created = Column(UTCDateTime, nullable=False, default=utcnow)
+    meta = Column(JSON, default={})
+    doubled = Column(Integer, default=lambda ctx: ctx.get_current_parameters()["score"] * 2)
+    pages = relationship("WebPage", back_populates="website", cascade="all, delete-orphan", order_by="WebPage.path")
+    tags = relationship("Tag", secondary=website_tag, order_by="Tag.name")
+
+    @property
+    def page_count(self):
+        return len(self.pages)
+
+    @property
+    def nickname(self):
+        return self.title
+
+    @nickname.setter
+    def nickname(self, value):
+        self.title = value
+
+
+class WebPage(Base):
+    website_id = Column(UUID(), ForeignKey("website.id"), nullable=False)
+    path = Column(Text(), nullable=False)
+    website = relationship("Website", back_populates="pages")
+
+
+class Tag(Base):
+    name = Column(String(30), nullable=False, unique=True)
+
+
+class Sample(Base):
+    flag = Column(Boolean)
+    amount = Column(Numeric(10, 2))
+    color = Column(Enum(Color))
+    when = Column(UTCDateTime)
+    count = Column(Integer)
+    doc = Column(JSON)
+
+
+class HTTPRequestLog(Base):
+    _repr_attr_names = ["id", "method"]
+    method = Column(String(8))
+
+
+class Session(SessionManager):
+    engine = None  # bound by the db fixture
+
+    class SessionMixin:
+        def website(self, url):
+            return self.scalars(select(Website).filter_by(url=url)).one()
+
+
+class QuietSession(SessionManager):
+    base = Base
+    notify_changes = False
+
+
+# --------------------------------------------------------------------------
+# fixtures
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sbio_session_manager():
+    return Session
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def sbio_db_backend(request):
+    return request.param
+
+
+@pytest.fixture
+def notified(monkeypatch):
+    """Every change notification of ``Session``, as a list of channel lists."""
+    calls = []
+    monkeypatch.setattr(Session, "notifier", calls.append)
+    return calls
+
+
+def one_site(db, **kwargs):
+    kwargs.setdefault("url", "https://example.org")
+    return db.add(Website(**kwargs))
+
+
+# --------------------------------------------------------------------------
+# declarative_base
+# --------------------------------------------------------------------------
+
+
+def test_snake_case_table_names():
+    assert snake_case("Website") == "website"
+    assert snake_case("WebPage") == "web_page"
+    assert snake_case("HTTPRequestLog") == "http_request_log"
+    assert snake_case("Page2Thing") == "page2_thing"
+    assert Website.__tablename__ == "website"
+    assert WebPage.__table__.name == "web_page"
+    assert HTTPRequestLog.__table__.name == "http_request_log"
+    assert model_channel(Website) == "website"
+    assert model_channel(Website(url="x")) == "website"
+
+
+def test_base_class_columns_and_methods_are_inherited():
+    site = Website(url="x")
+    assert isinstance(site, Base)
+    assert "id" in Website.__table__.c and "id" in Tag.__table__.c
+    assert site.describe() == f"Website {site.id}"
+
+
+def test_single_table_inheritance_keeps_parent_table():
+    @declarative_base
+    class B:
+        __module__ = "sti_example"  # keep this module's only base unambiguous for Session
+        id = Column(Integer, primary_key=True)
+
+    class Animal(B):
+        kind = Column(String(10))
+        __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "animal"}
+
+    class Dog(Animal):
+        __mapper_args__ = {"polymorphic_identity": "dog"}
+
+    class Cat(Animal):
+        id = Column(Integer, ForeignKey("animal.id"), primary_key=True)
+        __mapper_args__ = {"polymorphic_identity": "cat"}
+
+    assert Dog.__table__ is Animal.__table__
+    assert model_channel(Dog) == "animal"
+    assert Cat.__table__.name == "cat"  # own primary key column: joined inheritance
+
+
+def test_mapped_column_style_and_set_collections():
+    @declarative_base
+    class B:
+        __module__ = "mapped_example"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    class Owner(B):
+        name: Mapped[str] = mapped_column(String(10), default="anon")
+        items: Mapped[set["Item"]] = relationship(back_populates="owner")
+
+    class Item(B):
+        owner_id: Mapped[Optional[int]] = mapped_column(ForeignKey("owner.id"))
+        label: Mapped[str]
+        owner: Mapped[Optional[Owner]] = relationship(back_populates="items")
+
+    class SpecialItem(Item):  # no own primary key: single-table inheritance
+        pass
+
+    class JoinedItem(Item):
+        id: Mapped[int] = mapped_column(ForeignKey("item.id"), primary_key=True)
+
+    assert SpecialItem.__table__ is Item.__table__
+    assert JoinedItem.__table__.name == "joined_item"
+    owner = Owner.from_dict({"id": 1, "items": [{"id": 2, "label": "a"}, {"id": 3, "label": "b"}]})
+    assert owner.name == "anon"
+    assert isinstance(owner.items, set) and {i.label for i in owner.items} == {"a", "b"}
+    assert repr(owner) == "<Owner id=1>"
+    item = Item.from_dict({"label": "c", "owner": None})  # nullable many-to-one
+    assert item.owner is None
+
+
+def test_defaults_applied_at_construction():
+    site = Website(url="x")
+    assert isinstance(site.id, uuid.UUID)
+    assert site.score == 0  # scalar
+    assert site.status == "new"  # scalar string (Sideboard's TypeError)
+    assert site.created.tzinfo is UTC  # zero-argument callable
+    assert site.meta == {}
+    assert site.doubled is None  # context-taking default: left to the flush
+    other = Website(url="y")
+    assert other.id != site.id
+    assert other.meta is not site.meta  # mutable scalar default copied per instance
+    site.meta["k"] = 1
+    assert Website(url="z").meta == {}
+
+
+def test_explicit_values_beat_defaults_and_unknown_kwargs_fail():
+    ident = uuid.uuid4()
+    site = Website(url="x", id=ident, score=5, status=None, _model="Website")
+    assert (site.id, site.score, site.status) == (ident, 5, None)
+    with pytest.raises(TypeError, match="bogus"):
+        Website(url="x", bogus=1)
+
+
+def test_context_default_runs_at_flush(db):
+    site = one_site(db, score=4)
+    with Session() as s:
+        assert s.get(Website, site.id).doubled == 8
+
+
+def test_repr_shows_primary_and_unique_columns():
+    ident = uuid.UUID("12345678-1234-5678-1234-567812345678")
+    site = Website(id=ident, url="https://a", title="A")
+    assert repr(site) == "<Website id='12345678-1234-5678-1234-567812345678' url='https://a'>"
+    assert repr(HTTPRequestLog(id=ident, method="GET")) == (
+        "<HTTPRequestLog id='12345678-1234-5678-1234-567812345678' method='GET'>"
+    )
+
+
+def test_repr_never_loads(db):
+    site = one_site(db)
+    with Session() as s:
+        loaded = s.get(Website, site.id)
+        s.expire(loaded, ["url"])
+    assert repr(loaded) == f"<Website id='{site.id}'>"  # detached + expired: no error
+
+
+# --------------------------------------------------------------------------
+# column types
+# --------------------------------------------------------------------------
+
+
+def test_uuid_round_trip(db):
+    site = one_site(db)
+    with Session() as s:
+        loaded = s.get(Website, site.id)
+        assert isinstance(loaded.id, uuid.UUID) and loaded.id == site.id
+        # the string form works in queries too
+        assert s.scalars(select(Website).where(Website.id == str(site.id))).one() is loaded
+        raw = s.execute(text("SELECT id FROM website")).scalar_one()
+    columns = {c["name"]: c["type"] for c in sa_inspect(db.engine).get_columns("website")}
+    if db.backend == "postgresql":
+        assert isinstance(columns["id"], sqlalchemy.Uuid)  # native uuid
+        assert raw == site.id
+    else:
+        assert str(columns["id"]) == "CHAR(32)"
+        assert raw == site.id.hex
+
+
+def test_uuid_rejects_garbage(db):
+    with pytest.raises(StatementError, match="not a UUID"):
+        with Session() as s:
+            s.execute(select(Website).where(Website.id == "nope")).all()
+
+
+def test_json_round_trip(db):
+    doc = {"a": [1, 2.5, "x", None, True], "b": {"c": {}}}
+    site = one_site(db, meta=doc)
+    sample, empty = db.add(Sample(doc=[doc, "s", 3]), Sample(doc=None))
+    defaulted = db.add(Website(url="https://none", meta=None))  # None means "use the default"
+    with Session() as s:
+        assert s.get(Website, site.id).meta == doc
+        assert s.get(Sample, sample.id).doc == [doc, "s", 3]
+        assert s.get(Sample, empty.id).doc is None
+        assert s.get(Website, defaulted.id).meta == {}
+        # None is SQL NULL, not JSON null
+        nulls = s.execute(text("SELECT count(*) FROM sample WHERE doc IS NULL")).scalar_one()
+        assert nulls == 1
+    columns = {c["name"]: c["type"] for c in sa_inspect(db.engine).get_columns("website")}
+    expected = "JSONB" if db.backend == "postgresql" else "JSON"
+    assert type(columns["meta"]).__name__ == expected
+
+
+def test_utcdatetime_round_trip_is_aware_utc(db):
+    paris = datetime.timezone(datetime.timedelta(hours=2))
+    moment = datetime.datetime(2024, 5, 1, 14, 30, 15, 123456, tzinfo=paris)
+    site = one_site(db, created=moment)
+    assert site.created.tzinfo is UTC and site.created.hour == 12  # normalized on assignment
+    with Session() as s:
+        loaded = s.get(Website, site.id)
+        s.refresh(loaded)
+        assert loaded.created == moment
+        assert loaded.created.tzinfo == UTC
+        assert loaded.created.utcoffset() == datetime.timedelta(0)
+        assert loaded.created.hour == 12
+        later = moment + datetime.timedelta(seconds=1)
+        assert s.scalars(select(Website).where(Website.created < later)).one() is loaded
+        assert s.scalars(select(Website).where(Website.created > later)).all() == []
+
+
+def test_utcdatetime_rejects_naive(db):
+    naive = datetime.datetime(2024, 5, 1, 12, 0)
+    with pytest.raises(ValueError, match="naive datetime 2024-05-01T12:00:00"):
+        Website(url="x", created=naive)
+    site = Website(url="x")
+    with pytest.raises(ValueError, match="Website.created refuses the naive"):
+        site.created = naive
+    with pytest.raises(StatementError, match="refuses the naive"):
+        with Session() as s:
+            s.execute(select(Website).where(Website.created < naive)).all()
+
+
+# --------------------------------------------------------------------------
+# to_dict / from_dict
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def site_with_pages(db):
+    tag_b, tag_a = Tag(name="b"), Tag(name="a")
+    site = Website(url="https://s", title="S", tags=[tag_b, tag_a])
+    site.pages = [WebPage(path="/2"), WebPage(path="/1")]
+    db.add(site)
+    with Session() as s:
+        site = s.get(Website, site.id)
+        for page in site.pages:  # load while attached
+            page.website
+        site.tags
+        return site
+
+
+def test_to_dict_default(site_with_pages):
+    site = site_with_pages
+    d = site.to_dict()
+    assert list(d)[:2] == ["_model", "id"]
+    assert d["_model"] == "Website"
+    assert d["id"] == site.id and d["url"] == "https://s" and d["score"] == 0
+    assert set(d) == {"_model", "id", "url", "title", "score", "status", "created", "meta", "doubled"}
+
+
+def test_to_dict_spec_follows_relationships(site_with_pages):
+    site = site_with_pages
+    assert site.to_dict(["url", {"pages": ["path"]}, "page_count"]) == {
+        "url": "https://s",
+        "pages": [{"path": "/1"}, {"path": "/2"}],
+        "page_count": 2,
+    }
+    nested = site.to_dict({"url": True, "tags": ["name"], "pages": {"path": True, "website": ["url"]}})
+    assert nested == {
+        "url": "https://s",
+        "tags": [{"name": "a"}, {"name": "b"}],
+        "pages": [{"path": "/1", "website": {"url": "https://s"}}, {"path": "/2", "website": {"url": "https://s"}}],
+    }
+    default_nested = site.to_dict(["pages"])["pages"][0]
+    assert default_nested["_model"] == "WebPage" and default_nested["path"] == "/1"
+    with pytest.raises(AttributeError, match="nope"):
+        site.to_dict(["nope"])
+    with pytest.raises(ValueError, match="not a relationship"):
+        site.to_dict({"url": ["x"]})
+
+
+def test_to_dict_jsonable(site_with_pages):
+    d = site_with_pages.to_dict(jsonable=True)
+    assert d["id"] == str(site_with_pages.id)
+    assert d["created"] == site_with_pages.created.isoformat() and d["created"].endswith("+00:00")
+    sample = Sample(amount=Decimal("1.50"), color=Color.red)
+    assert sample.to_dict(["amount", "color"], jsonable=True) == {"amount": "1.50", "color": "red"}
+
+
+def test_from_dict_creates_and_ignores_underscore_keys():
+    site = Website.from_dict({"_model": "Website", "_secret": 1, "url": "https://n", "score": 3})
+    assert isinstance(site, Website)
+    assert (site.url, site.score, site.status) == ("https://n", 3, "new")  # defaults still applied
+    assert site.from_dict({"title": "T"}) is site and site.title == "T"
+
+
+def test_from_dict_validates_types_all_at_once():
+    site = Website(url="x", score=1)
+    with pytest.raises(ValidationError) as info:
+        site.from_dict(
+            {"url": None, "score": "3", "title": "x" * 21, "created": "2024-01-01T00:00:00", "bogus": 1, "title2": 2}
+        )
+    errors = info.value.errors
+    assert errors == {
+        "url": "may not be null",
+        "score": "expected an integer, got str",
+        "title": "longer than 20 characters",
+        "created": errors["created"],
+        "bogus": "Website has no attribute 'bogus'",
+        "title2": "Website has no attribute 'title2'",
+    }
+    assert "naive" in errors["created"]
+    assert (site.url, site.score, site.title) == ("x", 1, None)  # nothing was changed
+    assert isinstance(info.value, RpcError) and info.value.code == "bad_request"
+    assert isinstance(info.value, ValueError)
+    assert "score: expected an integer, got str" in info.value.message
+
+
+def test_from_dict_coerces_json_forms():
+    ident = uuid.uuid4()
+    sample = Sample.from_dict(
+        {
+            "id": str(ident),
+            "flag": True,
+            "amount": "2.25",
+            "color": "green",
+            "when": "2024-05-01T12:00:00Z",
+            "count": 4,
+        }
+    )
+    assert sample.id == ident
+    assert sample.amount == Decimal("2.25")
+    assert sample.color is Color.green
+    assert sample.when == datetime.datetime(2024, 5, 1, 12, tzinfo=UTC)
+    with pytest.raises(ValidationError) as info:
+        Sample.from_dict({"id": "zzz", "flag": 1, "count": True, "color": "blue", "amount": "x"})
+    assert set(info.value.errors) == {"id", "flag", "count", "color", "amount"}
+    assert Sample.from_dict({"color": "r"}).color is Color.red  # enum value accepted too
+
+
+def test_from_dict_settable_properties_and_restriction():
+    site = Website.from_dict({"url": "u", "nickname": "N"})
+    assert site.title == "N"
+    with pytest.raises(ValidationError, match="page_count"):
+        site.from_dict({"page_count": 3})  # read-only property
+    with pytest.raises(ValidationError) as info:
+        site.from_dict({"title": "ok", "score": 99}, attrs=["title"])
+    assert info.value.errors == {"score": "not allowed"}
+    site.from_dict({"title": "ok"}, attrs=["title"])
+    assert site.title == "ok"
+
+
+def test_to_dict_from_dict_round_trip(site_with_pages):
+    data = site_with_pages.to_dict(jsonable=True)
+    copy = Website.from_dict(data)
+    assert copy.to_dict(jsonable=True) == data
+
+
+def test_from_dict_merges_relationships(db, site_with_pages, notified):
+    site = site_with_pages
+    page1, page2 = site.pages
+    with Session() as s:
+        site = s.get(Website, site.id)
+        site.from_dict(
+            {
+                "title": "New",
+                "pages": [
+                    {"id": str(page1.id), "path": "/1-renamed"},  # existing, by primary key
+                    {"path": "/3"},  # new
+                ],  # page2 is not listed: removed (delete-orphan)
+                "tags": [{"name": "a"}, {"name": "c"}],  # "a" found by unique column, "c" new
+            }
+        )
+        assert site.pages[0] is s.get(WebPage, page1.id)
+    with Session() as s:
+        site = s.get(Website, site.id)
+        assert site.title == "New"
+        assert [p.path for p in site.pages] == ["/1-renamed", "/3"]
+        assert s.get(WebPage, page2.id) is None
+        assert [t.name for t in site.tags] == ["a", "c"]
+        assert len(s.scalars(select(Tag)).all()) == 3  # "a" was reused, not duplicated
+    assert notified == [["tag", "web_page", "website", "website_tag"]]
+
+
+def test_from_dict_relationship_by_primary_key(db, site_with_pages):
+    site = site_with_pages
+    with Session() as s:
+        page = s.get(WebPage, site.pages[0].id)
+        other = Website(url="https://other")
+        s.add(other)
+        s.flush()
+        page.from_dict({"website": str(other.id)})
+        assert page.website is other
+        with pytest.raises(ValidationError) as info:
+            page.from_dict({"website": str(uuid.uuid4())})
+        assert info.value.errors["website"].startswith("no Website with id=")
+        with pytest.raises(ValidationError) as info:
+            page.from_dict({"website": None, "path": 5})
+        assert info.value.errors == {"website": "may not be null", "path": "expected a string, got int"}
+        with pytest.raises(ValidationError) as info:
+            page.from_dict({"website": {"url": None}})
+        assert info.value.errors == {"website.url": "may not be null"}
+        with pytest.raises(ValidationError) as info:
+            other.from_dict({"pages": [{"path": 1}]})
+        assert info.value.errors == {"pages[0].path": "expected a string, got int"}
+
+
+def test_from_dict_refuses_primary_key_change(db):
+    site = one_site(db)
+    with Session() as s:
+        site = s.get(Website, site.id)
+        site.from_dict({"id": str(site.id), "title": "same id is fine"})
+        with pytest.raises(ValidationError, match="cannot be changed"):
+            site.from_dict({"id": str(uuid.uuid4())})
+
+
+def test_from_dict_nested_restriction():
+    site = Website(url="x")
+    site.from_dict({"pages": [{"path": "/a"}]}, attrs=["pages"])
+    assert [p.path for p in site.pages] == ["/a"]
+    with pytest.raises(ValidationError) as info:
+        site.from_dict({"pages": [{"path": "/a", "website": {"url": "evil"}}]}, attrs=["pages"])
+    assert info.value.errors == {"pages[0].website": "not allowed"}
+    with pytest.raises(ValidationError) as info:
+        site.from_dict({"pages": [{"path": "/a", "id": str(uuid.uuid4())}]}, attrs={"pages": ["path"]})
+    assert info.value.errors == {"pages[0].id": "not allowed"}
+
+
+# --------------------------------------------------------------------------
+# SessionManager
+# --------------------------------------------------------------------------
+
+
+def test_with_session_commits_and_closes(db):
+    with Session() as s:
+        site = Website(url="https://c")
+        s.add(site)
+        assert s.website("https://c") is site  # SessionMixin method bound onto the session
+    assert sa_inspect(site).detached
+    assert not s.in_transaction()
+    assert db.engine.pool.checkedout() == 0
+    assert site.url == "https://c"  # expire_on_commit=False: still usable
+    with Session() as s:
+        assert s.get(Website, site.id).url == "https://c"
+
+
+def test_with_session_rolls_back_on_error(db, notified):
+    with pytest.raises(RuntimeError, match="boom"):
+        with Session() as s:
+            s.add(Website(url="https://r"))
+            s.flush()
+            raise RuntimeError("boom")
+    assert not s.in_transaction()
+    assert db.engine.pool.checkedout() == 0
+    with Session() as s:
+        assert s.scalars(select(Website)).all() == []
+    assert notified == []
+
+
+def test_failed_commit_rolls_back_and_closes(db, notified):
+    one_site(db, url="dup")
+    with pytest.raises(sqlalchemy.exc.IntegrityError):
+        with Session() as s:
+            s.add(Website(url="dup"))
+    assert db.engine.pool.checkedout() == 0
+    assert notified == []
+
+
+def test_session_mixin_and_manager_instance():
+    assert issubclass(Session.session_class, Session.SessionMixin)
+    assert issubclass(Session.session_class, sbio.sa.SbioSession)
+    assert not hasattr(QuietSession.session_class, "website")
+    manager = Session()
+    with pytest.raises(RuntimeError, match="engine is not set"):
+        QuietSession.new_session()
+    assert manager.session is None
+
+
+def test_initialize_db_is_explicit(tmp_path):
+    engine = create_engine(f"sqlite:///{tmp_path}/x.db")
+
+    class Lazy(SessionManager):
+        base = Base
+
+    Lazy.engine = engine
+    assert sa_inspect(engine).get_table_names() == []  # nothing happened at class creation
+    Lazy.initialize_db()
+    assert "website" in sa_inspect(engine).get_table_names()
+    engine.dispose()
+
+
+def test_initialize_db_drop(db):
+    one_site(db)
+    Session.initialize_db()  # idempotent: existing tables and rows stay
+    with Session() as s:
+        assert len(s.scalars(select(Website)).all()) == 1
+    Session.initialize_db(drop=True)
+    with Session() as s:
+        assert s.scalars(select(Website)).all() == []
+    one_site(db)  # the tables are back
+
+
+def test_get_base_resolution():
+    assert Session.get_base() is Base  # the only base in this module
+    assert QuietSession.get_metadata() is Base.metadata
+
+
+@pytest.mark.parametrize("sbio_db_backend", ["sqlite"])
+def test_sqlite_foreign_keys_enforced(db):
+    with pytest.raises(sqlalchemy.exc.IntegrityError):
+        with Session() as s:
+            s.add(WebPage(path="/orphan", website_id=uuid.uuid4()))
+
+
+# --------------------------------------------------------------------------
+# change notifications
+# --------------------------------------------------------------------------
+
+
+def test_notifies_changed_tables_once_per_commit(db, notified):
+    with Session() as s:
+        site = Website(url="https://n")
+        s.add(site)
+        s.flush()
+        site.pages.append(WebPage(path="/"))
+        s.flush()
+        site.title = "T"
+    assert notified == [["web_page", "website"]]
+    with Session() as s:
+        s.get(Website, site.id).title = "T2"
+    assert notified[-1] == ["website"]
+    with Session() as s:
+        s.delete(s.get(Website, site.id))  # cascades to the page and the tag links
+    assert notified[-1] == ["web_page", "website", "website_tag"]
+    assert len(notified) == 3
+
+
+def test_no_notification_on_rollback_or_without_changes(db, notified):
+    site = one_site(db)
+    with pytest.raises(ZeroDivisionError):
+        with Session() as s:
+            s.get(Website, site.id).title = "x"
+            s.flush()
+            1 / 0
+    with Session() as s:
+        loaded = s.get(Website, site.id)
+        loaded.title = loaded.title  # a no-op change
+    with Session() as s:
+        s.add(Website(url="https://r"))
+        s.flush()
+        s.rollback()
+        s.scalars(select(Website)).all()
+    assert notified == []
+
+
+def test_notification_after_explicit_commits(db, notified):
+    s = Session.new_session()
+    try:
+        s.add(Website(url="https://a"))
+        s.commit()
+        assert notified == [["website"]]
+        s.add(Tag(name="t"))
+        s.commit()
+        assert notified == [["website"], ["tag"]]
+        s.commit()  # nothing changed
+        assert len(notified) == 2
+    finally:
+        s.close()
+
+
+def test_savepoints(db, notified):
+    with Session() as s:
+        s.add(Website(url="https://kept"))
+        s.flush()
+        with pytest.raises(ValueError):
+            with s.begin_nested():
+                s.add(Tag(name="lost"))
+                s.flush()
+                raise ValueError
+        with s.begin_nested():
+            s.add(WebPage(path="/", website=s.website("https://kept")))
+    assert notified == [["web_page", "website"]]  # not "tag": that savepoint rolled back
+
+
+def test_m2m_and_bulk_statements_notify(db, notified, site_with_pages):
+    with Session() as s:
+        s.get(Website, site_with_pages.id).tags = []
+    assert notified == [["website", "website_tag"]]
+    with Session() as s:
+        s.execute(update(Tag).values(name=Tag.name + "!"))
+    assert notified[-1] == ["tag"]
+    with Session() as s:
+        s.execute(delete(WebPage))
+    assert notified[-1] == ["web_page"]
+
+
+def test_notify_on_commit(db, notified):
+    with Session() as s:
+        s.execute(text("UPDATE website SET title = 'raw'"))
+        s.notify_on_commit(Website, "custom")
+    assert notified == [["custom", "website"]]
+    with pytest.raises(KeyError):
+        with Session() as s:
+            s.notify_on_commit("custom")
+            raise KeyError
+    assert len(notified) == 1
+
+
+def test_opt_out_per_manager(db, notified, monkeypatch):
+    quiet_calls = []
+    monkeypatch.setattr(QuietSession, "engine", db.engine)
+    monkeypatch.setattr(QuietSession, "notifier", quiet_calls.append)
+    with QuietSession() as s:
+        s.add(Website(url="https://q"))
+    assert quiet_calls == [] and notified == []
+    monkeypatch.setattr(Session, "notify_changes", False)
+    with Session() as s:
+        s.add(Website(url="https://q2"))
+    assert notified == []
+
+
+def test_notifier_failure_is_logged_and_commit_stands(db, monkeypatch, caplog):
+    def broken(channels):
+        raise RuntimeError("bus down")
+
+    monkeypatch.setattr(Session, "notifier", broken)
+    with caplog.at_level(logging.ERROR, logger="sbio.sa"):
+        with Session() as s:
+            s.add(Website(url="https://f"))
+    assert "change notification for ['website'] failed" in caplog.text
+    with Session() as s:
+        assert s.website("https://f")
+
+
+def test_default_notifier_is_sbio_live_notify(db, monkeypatch):
+    calls = []
+    fake_live = types.ModuleType("sbio.live")
+    fake_live.notify = lambda channels, delay=False, trigger=None: calls.append((channels, delay, trigger))
+    monkeypatch.setitem(sys.modules, "sbio.live", fake_live)
+    assert Session.notifier is None
+    with Session() as s:
+        s.add(Website(url="https://l"))
+    assert calls == [(["website"], False, "commit")]
+
+
+def test_set_change_notifier(db):
+    calls = []
+    previous = set_change_notifier(calls.append)
+    try:
+        assert get_change_notifier() == calls.append
+        with Session() as s:
+            s.add(Tag(name="x"))
+    finally:
+        set_change_notifier(previous)
+    assert calls == [["tag"]]
+    assert get_change_notifier() is not calls.append
+
+
+# --------------------------------------------------------------------------
+# the db fixture
+# --------------------------------------------------------------------------
+
+
+def test_db_fixture_binds_a_fresh_database(db):
+    assert isinstance(db, DbFixture)
+    assert Session.engine is db.engine
+    assert db.backend in ("sqlite", "postgresql")
+    with db.session() as s:
+        assert s.scalars(select(Website)).all() == []  # clean, tables created
+    site, tag = db.add(Website(url="https://d"), Tag(name="d"))
+    assert site.id and tag.id
+    if db.backend == "postgresql":
+        assert db.schema.startswith("sbio_test_")
+        with db.engine.connect() as conn:
+            assert conn.execute(text("SELECT current_schema()")).scalar_one() == db.schema
+
+
+def test_temporary_database_restores_engine(tmp_path):
+    sentinel = create_engine("sqlite://")
+    Session.engine = sentinel
+    try:
+        with temporary_database(Session, "sqlite", directory=tmp_path) as database:
+            assert Session.engine is database.engine is not sentinel
+            assert "website" in sa_inspect(database.engine).get_table_names()
+        assert Session.engine is sentinel
+        second = tmp_path / "second"
+        second.mkdir()
+        with pytest.raises(ZeroDivisionError):
+            with temporary_database(Session, "sqlite", directory=second):
+                1 / 0
+        assert Session.engine is sentinel
+    finally:
+        Session.engine = None
+        sentinel.dispose()
+
+
+def test_temporary_postgres_schema_is_dropped(postgres_url):
+    with temporary_database(Session, "postgres", postgres_url=postgres_url) as database:
+        schema = database.schema
+        with Session() as s:
+            s.add(Website(url="https://pg"))
+    assert Session.engine is None
+    admin = sqlalchemy.create_engine(postgres_url)
+    try:
+        with admin.connect() as conn:
+            found = conn.execute(
+                text("SELECT count(*) FROM information_schema.schemata WHERE schema_name = :s"), {"s": schema}
+            ).scalar_one()
+    finally:
+        admin.dispose()
+    assert found == 0
+
+
+class TestSeeding:
+    @pytest.fixture
+    def db_seed(self):
+        def websites(s):
+            s.add_all([Website(url="https://1"), Website(url="https://2")])
+
+        def tags(s):
+            s.add(Tag(name="seeded"))
+
+        return [websites, tags]
+
+    def test_seed_is_applied(self, db, notified):
+        with Session() as s:
+            assert sorted(w.url for w in s.scalars(select(Website))) == ["https://1", "https://2"]
+            assert s.scalars(select(Tag)).one().name == "seeded"
+        assert notified == []  # seeding does not notify
+        assert "notify_changes" not in vars(Session)
+
+    def test_each_test_gets_a_fresh_copy(self, db):
+        with Session() as s:
+            s.execute(delete(Website))
+            assert s.scalars(select(Website)).all() == []
+
+    def test_still_seeded(self, db):
+        with Session() as s:
+            assert len(s.scalars(select(Website)).all()) == 2
+
+
+# --------------------------------------------------------------------------
+# gevent: PostgreSQL work in many greenlets is cooperative
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sbio_db_backend", ["postgres"])
+def test_fifty_greenlets_do_not_block_each_other(db):
+    import psycopg.waiting
+
+    if not monkey.is_module_patched("select"):
+        pytest.skip("gevent monkey-patching is off (SBIO_MONKEY_PATCH=0)")
+    assert psycopg.waiting.wait is not getattr(psycopg.waiting, "wait_c", None), (
+        "psycopg was imported before gevent monkey-patching: its waits block the hub"
+    )
+    workers = 50
+    # pool_size + max_overflow >= greenlets using the database at once
+    db.rebind(db.make_engine(pool_size=5, max_overflow=workers, pool_timeout=30))
+    state = {"ticks": 0, "ticks_during_sleep": 0, "in_flight": 0, "max_in_flight": 0, "stop": False}
+
+    def ticker():
+        while not state["stop"]:
+            state["ticks"] += 1
+            if state["in_flight"]:
+                state["ticks_during_sleep"] += 1
+            gevent.sleep(0.01)
+
+    def work():
+        with Session() as s:
+            s.execute(text("SELECT 1"))
+            state["in_flight"] += 1
+            state["max_in_flight"] = max(state["max_in_flight"], state["in_flight"])
+            s.execute(text("SELECT pg_sleep(0.2)"))
+            state["in_flight"] -= 1
+            s.add(Tag(name=f"t{uuid.uuid4().hex[:12]}"))
+
+    tick = gevent.spawn(ticker)
+    started = time.monotonic()
+    jobs = [gevent.spawn(work) for _ in range(workers)]
+    gevent.joinall(jobs, timeout=60, raise_error=True)
+    elapsed = time.monotonic() - started
+    state["stop"] = True
+    tick.join()
+    assert all(job.successful() for job in jobs)
+    assert state["max_in_flight"] >= workers // 2  # the sleeps overlapped
+    assert state["ticks_during_sleep"] >= 5  # the ticker kept running meanwhile
+    assert elapsed < workers * 0.2 / 2  # serial would take 10 s
+    with Session() as s:
+        assert len(s.scalars(select(Tag)).all()) == workers

@@ -45,6 +45,7 @@ from engineio import packet as eio_packet  # noqa: E402
 from socketio import packet as sio_packet  # noqa: E402
 
 from ._fixtures_config import config_patcher  # noqa: E402,F401
+from ._fixtures_db import *  # noqa: E402,F401,F403
 from ._fixtures_tasks import *  # noqa: E402,F401,F403
 from .errors import ConnectionRefused, RpcError, SbioError  # noqa: E402
 

@@ -1,0 +1,493 @@
+#!/usr/bin/env node
+/*
+ * sbio load generator: socket.io-client v4 over websocket only.
+ *
+ *   node bench/loadgen.js --url http://127.0.0.1:8282 --scenario echo --clients 50
+ *   node bench/loadgen.js --url http://127.0.0.1:8282 --scenario fanout --receivers 1000
+ *
+ * Every run has the same phases:
+ *
+ *   connect   open the connections, at most --connect-concurrency at a time
+ *   warmup    run the load for --warmup seconds, then stop issuing and wait
+ *             until nothing is in flight (every ack and delivery is back)
+ *   measure   print "#mark measure-start"; with --sync wait for a "go" line on
+ *             stdin (the runner samples the server's CPU time meanwhile, while
+ *             the server is idle); run the load for --duration seconds or
+ *             --count operations, whichever comes first; stop issuing and
+ *             drain; print "#mark measure-end" and (with --sync) wait for "go"
+ *   report    print ONE JSON line with the results, disconnect, exit
+ *
+ * Because the load is drained before both marks, the server does no work for
+ * this run outside the window, so the server CPU time the runner samples at
+ * the two marks belongs exactly to the operations counted inside it.
+ *
+ * Lines starting with "#" are progress marks; the last line is the JSON
+ * result. Everything is bounded: --timeout (seconds) ends the process with
+ * {"error": ...} and exit code 2 whatever happens.
+ *
+ * Scenarios are registered in SCENARIOS at the bottom: a function
+ * (opts, ctl) -> result object. The live-data scenario (issue 3) plugs in
+ * there.
+ */
+'use strict';
+
+const { io } = require('socket.io-client');
+const { performance } = require('perf_hooks');
+const readline = require('readline');
+
+// ---------------------------------------------------------------- options --
+const DEFAULTS = {
+  url: 'http://127.0.0.1:8282',
+  namespace: '/bench',
+  scenario: 'echo',
+  clients: 50, // echo: concurrent closed-loop clients
+  receivers: 100, // fanout: connections receiving every broadcast (the driver is one of them)
+  window: 4, // fanout: broadcasts in flight (not yet acked and delivered everywhere)
+  payloadSize: 100, // bytes of the string payload
+  warmup: 1, // seconds
+  duration: 3, // seconds of measured load
+  count: 0, // max measured operations (echo: acks, fanout: broadcasts); 0 = no limit
+  connectConcurrency: 50,
+  ackTimeout: 10, // seconds before one ack counts as an error
+  drainTimeout: 30, // seconds to wait for in-flight work at a phase end
+  timeout: 120, // hard limit for the whole process, seconds
+  sync: false, // wait for "go" on stdin after each mark
+};
+
+function parseArgs(argv) {
+  const opts = { ...DEFAULTS };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (!arg.startsWith('--')) throw new Error(`unexpected argument ${arg}`);
+    const key = arg.slice(2).replace(/-([a-z])/g, (_, c) => c.toUpperCase());
+    if (!(key in DEFAULTS)) throw new Error(`unknown option ${arg}`);
+    if (typeof DEFAULTS[key] === 'boolean') {
+      opts[key] = true;
+      continue;
+    }
+    const value = argv[++i];
+    if (value === undefined) throw new Error(`option ${arg} needs a value`);
+    opts[key] = typeof DEFAULTS[key] === 'number' ? Number(value) : value;
+    if (Number.isNaN(opts[key])) throw new Error(`option ${arg} needs a number`);
+  }
+  return opts;
+}
+
+// ---------------------------------------------------------------- helpers --
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+function percentile(sorted, p) {
+  if (sorted.length === 0) return null;
+  const idx = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[idx];
+}
+
+function latencySummary(samples) {
+  const sorted = Float64Array.from(samples).sort();
+  let sum = 0;
+  for (const v of sorted) sum += v;
+  const r3 = (v) => (v === null ? null : Math.round(v * 1000) / 1000);
+  return {
+    n: sorted.length,
+    p50: r3(percentile(sorted, 50)),
+    p90: r3(percentile(sorted, 90)),
+    p99: r3(percentile(sorted, 99)),
+    max: r3(sorted.length ? sorted[sorted.length - 1] : null),
+    mean: r3(sorted.length ? sum / sorted.length : null),
+  };
+}
+
+/** Progress marks and the stdin handshake with the runner. */
+class Control {
+  constructor(sync) {
+    this.sync = sync;
+    this.waiters = [];
+    this.pending = 0; // "go" lines received before anyone waited
+    this.closed = false;
+    if (sync) {
+      const rl = readline.createInterface({ input: process.stdin });
+      rl.on('line', (line) => {
+        if (line.trim() !== 'go') return;
+        const w = this.waiters.shift();
+        if (w) w();
+        else this.pending++;
+      });
+      rl.on('close', () => {
+        this.closed = true;
+        for (const w of this.waiters.splice(0)) w();
+      });
+    }
+  }
+
+  /** Print "#mark NAME"; with --sync, resolve when the runner answers "go". */
+  mark(name) {
+    process.stdout.write(`#mark ${name}\n`);
+    if (!this.sync || this.closed) return Promise.resolve();
+    if (this.pending > 0) {
+      this.pending--;
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  progress(text) {
+    process.stdout.write(`# ${text}\n`);
+  }
+}
+
+/** CPU time of this generator process over a window: to spot a saturated generator. */
+function cpuWindow() {
+  const c0 = process.cpuUsage();
+  const t0 = performance.now();
+  return () => {
+    const c = process.cpuUsage(c0);
+    const wall = (performance.now() - t0) * 1000;
+    return {
+      user_ms: Math.round(c.user / 1000),
+      system_ms: Math.round(c.system / 1000),
+      util: wall > 0 ? Math.round(((c.user + c.system) / wall) * 1000) / 1000 : null,
+    };
+  };
+}
+
+// ------------------------------------------------------------ connections --
+const ALL_SOCKETS = [];
+
+function connectOne(opts) {
+  return new Promise((resolve, reject) => {
+    const sock = io(opts.url + opts.namespace, {
+      transports: ['websocket'],
+      forceNew: true,
+      reconnection: false,
+      timeout: 20000,
+    });
+    ALL_SOCKETS.push(sock);
+    const onError = (err) => {
+      sock.off('connect', onConnect);
+      sock.close();
+      reject(err);
+    };
+    const onConnect = () => {
+      sock.off('connect_error', onError);
+      resolve(sock);
+    };
+    sock.once('connect', onConnect);
+    sock.once('connect_error', onError);
+  });
+}
+
+/**
+ * Open n connections with at most `concurrency` handshakes in flight, so a
+ * connect storm does not overflow the server's accept backlog. A failed
+ * connect is retried up to 3 times with a short back-off.
+ */
+async function connectMany(n, opts, ctl) {
+  const sockets = new Array(n);
+  let next = 0;
+  let retries = 0;
+  const t0 = performance.now();
+  async function worker() {
+    while (next < n) {
+      const i = next++;
+      for (let attempt = 0; ; attempt++) {
+        try {
+          sockets[i] = await connectOne(opts);
+          break;
+        } catch (err) {
+          if (attempt >= 3) throw new Error(`connect ${i} failed: ${err.message}`);
+          retries++;
+          await sleep(100 * (attempt + 1));
+        }
+      }
+    }
+  }
+  const workers = [];
+  for (let w = 0; w < Math.min(opts.connectConcurrency, n); w++) workers.push(worker());
+  await Promise.all(workers);
+  const seconds = (performance.now() - t0) / 1000;
+  ctl.progress(`connected ${n} in ${seconds.toFixed(2)}s (${retries} retries)`);
+  return { sockets, connect: { n, seconds: Math.round(seconds * 1000) / 1000, retries } };
+}
+
+// ------------------------------------------------------------------- echo --
+/**
+ * C clients, each in a closed loop: emit "echo" with a payload-size string
+ * and an ack, wait for the ack, repeat. Latency = emit to ack, per ack.
+ */
+async function runEcho(opts, ctl) {
+  const payload = 'x'.repeat(opts.payloadSize);
+  const { sockets, connect } = await connectMany(opts.clients, opts, ctl);
+  const stats = { sent: 0, acked: 0, badAcks: 0, errors: 0 };
+
+  async function phase(seconds, limit, record) {
+    const lat = [];
+    const counts = { sent: 0, acked: 0, badAcks: 0, errors: 0 };
+    let issuing = true;
+    const deadline = performance.now() + seconds * 1000;
+    async function loop(sock) {
+      while (issuing) {
+        if (performance.now() >= deadline || (limit > 0 && counts.sent >= limit)) {
+          issuing = false;
+          break;
+        }
+        counts.sent++;
+        const t0 = performance.now();
+        try {
+          const resp = await sock.timeout(opts.ackTimeout * 1000).emitWithAck('echo', payload);
+          const dt = performance.now() - t0;
+          counts.acked++;
+          if (!resp || resp.ok !== true || resp.data !== payload) counts.badAcks++;
+          if (record) lat.push(dt);
+        } catch (err) {
+          counts.errors++;
+        }
+      }
+    }
+    const t0 = performance.now();
+    await Promise.all(sockets.map(loop)); // returns once every loop got its last ack: drained
+    const seconds_ = (performance.now() - t0) / 1000;
+    for (const k of Object.keys(stats)) stats[k] += counts[k];
+    return { seconds: seconds_, lat, counts };
+  }
+
+  ctl.progress('warmup');
+  await phase(opts.warmup, 0, false);
+  await ctl.mark('measure-start');
+  const cpu = cpuWindow();
+  const m = await phase(opts.duration, opts.count, true);
+  const clientCpu = cpu();
+  await ctl.mark('measure-end');
+
+  return {
+    connect,
+    measure: {
+      unit: 'acks',
+      seconds: Math.round(m.seconds * 1000) / 1000,
+      ops: m.counts.acked,
+      ops_per_s: Math.round(m.counts.acked / m.seconds),
+      latency_ms: latencySummary(m.lat),
+      counts: m.counts,
+    },
+    checks: {
+      sent: stats.sent,
+      acked: stats.acked,
+      bad_acks: stats.badAcks,
+      errors: stats.errors,
+      ok: stats.sent === stats.acked && stats.badAcks === 0 && stats.errors === 0,
+    },
+    client_cpu: clientCpu,
+  };
+}
+
+// ----------------------------------------------------------------- fanout --
+/**
+ * R connections listen to "fan"; connection 0 is also the driver: it emits
+ * "fanout" (with an ack) carrying {seq, t, pad}, and the server broadcasts
+ * "fan" with that payload to every connection of the namespace, i.e. to the
+ * R connections here, so one broadcast = R deliveries. At most --window
+ * broadcasts are in flight (not yet acked or not yet delivered to all R).
+ * Latency = emit by the driver to receipt at each receiver (same process,
+ * same monotonic clock).
+ */
+async function runFanout(opts, ctl) {
+  const R = opts.receivers;
+  const pad = 'x'.repeat(opts.payloadSize);
+  const { sockets, connect } = await connectMany(R, opts, ctl);
+  const driver = sockets[0];
+
+  let seq = 0; // next broadcast number
+  const remaining = new Map(); // seq -> deliveries still expected (+1 for the ack)
+  const perReceiver = new Int32Array(R);
+  let recordFrom = Infinity; // seq range whose deliveries are measured
+  let recordTo = Infinity;
+  let lat = [];
+  let deliveredInWindow = 0;
+  let wake = null; // resolves when a broadcast completes
+  const stats = { broadcasts: 0, acked: 0, badAcks: 0, errors: 0, deliveries: 0, unknown: 0 };
+
+  function completeOne(s) {
+    const left = remaining.get(s) - 1;
+    if (left > 0) {
+      remaining.set(s, left);
+      return;
+    }
+    remaining.delete(s);
+    if (wake) {
+      const w = wake;
+      wake = null;
+      w();
+    }
+  }
+
+  sockets.forEach((sock, idx) => {
+    sock.on('fan', (p) => {
+      const now = performance.now();
+      perReceiver[idx]++;
+      stats.deliveries++;
+      if (!p || typeof p.seq !== 'number' || !remaining.has(p.seq)) {
+        stats.unknown++;
+        return;
+      }
+      if (p.seq >= recordFrom && p.seq < recordTo) {
+        lat.push(now - p.t);
+        deliveredInWindow++;
+      }
+      completeOne(p.seq);
+    });
+  });
+
+  function send() {
+    const s = seq++;
+    remaining.set(s, R + 1);
+    stats.broadcasts++;
+    driver
+      .timeout(opts.ackTimeout * 1000)
+      .emitWithAck('fanout', { seq: s, t: performance.now(), pad })
+      .then(
+        (resp) => {
+          stats.acked++;
+          if (!resp || resp.ok !== true) stats.badAcks++;
+          completeOne(s);
+        },
+        () => {
+          stats.errors++;
+          completeOne(s);
+        },
+      );
+  }
+
+  async function drain() {
+    const deadline = performance.now() + opts.drainTimeout * 1000;
+    while (remaining.size > 0 && performance.now() < deadline) {
+      await Promise.race([new Promise((r) => (wake = r)), sleep(50)]);
+    }
+    return remaining.size;
+  }
+
+  async function phase(seconds, limit) {
+    const first = seq;
+    const deadline = performance.now() + seconds * 1000;
+    const t0 = performance.now();
+    while (performance.now() < deadline && !(limit > 0 && seq - first >= limit)) {
+      if (remaining.size < opts.window) {
+        send();
+        continue;
+      }
+      await Promise.race([new Promise((r) => (wake = r)), sleep(50)]);
+    }
+    const stuck = await drain();
+    return { first, last: seq, seconds: (performance.now() - t0) / 1000, stuck };
+  }
+
+  ctl.progress('warmup');
+  const w = await phase(opts.warmup, 0);
+  await ctl.mark('measure-start');
+  recordFrom = seq;
+  recordTo = Infinity;
+  lat = [];
+  deliveredInWindow = 0;
+  const cpu = cpuWindow();
+  const m = await phase(opts.duration, opts.count);
+  recordTo = m.last;
+  const clientCpu = cpu();
+  await ctl.mark('measure-end');
+
+  const broadcasts = m.last - m.first;
+  let minPer = Infinity;
+  let maxPer = 0;
+  let complete = 0;
+  for (const c of perReceiver) {
+    minPer = Math.min(minPer, c);
+    maxPer = Math.max(maxPer, c);
+    if (c === seq) complete++;
+  }
+  return {
+    connect,
+    measure: {
+      unit: 'deliveries',
+      seconds: Math.round(m.seconds * 1000) / 1000,
+      ops: deliveredInWindow,
+      ops_per_s: Math.round(deliveredInWindow / m.seconds),
+      broadcasts,
+      broadcasts_per_s: Math.round((broadcasts / m.seconds) * 10) / 10,
+      latency_ms: latencySummary(lat),
+    },
+    checks: {
+      receivers: R,
+      broadcasts: stats.broadcasts,
+      acked: stats.acked,
+      bad_acks: stats.badAcks,
+      errors: stats.errors,
+      deliveries: stats.deliveries,
+      expected_deliveries: stats.broadcasts * R,
+      unknown: stats.unknown,
+      min_per_receiver: minPer,
+      max_per_receiver: maxPer,
+      receivers_complete: complete,
+      stuck_after_drain: w.stuck + m.stuck,
+      ok:
+        stats.acked === stats.broadcasts &&
+        stats.badAcks === 0 &&
+        stats.errors === 0 &&
+        stats.unknown === 0 &&
+        complete === R &&
+        stats.deliveries === stats.broadcasts * R,
+    },
+    client_cpu: clientCpu,
+  };
+}
+
+// --------------------------------------------------------------- registry --
+/*
+ * Scenario registry. Each entry: async (opts, ctl) -> result object with
+ * `connect`, `measure` ({unit, seconds, ops, ops_per_s, latency_ms, ...}),
+ * `checks` ({ok, ...}) and `client_cpu`. The runner (bench/run.py) reads
+ * only those keys, so a new scenario needs no runner changes beyond its
+ * entry in run.py's SCENARIOS.
+ *
+ * Issue 3 (live data) adds `live` here: N connections send `sbio:subscribe`
+ * for a shared / per-connection handler, a driver triggers notifies at a
+ * fixed rate with a timestamp in the data, and latency is notify -> the
+ * `sbio:update` received.
+ */
+const SCENARIOS = {
+  echo: runEcho,
+  fanout: runFanout,
+};
+
+// ------------------------------------------------------------------- main --
+async function main() {
+  let opts;
+  try {
+    opts = parseArgs(process.argv.slice(2));
+  } catch (err) {
+    process.stderr.write(`loadgen: ${err.message}\n`);
+    process.exit(64);
+  }
+  const scenario = SCENARIOS[opts.scenario];
+  if (!scenario) {
+    process.stderr.write(`loadgen: unknown scenario ${opts.scenario} (${Object.keys(SCENARIOS).join(', ')})\n`);
+    process.exit(64);
+  }
+  const ctl = new Control(opts.sync);
+  const started = Date.now();
+  const finish = (obj, code) => {
+    process.stdout.write(JSON.stringify(obj) + '\n');
+    for (const s of ALL_SOCKETS) s.close();
+    process.exit(code);
+  };
+  const hard = setTimeout(
+    () => finish({ scenario: opts.scenario, error: `hard timeout after ${opts.timeout}s` }, 2),
+    opts.timeout * 1000,
+  );
+  try {
+    const result = await scenario(opts, ctl);
+    clearTimeout(hard);
+    const { sync, timeout, url, ...params } = opts;
+    finish({ scenario: opts.scenario, url, params, elapsed_s: (Date.now() - started) / 1000, ...result }, 0);
+  } catch (err) {
+    finish({ scenario: opts.scenario, error: String(err && err.message ? err.message : err) }, 1);
+  }
+}
+
+main();

@@ -1,0 +1,587 @@
+#!/usr/bin/env python3
+"""Run the sbio benchmarks: the same Node socket.io-client load against each server.
+
+    python bench/run.py                    # full run, ~4-5 minutes
+    python bench/run.py --quick            # one short round, ~1 minute
+    python bench/run.py --scenarios echo-50,fanout-1000 --duration 5 --rounds 5
+    python bench/run.py --servers bare,sbio
+
+For each round, each scenario and each server (servers interleaved, their
+order reversed every other round), the runner
+
+1. starts the server in a fresh subprocess pinned to core 0
+   (``taskset -c 0``) and waits until its port accepts connections;
+2. starts ``node bench/loadgen.js --sync`` pinned to core 1 (when the machine
+   has two cores or more);
+3. when the generator prints ``#mark measure-start`` (connections open,
+   warm-up done, nothing in flight), reads the server's CPU time
+   (utime + stime of ``/proc/<pid>/stat``, all threads) and answers ``go``;
+   the same at ``#mark measure-end`` (load stopped and drained);
+4. reads the generator's JSON result and stops the server.
+
+Server CPU per operation = CPU time between the two marks / operations
+completed between them (acks for echo, deliveries at receivers for
+fan-out). The median over the rounds is reported, with the sbio/bare ratios
+of CPU per operation and of throughput. Raw results go to
+``bench/results/<timestamp>.json``.
+
+Scenarios live in the SCENARIOS registry below; servers in SERVERS.
+"""
+import argparse
+import datetime
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(BENCH_DIR)
+RESULTS_DIR = os.path.join(BENCH_DIR, "results")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# --------------------------------------------------------------------------
+# Scenario registry
+# --------------------------------------------------------------------------
+@dataclass
+class Scenario:
+    name: str
+    loadgen: str  # scenario name in bench/loadgen.js's SCENARIOS
+    args: dict  # extra loadgen options (--key value)
+    unit: str  # what an operation is, plural: "acks", "deliveries", "updates"
+    description: str
+    servers: tuple = ()  # restrict to these servers; () = every available one
+    requires: object = None  # callable() -> None, or the reason to skip this scenario
+    timeout: float = 90  # hard limit of one generator run, seconds
+    quick: bool = True  # part of --quick
+
+
+SCENARIOS = {}
+
+
+def scenario(*args, **kwargs):
+    s = Scenario(*args, **kwargs)
+    SCENARIOS[s.name] = s
+    return s
+
+
+for _c in (1, 50, 200):
+    scenario(
+        f"echo-{_c}",
+        "echo",
+        {"clients": _c},
+        "acks",
+        f"{_c} client(s), each a closed loop of echo(100-byte string) with an ack",
+    )
+
+# The window (broadcasts in flight, i.e. not yet acked and delivered to every
+# receiver) is large enough to keep the server busy through the Nagle /
+# delayed-ACK stalls of a server socket without TCP_NODELAY (measured: with a
+# window of 1-4 a gevent-websocket server idles most of the time waiting for
+# ACKs); latencies are therefore "under load", mostly queueing.
+for _r, _w in ((100, 64), (1000, 16)):
+    scenario(
+        f"fanout-{_r}",
+        "fanout",
+        {"receivers": _r, "window": _w},
+        "deliveries",
+        f"{_r} receivers (the driver is one of them), {_w} broadcasts in flight; "
+        f"server broadcasts `fan` to the namespace",
+    )
+
+# Live data (issue 3) plugs in here, e.g.:
+#
+#   scenario("live-shared-1000", "live", {"subscribers": 1000, "rate": 10,
+#            "handler": "shared"}, "update", "...", servers=("sbio",),
+#            requires=lambda: _sbio_missing("subscribes"))
+#
+# with its raw python-socketio comparison being the fan-out of the same size
+# at the same rate (`fanout` with --receivers 1000 and a rate limit), measured
+# in the same run, and the live contract added to bench/servers.py.
+
+
+# --------------------------------------------------------------------------
+# Server registry
+# --------------------------------------------------------------------------
+def _python_server(kind):
+    return lambda port: [sys.executable, os.path.join(BENCH_DIR, "servers.py"), kind, "--port", str(port)]
+
+
+def _sbio_missing():
+    """None when `import sbio; sbio.Server; sbio.Namespace` works, else why not."""
+    code = "import sbio, sys; sys.exit(0 if hasattr(sbio, 'Server') and hasattr(sbio, 'Namespace') else 3)"
+    env = dict(os.environ, PYTHONPATH=_pythonpath())
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode == 0:
+        return None
+    if proc.returncode == 3:
+        return "sbio.Server / sbio.Namespace not available yet (core runtime not landed)"
+    last = (proc.stderr.strip().splitlines() or ["import failed"])[-1]
+    return f"import sbio failed: {last}"
+
+
+def _node_server_missing():
+    if not shutil.which("node"):
+        return "node not found"
+    if not os.path.isdir(os.path.join(BENCH_DIR, "node_modules", "socket.io")):
+        return "bench/node_modules/socket.io missing (npm ci in bench/)"
+    return None
+
+
+@dataclass
+class ServerKind:
+    name: str
+    command: object  # port -> argv
+    missing: object  # () -> None or reason
+    optional: bool = False  # absent: skip quietly (not an error)
+
+
+SERVERS = {
+    "bare": ServerKind("bare", _python_server("bare"), lambda: None),
+    "sbio": ServerKind("sbio", _python_server("sbio"), _sbio_missing),
+    "node": ServerKind(
+        "node", lambda port: ["node", os.path.join(BENCH_DIR, "node_server.js"), "--port", str(port)],
+        _node_server_missing, optional=True),
+}
+
+
+# --------------------------------------------------------------------------
+# Process helpers
+# --------------------------------------------------------------------------
+def _pythonpath():
+    return os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p)
+
+
+def cpu_layout():
+    """(server_cpus, loadgen_cpus): taskset core lists, or None where no pinning."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = list(range(os.cpu_count() or 1))
+    if len(cpus) >= 2 and shutil.which("taskset"):
+        return str(cpus[0]), str(cpus[1])
+    return None, None
+
+
+def pinned(argv, cpus):
+    return (["taskset", "-c", cpus] + argv) if cpus else argv
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port, proc, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with code {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"server did not listen on port {port} within {timeout:.0f}s")
+
+
+def proc_cpu_seconds(pid):
+    """utime + stime of a process (all its threads), in seconds, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        data = f.read()
+    # the command name (field 2) may contain spaces: split after its ')'
+    fields = data[data.rindex(")") + 2:].split()
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of stat(5)
+    return (utime + stime) / CLK_TCK
+
+
+def system_busy_seconds():
+    """CPU time all cores spent busy (not idle / iowait) since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+def proc_rss_kb(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def stop_process(proc, timeout=3.0):
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def _tail(path, n=15):
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-n:])
+    except OSError:
+        return ""
+
+
+def ensure_node_modules(quiet=False):
+    """`npm ci` in bench/ when node_modules is missing. Returns None or why it failed."""
+    if os.path.isdir(os.path.join(BENCH_DIR, "node_modules", "socket.io-client")):
+        return None
+    npm = shutil.which("npm")
+    if not npm:
+        return "npm not found"
+    if not quiet:
+        print("installing bench/node_modules (npm ci) ...", file=sys.stderr, flush=True)
+    proc = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=BENCH_DIR,
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        return f"npm ci failed: {proc.stderr.strip()[-500:]}"
+    return None
+
+
+# --------------------------------------------------------------------------
+# One measured run
+# --------------------------------------------------------------------------
+def run_one(scn, server, opts, log_dir=None):
+    """Start `server`, run scenario `scn` against it, return the raw result dict."""
+    server_cpus, loadgen_cpus = cpu_layout()
+    port = free_port()
+    kind = SERVERS[server]
+    env = dict(os.environ, PYTHONPATH=_pythonpath(), PYTHONUNBUFFERED="1")
+    log_path = os.path.join(log_dir or RESULTS_DIR, f"server-{server}-{scn.name}.log")
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    result = {"scenario": scn.name, "server": server, "unit": scn.unit, "port": port,
+              "pinning": {"server": server_cpus, "loadgen": loadgen_cpus}}
+    with open(log_path, "w") as log:
+        srv = subprocess.Popen(pinned(kind.command(port), server_cpus), cwd=REPO_ROOT, env=env,
+                               stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    gen = None
+    try:
+        wait_for_port(port, srv)
+        argv = ["node", os.path.join(BENCH_DIR, "loadgen.js"),
+                "--url", f"http://127.0.0.1:{port}", "--scenario", scn.loadgen, "--sync",
+                "--duration", str(opts.duration), "--warmup", str(opts.warmup),
+                "--timeout", str(int(scn.timeout))]
+        for key, value in scn.args.items():
+            argv += ["--" + key.replace("_", "-"), str(value)]
+        gen = subprocess.Popen(pinned(argv, loadgen_cpus), cwd=BENCH_DIR, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+        # Watchdog: the generator bounds itself (--timeout); this is the belt to its braces.
+        watchdog = threading.Timer(scn.timeout + 15, gen.kill)
+        watchdog.start()
+        marks = {}
+        payload = None
+        try:
+            for line in gen.stdout:
+                line = line.strip()
+                if line.startswith("#mark "):
+                    name = line[6:]
+                    # The generator has drained its load: the server is idle now.
+                    marks[name] = (time.monotonic(), proc_cpu_seconds(srv.pid), proc_rss_kb(srv.pid),
+                                   proc_cpu_seconds(gen.pid), system_busy_seconds())
+                    gen.stdin.write("go\n")
+                    gen.stdin.flush()
+                elif line.startswith("{"):
+                    payload = json.loads(line)
+            gen.wait(10)
+        finally:
+            watchdog.cancel()
+        stderr = gen.stderr.read()
+        if srv.poll() is not None:
+            raise RuntimeError(f"server exited with code {srv.returncode} during the run")
+        if payload is None:
+            raise RuntimeError(f"loadgen printed no result (exit {gen.returncode}): {stderr.strip()[-500:]}")
+        result["loadgen"] = payload
+        if "error" in payload:
+            raise RuntimeError(f"loadgen: {payload['error']}")
+        if "measure-start" not in marks or "measure-end" not in marks:
+            raise RuntimeError("loadgen gave no measure marks")
+        (t0, c0, _, g0, b0), (t1, c1, rss, g1, b1) = marks["measure-start"], marks["measure-end"]
+        m = payload["measure"]
+        cpu = c1 - c0
+        # CPU the rest of the machine used meanwhile (other processes, the
+        # kernel's softirq work not charged to ours): a noise indicator.
+        other = max(0.0, (b1 - b0) - cpu - (g1 - g0))
+        result.update({
+            "ok": bool(payload.get("checks", {}).get("ok")),
+            "ops": m["ops"],
+            "ops_per_s": m["ops_per_s"],
+            "p50_ms": m["latency_ms"]["p50"],
+            "p99_ms": m["latency_ms"]["p99"],
+            "window_s": round(t1 - t0, 4),
+            "server_cpu_s": round(cpu, 4),
+            "server_util": round(cpu / (t1 - t0), 3) if t1 > t0 else None,
+            "cpu_us_per_op": round(cpu * 1e6 / m["ops"], 3) if m["ops"] else None,
+            "server_rss_kb": rss,
+            "client_util": payload.get("client_cpu", {}).get("util"),
+            "other_cpu": round(other / (t1 - t0), 3) if t1 > t0 else None,
+        })
+        if not result["ok"]:
+            result["error"] = f"checks failed: {json.dumps(payload.get('checks'))}"
+    except Exception as exc:  # one failed run must not sink the whole benchmark
+        result["ok"] = False
+        result.setdefault("error", str(exc))
+        result["server_log_tail"] = _tail(log_path)
+    finally:
+        if gen is not None and gen.poll() is None:
+            gen.kill()
+            gen.wait(5)
+        stop_process(srv)
+    return result
+
+
+# --------------------------------------------------------------------------
+# Aggregation and the table
+# --------------------------------------------------------------------------
+def _median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def aggregate(runs):
+    """{(scenario, server): summary} with medians over the successful rounds."""
+    groups = {}
+    for r in runs:
+        groups.setdefault((r["scenario"], r["server"]), []).append(r)
+    out = {}
+    for key, rs in groups.items():
+        good = [r for r in rs if r.get("ok")]
+        cpu = [r["cpu_us_per_op"] for r in good if r.get("cpu_us_per_op") is not None]
+        out[key] = {
+            "rounds": len(rs),
+            "ok_rounds": len(good),
+            "ops_per_s": _median([r["ops_per_s"] for r in good]),
+            "p50_ms": _median([r["p50_ms"] for r in good]),
+            "p99_ms": _median([r["p99_ms"] for r in good]),
+            "cpu_us_per_op": _median(cpu),
+            "cpu_us_per_op_range": [min(cpu), max(cpu)] if cpu else None,
+            "server_util": _median([r["server_util"] for r in good]),
+            "client_util": _median([r["client_util"] for r in good]),
+            "other_cpu": _median([r.get("other_cpu") for r in good]),
+            "server_rss_kb": _median([r["server_rss_kb"] for r in good]),
+            "errors": [r["error"] for r in rs if r.get("error")],
+        }
+    return out
+
+
+def ratios(summary, scenario_names, numerator="sbio", denominator="bare"):
+    out = {}
+    for name in scenario_names:
+        a, b = summary.get((name, numerator)), summary.get((name, denominator))
+        if not a or not b or not a["cpu_us_per_op"] or not b["cpu_us_per_op"]:
+            continue
+        out[name] = {
+            "cpu_per_op": round(a["cpu_us_per_op"] / b["cpu_us_per_op"], 3),
+            "throughput": round(a["ops_per_s"] / b["ops_per_s"], 3) if b["ops_per_s"] else None,
+        }
+    return out
+
+
+def _fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def format_table(summary, scenario_names, server_names, rat):
+    header = ["scenario", "server", "rate /s", "p50 ms", "p99 ms", "CPU µs/op", "srv CPU", "other",
+              "sbio/bare CPU/op", "sbio/bare rate"]
+    rows = []
+    for name in scenario_names:
+        unit = SCENARIOS[name].unit
+        for server in server_names:
+            s = summary.get((name, server))
+            if s is None:
+                continue
+            rr = rat.get(name, {}) if server == "sbio" else {}
+            flag = "" if s["ok_rounds"] == s["rounds"] else f" ({s['rounds'] - s['ok_rounds']} failed)"
+            rows.append([
+                name, server + flag,
+                (_fmt(s["ops_per_s"], ",.0f") + f" {unit}") if s["ops_per_s"] is not None else "-",
+                _fmt(s["p50_ms"], ".2f"), _fmt(s["p99_ms"], ".2f"),
+                _fmt(s["cpu_us_per_op"], ".1f"),
+                _fmt(None if s["server_util"] is None else s["server_util"] * 100, ".0f") + "%",
+                _fmt(None if s["other_cpu"] is None else s["other_cpu"] * 100, ".0f") + "%",
+                _fmt(rr.get("cpu_per_op"), ".2f") if rr else "",
+                _fmt(rr.get("throughput"), ".2f") if rr else "",
+            ])
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(header), sep] + [line(r) for r in rows])
+
+
+# --------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------
+def parse_args(argv):
+    p = argparse.ArgumentParser(description="sbio benchmarks: same load against bare python-socketio, "
+                                            "sbio (and Node socket.io) in one run.")
+    p.add_argument("--quick", action="store_true", help="one short round (~1 minute)")
+    p.add_argument("--scenarios", help="comma-separated subset of: " + ", ".join(SCENARIOS))
+    p.add_argument("--servers", help="comma-separated subset of: " + ", ".join(SERVERS))
+    p.add_argument("--duration", type=float, help="measured seconds per run (default 3, quick 1)")
+    p.add_argument("--warmup", type=float, help="warm-up seconds per run (default 1, quick 0.5)")
+    p.add_argument("--rounds", type=int, help="rounds, median reported (default 3, quick 1)")
+    p.add_argument("--no-save", action="store_true", help="do not write bench/results/<timestamp>.json")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON instead of the table")
+    opts = p.parse_args(argv)
+    if opts.duration is None:
+        opts.duration = 1.0 if opts.quick else 3.0
+    if opts.warmup is None:
+        opts.warmup = 0.5 if opts.quick else 1.0
+    if opts.rounds is None:
+        opts.rounds = 1 if opts.quick else 3
+    return opts
+
+
+def main(argv=None):
+    opts = parse_args(argv)
+    if not shutil.which("node"):
+        print("node not found: the load generator needs Node.js (>= 18)", file=sys.stderr)
+        return 2
+    why = ensure_node_modules()
+    if why:
+        print(why, file=sys.stderr)
+        return 2
+
+    names = opts.scenarios.split(",") if opts.scenarios else [
+        n for n, s in SCENARIOS.items() if s.quick or not opts.quick]
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        print(f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(SCENARIOS)}", file=sys.stderr)
+        return 2
+    wanted = opts.servers.split(",") if opts.servers else list(SERVERS)
+    servers, skipped = [], {}
+    for name in wanted:
+        if name not in SERVERS:
+            print(f"unknown server {name}; known: {', '.join(SERVERS)}", file=sys.stderr)
+            return 2
+        why = SERVERS[name].missing()
+        if why:
+            skipped[name] = why
+        else:
+            servers.append(name)
+    for name, why in skipped.items():
+        print(f"skipping server {name}: {why}", file=sys.stderr)
+    if not servers:
+        return 2
+    plan = []
+    for name in names:
+        scn = SCENARIOS[name]
+        why = scn.requires() if scn.requires else None
+        if why:
+            print(f"skipping scenario {name}: {why}", file=sys.stderr)
+            continue
+        plan.append((scn, [s for s in servers if not scn.servers or s in scn.servers]))
+
+    server_cpus, loadgen_cpus = cpu_layout()
+    started = datetime.datetime.now()
+    stamp = started.strftime("%Y%m%d-%H%M%S")
+    log_dir = os.path.join(RESULTS_DIR, f"{stamp}-logs")
+    print(f"# servers: {', '.join(servers)}; pinning: server cpu {server_cpus or '-'}, "
+          f"loadgen cpu {loadgen_cpus or '-'}; {opts.rounds} round(s) x {opts.duration:g}s "
+          f"(+{opts.warmup:g}s warm-up)", file=sys.stderr, flush=True)
+    runs = []
+    t_start = time.monotonic()
+    for rnd in range(opts.rounds):
+        for scn, scn_servers in plan:
+            order = scn_servers if rnd % 2 == 0 else list(reversed(scn_servers))
+            for server in order:
+                r = run_one(scn, server, opts, log_dir=log_dir)
+                r["round"] = rnd
+                runs.append(r)
+                status = "ok" if r.get("ok") else "FAILED: " + r.get("error", "?")[:300]
+                print(f"# round {rnd + 1}/{opts.rounds} {scn.name:<12} {server:<5} "
+                      f"{_fmt(r.get('ops_per_s'), ',.0f'):>9} {scn.unit}/s  "
+                      f"{_fmt(r.get('cpu_us_per_op'), '.1f'):>6} µs/op  "
+                      f"other {_fmt(None if r.get('other_cpu') is None else r['other_cpu'] * 100, '.0f'):>3}%  "
+                      f"{status}",
+                      file=sys.stderr, flush=True)
+    elapsed = time.monotonic() - t_start
+
+    summary = aggregate(runs)
+    scen_names = [scn.name for scn, _ in plan]
+    rat = ratios(summary, scen_names)
+    rat_node = ratios(summary, scen_names, "node", "bare")
+    doc = {
+        "started": started.isoformat(timespec="seconds"),
+        "elapsed_s": round(elapsed, 1),
+        "options": {k: v for k, v in vars(opts).items()},
+        "machine": {"cpus": os.cpu_count(), "pinning": {"server": server_cpus, "loadgen": loadgen_cpus},
+                    "python": sys.version.split()[0], "node": _node_version(), "versions": _versions()},
+        "servers": servers,
+        "skipped_servers": skipped,
+        "scenarios": {scn.name: {"loadgen": scn.loadgen, "args": scn.args, "unit": scn.unit,
+                                 "description": scn.description} for scn, _ in plan},
+        "summary": [dict(scenario=k[0], server=k[1], **v) for k, v in summary.items()],
+        "ratios_sbio_over_bare": rat,
+        "ratios_node_over_bare": rat_node,
+        "runs": runs,
+    }
+    if not opts.no_save:
+        os.makedirs(RESULTS_DIR, exist_ok=True)
+        path = os.path.join(RESULTS_DIR, f"{stamp}.json")
+        with open(path, "w") as f:
+            json.dump(doc, f, indent=1)
+        print(f"# raw results: {os.path.relpath(path, REPO_ROOT)}", file=sys.stderr)
+    if not any(not r.get("ok") for r in runs):
+        shutil.rmtree(log_dir, ignore_errors=True)  # server logs are kept only when a run failed
+    if opts.json:
+        print(json.dumps({"summary": doc["summary"], "ratios_sbio_over_bare": rat}, indent=1))
+    else:
+        print(format_table(summary, scen_names, servers, rat))
+        print(f"\n{len(runs)} runs in {elapsed:.0f}s; medians of {opts.rounds} round(s), "
+              f"{opts.duration:g}s measured each. CPU µs/op = server utime+stime over the measured "
+              f"window / ops in it; srv CPU = server CPU time / window wall time; other = CPU used "
+              f"by everything else on the machine in the window (noise; the generator excluded).")
+        noisy = [k for k, v in summary.items() if (v["other_cpu"] or 0) > 0.10]
+        if noisy:
+            print(f"\nWARNING: other processes used more than 10% of a core during "
+                  f"{len(noisy)} of {len(summary)} measurements: rates and latencies are unreliable, "
+                  f"CPU µs/op less so; rerun on a quiet machine.")
+    return 0 if all(r.get("ok") for r in runs) else 1
+
+
+def _node_version():
+    try:
+        return subprocess.run(["node", "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions():
+    out = {}
+    from importlib import metadata
+    for dist in ("python-socketio", "python-engineio", "gevent", "gevent-websocket", "sbio"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    for pkg in ("socket.io-client", "socket.io"):
+        try:
+            with open(os.path.join(BENCH_DIR, "node_modules", pkg, "package.json")) as f:
+                out[pkg] = json.load(f)["version"]
+        except (OSError, ValueError, KeyError):
+            out[pkg] = None
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Benchmark servers with one contract, so the same load can be aimed at each.
+
+    python bench/servers.py bare|sbio --port P [--host 127.0.0.1]
+
+Contract (namespace ``/bench``):
+
+* ``echo(payload)`` acks ``{"ok": True, "data": payload}``;
+* ``fanout(payload)`` broadcasts event ``fan`` with ``payload`` to every
+  connection of the namespace, then acks ``{"ok": True, "data": None}``.
+
+``bare`` is idiomatic python-socketio on gevent + gevent-websocket, the floor
+sbio is compared against; ``sbio`` is the same contract written as an
+``sbio.Namespace``. ``bench/node_server.js`` is the Node socket.io
+reference with the same contract.
+
+The process prints ``listening <host>:<port>`` on stdout once the socket is
+bound; ``bench/run.py`` waits for the port itself, the line is for humans.
+Logging is kept quiet (warnings only) so it costs no CPU under load.
+SIGTERM / SIGINT stop the server and exit 0.
+"""
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+
+import gevent  # noqa: E402
+
+# Run from a checkout: `python bench/servers.py sbio` uses this repository's sbio.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+NAMESPACE = "/bench"
+
+
+def _quiet_logging():
+    logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
+    for name in ("socketio", "engineio", "socketio.server", "engineio.server", "geventwebsocket"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _stop_on_signals(stop):
+    # gevent runs the handler in a greenlet of the hub, so stopping the
+    # server from it is safe; serve_forever() then returns.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(sig, stop)
+
+
+# --------------------------------------------------------------------------
+# bare: plain python-socketio, the reference
+# --------------------------------------------------------------------------
+def serve_bare(host, port):
+    import socketio
+    from gevent import pywsgi
+    from geventwebsocket.handler import WebSocketHandler
+
+    sio = socketio.Server(async_mode="gevent", logger=False, engineio_logger=False)
+
+    @sio.on("echo", namespace=NAMESPACE)
+    def echo(sid, payload):
+        return {"ok": True, "data": payload}
+
+    @sio.on("fanout", namespace=NAMESPACE)
+    def fanout(sid, payload):
+        sio.emit("fan", payload, namespace=NAMESPACE)
+        return {"ok": True, "data": None}
+
+    app = socketio.WSGIApp(sio)
+    server = pywsgi.WSGIServer((host, port), app, handler_class=WebSocketHandler, log=None)
+    server.start()
+    print(f"listening {host}:{server.server_port}", flush=True)
+    _stop_on_signals(lambda: server.stop(timeout=1))
+    server.serve_forever()
+
+
+# --------------------------------------------------------------------------
+# sbio: the same contract as an sbio.Namespace
+# --------------------------------------------------------------------------
+def sbio_available():
+    """True when the sbio core runtime (``sbio.Server``, ``sbio.Namespace``) is importable."""
+    try:
+        import sbio
+    except Exception:
+        return False
+    return hasattr(sbio, "Server") and hasattr(sbio, "Namespace")
+
+
+def serve_sbio(host, port):
+    import sbio
+
+    class Bench(sbio.Namespace):
+        name = NAMESPACE
+
+        def on_echo(self, payload):
+            return payload  # sbio wraps it: {"ok": true, "data": payload}
+
+        def on_fanout(self, payload):
+            self.broadcast("fan", payload)  # every connection of the namespace
+
+    server = sbio.Server(namespaces=[Bench], host=host, port=port)
+    server.start()
+    print(f"listening {host}:{port}", flush=True)
+    _stop_on_signals(lambda: server.stop(1))
+    server.serve_forever()
+
+
+# Server kinds. The live-data scenario (issue 3) adds its handlers to the
+# sbio namespace above and, for the raw comparison, reuses `fanout` on bare.
+SERVERS = {
+    "bare": serve_bare,
+    "sbio": serve_sbio,
+}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("kind", choices=sorted(SERVERS))
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    _quiet_logging()
+    SERVERS[args.kind](args.host, args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

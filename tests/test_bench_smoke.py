@@ -1,0 +1,110 @@
+"""Smoke test of the benchmark machinery (bench/), at tiny size.
+
+Runs the real Node load generator against the real benchmark servers through
+bench/run.py's own code path (server subprocess, stdin handshake, CPU
+sampling) and checks counts only: every ack came back, every receiver got
+every broadcast. Never timing.
+
+Skipped when node is missing (a failure instead with SBIO_REQUIRE_SERVICES=1);
+runs `npm ci` in bench/ when bench/node_modules is missing.
+"""
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH_DIR = os.path.join(REPO_ROOT, "bench")
+
+
+def _load_runner():
+    spec = importlib.util.spec_from_file_location("sbio_bench_run", os.path.join(BENCH_DIR, "run.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load_runner()
+
+
+def _missing(what):
+    if os.environ.get("SBIO_REQUIRE_SERVICES", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{what} and SBIO_REQUIRE_SERVICES is set", pytrace=False)
+    pytest.skip(what)
+
+
+@pytest.fixture(scope="module")
+def node_ready():
+    if not shutil.which("node"):
+        _missing("node is not available (the load generator needs Node.js)")
+    why = bench.ensure_node_modules(quiet=True)
+    if why:
+        _missing(f"bench/node_modules could not be installed: {why}")
+
+
+SERVERS = ["bare", "sbio"]
+
+
+def _require_server(server):
+    if server == "sbio":
+        why = bench._sbio_missing()
+        if why:
+            pytest.skip(f"sbio server not benchmarkable yet: {why}")
+
+
+def _run(server, name, loadgen, args, tmp_path, duration=1.0, warmup=0.3, timeout=60):
+    scn = bench.Scenario(name, loadgen, args, "ops", "smoke", timeout=timeout)
+    opts = argparse.Namespace(duration=duration, warmup=warmup)
+    result = bench.run_one(scn, server, opts, log_dir=str(tmp_path))
+    assert "loadgen" in result, result.get("error") or result
+    return result
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_echo_every_ack_returns(server, node_ready, tmp_path):
+    _require_server(server)
+    r = _run(server, "smoke-echo", "echo", {"clients": 2}, tmp_path)
+    checks = r["loadgen"]["checks"]
+    assert checks["sent"] > 0
+    assert checks["acked"] == checks["sent"], checks
+    assert checks["bad_acks"] == 0 and checks["errors"] == 0, checks
+    assert r["ok"], r.get("error")
+    measure = r["loadgen"]["measure"]
+    assert measure["ops"] == measure["counts"]["sent"] == measure["latency_ms"]["n"]
+    assert r["server_cpu_s"] >= 0 and r["cpu_us_per_op"] is not None
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_fanout_every_receiver_gets_every_broadcast(server, node_ready, tmp_path):
+    _require_server(server)
+    receivers = 5
+    r = _run(server, "smoke-fanout", "fanout", {"receivers": receivers, "window": 2, "count": 20}, tmp_path)
+    checks = r["loadgen"]["checks"]
+    assert checks["broadcasts"] > 0
+    assert checks["acked"] == checks["broadcasts"], checks
+    assert checks["receivers_complete"] == receivers, checks
+    assert checks["min_per_receiver"] == checks["max_per_receiver"] == checks["broadcasts"], checks
+    assert checks["deliveries"] == checks["broadcasts"] * receivers, checks
+    assert checks["unknown"] == 0 and checks["stuck_after_drain"] == 0, checks
+    measure = r["loadgen"]["measure"]
+    assert 0 < measure["broadcasts"] <= 20  # --count bounds the measured phase
+    assert measure["ops"] == measure["broadcasts"] * receivers
+    assert r["ok"], r.get("error")
+
+
+def test_runner_cli_end_to_end(node_ready, tmp_path):
+    """`python bench/run.py` with a tiny plan prints a summary with the bare server in it."""
+    proc = subprocess.run(
+        [sys.executable, os.path.join(BENCH_DIR, "run.py"), "--scenarios", "echo-1", "--servers", "bare",
+         "--duration", "0.5", "--warmup", "0.2", "--rounds", "1", "--no-save", "--json"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(proc.stdout)
+    (row,) = [s for s in doc["summary"] if s["server"] == "bare"]
+    assert row["scenario"] == "echo-1" and row["ok_rounds"] == 1, row

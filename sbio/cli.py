@@ -5,6 +5,8 @@
 Every module and package in each namespaces directory (``namespaces/`` by
 default, relative to the current directory) is imported, and every
 :class:`sbio.Namespace` subclass defined there with a ``name`` is hosted.
+A module-level ``blueprint`` (a :class:`flask.Blueprint`) of such a module is
+registered on the server's Flask app: that is how an application adds pages.
 SIGINT and SIGTERM stop the server gracefully.
 """
 import argparse
@@ -16,7 +18,7 @@ import sys
 
 log = logging.getLogger("sbio.cli")
 
-__all__ = ["main", "load_namespaces", "NamespaceLoadError"]
+__all__ = ["main", "load_namespaces", "load_blueprints", "NamespaceLoadError"]
 
 
 class NamespaceLoadError(Exception):
@@ -34,17 +36,11 @@ def _module_entries(directory):
             yield entry, os.path.join(path, "__init__.py")
 
 
-def load_namespaces(directories):
-    """Import every module of *directories*; return the Namespace subclasses they define.
-
-    Each directory is put on ``sys.path`` so its modules and packages import
-    by their plain names (``namespaces/chat.py`` is module ``chat``).
+def _import_modules(directories):
+    """Import every module of *directories*; yield ``(module_name, module)``.
 
     :raises NamespaceLoadError: naming the file, when a module fails to import.
     """
-    from .namespace import Namespace
-
-    found = []
     for directory in directories:
         directory = os.path.abspath(directory)
         if not os.path.isdir(directory):
@@ -71,12 +67,45 @@ def load_namespaces(directories):
                 raise NamespaceLoadError(
                     f"cannot load namespace module {os.path.relpath(path)}{where}: "
                     f"{type(exc).__name__}: {exc}") from exc
-            for value in vars(module).values():
-                if (isinstance(value, type) and issubclass(value, Namespace)
-                        and value is not Namespace and value.name
-                        and value.__module__.split(".")[0] == module_name
-                        and value not in found):
-                    found.append(value)
+            yield module_name, module
+
+
+def load_namespaces(directories):
+    """Import every module of *directories*; return the Namespace subclasses they define.
+
+    Each directory is put on ``sys.path`` so its modules and packages import
+    by their plain names (``namespaces/chat.py`` is module ``chat``).
+
+    :raises NamespaceLoadError: naming the file, when a module fails to import.
+    """
+    from .namespace import Namespace
+
+    found = []
+    for module_name, module in _import_modules(directories):
+        for value in vars(module).values():
+            if (isinstance(value, type) and issubclass(value, Namespace)
+                    and value is not Namespace and value.name
+                    and value.__module__.split(".")[0] == module_name
+                    and value not in found):
+                found.append(value)
+    return found
+
+
+def load_blueprints(directories):
+    """The module-level ``blueprint`` (a :class:`flask.Blueprint`) of each module of *directories*.
+
+    Modules are imported as :func:`load_namespaces` does (once: Python
+    caches them). Modules without a ``blueprint`` are skipped.
+
+    :raises NamespaceLoadError: naming the file, when a module fails to import.
+    """
+    from flask import Blueprint
+
+    found = []
+    for _, module in _import_modules(directories):
+        blueprint = getattr(module, "blueprint", None)
+        if isinstance(blueprint, Blueprint) and blueprint not in found:
+            found.append(blueprint)
     return found
 
 
@@ -135,12 +164,13 @@ def run(args):
 
     try:
         namespaces = load_namespaces(config["server"]["namespaces"])
+        blueprints = load_blueprints(config["server"]["namespaces"])
     except NamespaceLoadError as exc:
         print(f"sbio: error: {exc}", file=sys.stderr)
         return 2
     if not namespaces:
         log.warning("no Namespace subclasses found in %s", ", ".join(config["server"]["namespaces"]))
-    server = Server(namespaces, config=config)
+    server = Server(namespaces, config=config, blueprints=blueprints)
 
     import gevent
 

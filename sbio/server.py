@@ -152,10 +152,25 @@ class _SbioWebSocketHandler(WebSocketHandler):
 
 
 _INDEX = """<!doctype html>
-<html><head><meta charset="utf-8"><title>sbio</title></head>
-<body><h1>sbio</h1><p>Namespaces mounted on this server:</p>
+<html lang="en"><head><meta charset="utf-8"><title>sbio</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+body { font: 16px/1.5 system-ui, sans-serif; max-width: 46rem; margin: 3rem auto;
+       padding: 0 1rem; color: #1f2933; }
+h1 { margin-bottom: .2rem; } h2 { margin-top: 2rem; font-size: 1.1rem; }
+ul { padding-left: 1.2rem; } code { background: #eef2f7; padding: .1rem .3rem; border-radius: 3px; }
+a { color: #2563eb; } .muted { color: #6b7280; }
+</style></head>
+<body><h1>sbio</h1><p class="muted">Real-time web applications on gevent and socket.io.</p>
+{% if pages %}<h2>Pages</h2>
+<ul>{% for page in pages %}<li><a href="{{ page.url }}">{{ page.url }}</a> &mdash; {{ page.doc }}</li>{% endfor %}</ul>{% endif %}
+<h2>Namespaces</h2><p>Namespaces mounted on this server:</p>
 <ul>{% for ns in namespaces %}<li><code>{{ ns.name }}</code> &mdash; {{ ns.doc }}</li>{% endfor %}</ul>
 </body></html>"""
+
+
+def _first_line(text):
+    return (text or "").strip().split("\n")[0]
 
 
 class Server:
@@ -173,13 +188,16 @@ class Server:
         and Callers start and stop with this server (the process-wide
         ``sbio.tasks.lifecycle`` by default). A server stops the lifecycle
         only if it was the one that started it.
+    :param blueprints: Flask :class:`~flask.Blueprint`\\ s to register on the
+        app (see :meth:`add_blueprint`); ``sbio run`` passes the module-level
+        ``blueprint`` of each namespace module.
     """
 
     #: The python-socketio server class; override to customize dispatch.
     socketio_server_class = SocketIOServer
 
     def __init__(self, namespaces=(), config=None, app=None, host=None, port=None,
-                 lifecycle=None):
+                 lifecycle=None, blueprints=()):
         if lifecycle is None:
             from .tasks import lifecycle
         self.lifecycle = lifecycle
@@ -216,8 +234,11 @@ class Server:
             self.app.secret_key = self._secret_key()
         self._socketio_app = socketio.WSGIApp(self.sio, self.app)
         self.namespaces = {}
+        self.blueprints = []
         for cls in namespaces:
             self.add_namespace(cls)
+        for blueprint in blueprints:
+            self.add_blueprint(blueprint)
 
     # -- configuration helpers -----------------------------------------------------
 
@@ -249,11 +270,45 @@ class Server:
 
         @app.route("/")
         def index():
-            mounted = [{"name": name, "doc": (cls.__doc__ or "").strip().split("\n")[0]}
+            mounted = [{"name": name, "doc": _first_line(cls.__doc__)}
                        for name, cls in sorted(self.namespaces.items())]
-            return render_template_string(_INDEX, namespaces=mounted)
+            return render_template_string(_INDEX, namespaces=mounted, pages=self._pages())
 
         return app
+
+    def _pages(self):
+        """The blueprints that have an ``index`` view: their URL and description."""
+        import sys
+
+        from flask import url_for
+
+        pages = []
+        for blueprint in self.blueprints:
+            endpoint = f"{blueprint.name}.index"
+            if endpoint in self.app.view_functions:
+                module = sys.modules.get(blueprint.import_name)
+                pages.append({"url": url_for(endpoint),
+                              "doc": _first_line(getattr(module, "__doc__", None))
+                              or blueprint.name})
+        return pages
+
+    # -- pages --------------------------------------------------------------------------
+
+    def add_blueprint(self, blueprint, **options):
+        """Register the Flask *blueprint* on :attr:`app` (before :meth:`start`).
+
+        *options* go to :meth:`flask.Flask.register_blueprint` (``url_prefix``
+        ...). The default index page links each blueprint that has a view
+        named ``index``, described by the first line of the docstring of the
+        blueprint's module (its ``import_name``).
+        """
+        if self.started:
+            raise RuntimeError(
+                f"Server.add_blueprint({blueprint.name}) called after start(): "
+                "register every blueprint before starting the server")
+        self.app.register_blueprint(blueprint, **options)
+        self.blueprints.append(blueprint)
+        return blueprint
 
     # -- namespaces --------------------------------------------------------------------
 

@@ -61,12 +61,14 @@ class CallContext:
 
     ``after_success`` holds callables run once the handler has returned
     normally (``@notifies``, ``notify(delay=True)``); they are dropped when
-    it raised.
+    it raised. ``subscription`` is the :class:`sbio.live.Subscription` being
+    computed when ``purpose`` is ``"subscribe"`` or ``"rerun"``, else None.
     """
 
-    __slots__ = ("namespace", "event", "args", "after_success", "finished", "purpose")
+    __slots__ = ("namespace", "event", "args", "after_success", "finished", "purpose",
+                 "subscription")
 
-    def __init__(self, namespace, event, args, purpose="call"):
+    def __init__(self, namespace, event, args, purpose="call", subscription=None):
         self.namespace = namespace
         self.event = event
         self.args = args
@@ -74,6 +76,7 @@ class CallContext:
         self.finished = False
         #: "call" for a client call, "subscribe" / "rerun" for live data.
         self.purpose = purpose
+        self.subscription = subscription
 
 
 _current_call = contextvars.ContextVar("sbio_current_call", default=None)
@@ -241,11 +244,12 @@ class NamespaceDispatcher:
         self._specs[method_name] = spec
         return spec
 
-    def call_handler(self, instance, event, args, purpose="call"):
+    def call_handler(self, instance, event, args, purpose="call", subscription=None):
         """Run ``on_<event>`` of *instance* under its ACL; return the envelope.
 
         Used for client calls and by the live-data module (subscribe and
-        re-runs), so every path applies the same checks and error mapping.
+        re-runs, with the :class:`sbio.live.Subscription` being computed), so
+        every path applies the same checks and error mapping.
         """
         method_name = "on_" + event
         if not instance.is_method_allowed(method_name):
@@ -256,7 +260,7 @@ class NamespaceDispatcher:
         problem = spec.check_args(event, args)
         if problem is not None:
             return error_envelope("bad_request", problem)
-        ctx = CallContext(instance, event, args, purpose)
+        ctx = CallContext(instance, event, args, purpose, subscription)
         token = _current_call.set(ctx)
         try:
             if self._decorated:

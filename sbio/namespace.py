@@ -67,6 +67,21 @@ class Namespace:
     def __repr__(self):
         return f"<{type(self).__name__} {self.namespace} sid={self.sid}>"
 
+    @property
+    def subscription(self):
+        """The :class:`sbio.live.Subscription` being computed, or None.
+
+        Set while a ``@subscribes`` handler runs for a subscription (its first
+        result or a re-run); ``self.subscription.data`` is a dict kept across
+        the re-runs of that one subscription.
+        """
+        from .dispatch import current_call
+
+        ctx = current_call()
+        if ctx is None or ctx.namespace is not self:
+            return None
+        return ctx.subscription
+
     # -- hooks ---------------------------------------------------------------
 
     def on_connect(self, auth):

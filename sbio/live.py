@@ -1,0 +1,1051 @@
+"""Live data: ``@subscribes`` / ``@notifies`` / ``notify()`` and the greenlet broadcaster.
+
+A handler marked :func:`subscribes` can be subscribed to with the
+``sbio:subscribe`` event. Its first result is the ack; every time one of its
+channels is notified (:func:`notify`, :func:`notifies`, the SQLAlchemy helpers
+after a commit, another process through the bus) the handler is re-run as the
+subscribing connection and the client gets an ``sbio:update`` push when the
+result changed. See ``docs/live-data.md`` for the tutorial and the protocol.
+
+How a notification travels::
+
+    notify("cards")            any greenlet or OS thread
+      -> Bus.publish()         LocalBus here; a Redis bus carries it to every process
+      -> LiveData._on_notify   in the hub thread of the server
+      -> Broadcaster.notify    per namespace: channel index lookup, O(matching)
+      -> Broadcaster._loop     one greenlet per namespace: coalesce, then re-run
+                               each matched subscription once, in a bounded pool
+                               with a per-run timeout; push only what changed.
+
+The bookkeeping (registries, channel matching, coalescing) is plain Python;
+the only IO is sending the pushes through python-socketio.
+
+Re-runs never notify. A re-run of a subscribed handler is a read: every
+notification it raises (``notify()``, ``notify(delay=True)``, ``@notifies``)
+is dropped with a debug log, so a handler that both subscribes to and
+notifies a channel cannot loop.
+"""
+import collections
+import functools
+import hashlib
+import inspect
+import json
+import logging
+import re
+import string
+import time
+import weakref
+
+import gevent
+import gevent.event
+import gevent.pool
+from engineio import packet as eio_packet
+from gevent import monkey
+
+from .dispatch import _EVENT_NAME, _short, current_call, error_envelope, ok_envelope
+
+__all__ = ["subscribes", "notifies", "notify", "channel_name", "LiveData", "Broadcaster",
+           "Subscription", "Bus", "LocalBus", "get_bus", "set_bus"]
+
+log = logging.getLogger(__name__)
+
+#: Event the client sends to subscribe: ``{"id": S, "event": E, "args": [...]}``.
+SUBSCRIBE_EVENT = "sbio:subscribe"
+#: Event the client sends to unsubscribe: ``{"id": S}`` or ``{"ids": [...]}``.
+UNSUBSCRIBE_EVENT = "sbio:unsubscribe"
+#: Event the server pushes: ``{"id", "data", "trigger"}`` or ``{"id", "error"}``.
+UPDATE_EVENT = "sbio:update"
+
+#: Trigger of notifications sent outside any handler without a trigger.
+MANUAL_TRIGGER = "manual"
+
+_MAX_ID_LENGTH = 128
+# Results longer than this are remembered by a digest instead of their text.
+_FINGERPRINT_TEXT_MAX = 512
+
+# The real OS thread id, whether or not (or whenever) threading is monkey-patched.
+_real_get_ident = monkey.get_original("_thread", "get_ident")
+
+
+# -- channels ---------------------------------------------------------------------------
+
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+
+
+def channel_name(obj):
+    """The channel name of *obj*.
+
+    A string is a channel name as it is. A class (for instance an SQLAlchemy
+    model) is named by its table: ``__table__.name``, else ``__tablename__``,
+    else its name in snake_case (``WebsiteURL`` -> ``"website_url"``). An
+    instance of a mapped model is named like its class.
+
+    :raises TypeError: for anything else.
+    :raises ValueError: for an empty name.
+    """
+    if isinstance(obj, str):
+        name = obj
+    else:
+        cls = obj if isinstance(obj, type) else type(obj)
+        if not isinstance(obj, type) and getattr(cls, "__table__", None) is None \
+                and not getattr(cls, "__tablename__", None):
+            raise TypeError(f"a channel must be a string or a class, got {obj!r}")
+        table = getattr(cls, "__table__", None)
+        name = getattr(table, "name", None) or getattr(cls, "__tablename__", None) \
+            or _CAMEL.sub("_", cls.__name__).lower()
+        if not isinstance(name, str):
+            raise TypeError(f"cannot name a channel after {obj!r}")
+    if not name:
+        raise ValueError("a channel name cannot be empty")
+    return name
+
+
+def _channel_names(channels):
+    """A tuple of distinct channel names from one channel or an iterable of them."""
+    if isinstance(channels, (str, type)):
+        return (channel_name(channels),)
+    try:
+        items = iter(channels)
+    except TypeError:
+        return (channel_name(channels),)
+    return tuple(dict.fromkeys(channel_name(c) for c in items))
+
+
+_FORMATTER = string.Formatter()
+_FIELD_ROOT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class _Channels:
+    """The channels of one decorated function: plain names and ``{arg}`` templates.
+
+    Templates are formatted with the function's bound arguments (defaults
+    applied); the signature is computed once, when decorating.
+    """
+
+    __slots__ = ("names", "has_templates", "signature")
+
+    def __init__(self, func, channels, decorator):
+        self.names = _channel_names(channels)
+        self.signature = inspect.signature(func)
+        params = self.signature.parameters
+        takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        self.has_templates = False
+        for name in self.names:
+            for _, field, _, _ in _FORMATTER.parse(name):
+                if field is None:
+                    continue
+                self.has_templates = True
+                root = _FIELD_ROOT.match(field)
+                if root is None:
+                    raise ValueError(
+                        f"@{decorator}({name!r}) on {func.__qualname__}: channel templates "
+                        "name the handler's arguments, e.g. 'room:{room}'")
+                if root.group() not in params and not takes_kwargs:
+                    raise ValueError(
+                        f"@{decorator}({name!r}) on {func.__qualname__}: "
+                        f"{func.__qualname__} has no argument {root.group()!r} "
+                        f"(arguments: {', '.join(params)})")
+
+    def format(self, args, kwargs=None):
+        """The concrete channel names for one call ``func(*args, **kwargs)``."""
+        if not self.has_templates:
+            return self.names
+        bound = self.signature.bind(*args, **(kwargs or {}))
+        bound.apply_defaults()
+        values = bound.arguments
+        return tuple(dict.fromkeys(name.format_map(values) for name in self.names))
+
+
+# -- decorators and notify() ------------------------------------------------------------
+
+
+def subscribes(*channels, shared=False):
+    """Mark an ``on_*`` handler as subscribable, re-run when *channels* are notified.
+
+    :param channels: channel names, model classes (their table name), or
+        templates formatted with the handler's arguments (``"room:{room}"``,
+        so only the subscriptions of that room re-run).
+    :param shared: the result depends only on the arguments, not on the
+        connection: each distinct argument list is computed once per
+        broadcast cycle and the encoded result is sent to every subscriber
+        (each subscriber's ACL is still checked).
+    """
+    if len(channels) == 1 and inspect.isfunction(channels[0]):
+        raise TypeError("use @subscribes(...) with parentheses and the channel names, "
+                        "e.g. @subscribes('cards')")
+
+    def decorate(func):
+        func._sbio_subscribes = _SubscribeSpec(_Channels(func, channels, "subscribes"),
+                                               bool(shared))
+        return func
+
+    return decorate
+
+
+class _SubscribeSpec:
+    __slots__ = ("channels", "shared")
+
+    def __init__(self, channels, shared):
+        self.channels = channels
+        self.shared = shared
+
+
+def _trigger_of(func):
+    name = func.__name__
+    return name[3:] if name.startswith("on_") else name
+
+
+def notifies(*channels):
+    """Notify *channels* after the decorated function returns normally.
+
+    Inside a handler the notification is sent once the handler has returned
+    normally (it is dropped when the handler raises); outside a handler it
+    is sent when the function returns. Templates (``"room:{room}"``) are
+    formatted with the function's arguments. The trigger is the event name
+    (``on_add_card`` -> ``"add_card"``).
+    """
+    if len(channels) == 1 and inspect.isfunction(channels[0]):
+        raise TypeError("use @notifies(...) with parentheses and the channel names, "
+                        "e.g. @notifies('cards')")
+
+    def decorate(func):
+        spec = _Channels(func, channels, "notifies")
+        trigger = _trigger_of(func)
+
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            result = func(*args, **kwargs)
+            names = spec.format(args, kwargs)
+            if names:
+                _notify_names(names, True, trigger)
+            return result
+
+        return wrapper
+
+    return decorate
+
+
+def notify(channels, delay=False, trigger=None):
+    """Tell every subscription of *channels* to re-run (in every namespace and process).
+
+    Safe from any greenlet and from any OS thread.
+
+    :param channels: a channel name or model class, or an iterable of them.
+    :param delay: inside a handler, wait until the handler has returned
+        normally (dropped if it raises); outside a handler it changes nothing.
+    :param trigger: a string pushed with the updates (``"trigger"``); by
+        default the current handler's event name, or ``"manual"``.
+    """
+    names = _channel_names(channels)
+    if names:
+        _notify_names(names, delay, None if trigger is None else str(trigger))
+
+
+def _notify_names(names, delay, trigger):
+    ctx = current_call()
+    if ctx is not None:
+        if ctx.purpose == "rerun":
+            log.debug("notification of %s raised while re-running %r dropped "
+                      "(re-runs never notify)", names, ctx.event)
+            return
+        if trigger is None:
+            trigger = ctx.event
+        if delay:
+            ctx.after_success.append(functools.partial(_publish, names, trigger))
+            return
+    _publish(names, MANUAL_TRIGGER if trigger is None else trigger)
+
+
+def _publish(names, trigger):
+    _bus.publish(names, trigger)
+
+
+# -- the bus ----------------------------------------------------------------------------
+
+
+class _Mailbox:
+    """Hands notifications from other OS threads to one hub's thread."""
+
+    def __init__(self, hub):
+        self.thread_ident = hub.thread_ident
+        self.queue = collections.deque()  # append / popleft are thread-safe
+        self.watcher = hub.loop.async_()
+        self.watcher.start(self._drain)
+        self.watcher.ref = False  # does not keep the loop alive by itself
+
+    def post(self, item):
+        self.queue.append(item)
+        self.watcher.send()  # thread-safe: wakes the loop of the hub's thread
+
+    def _drain(self):
+        queue = self.queue
+        while queue:
+            callback, channels, trigger = queue.popleft()
+            Bus._call(callback, channels, trigger)
+
+    def close(self):
+        self.watcher.stop()
+        self.watcher.close()
+
+
+class Bus:
+    """The path from :func:`notify` to every :class:`LiveData` (in this process or all).
+
+    Subscribers are callables ``callback(channels, trigger)`` (channels: a
+    tuple of str). :meth:`deliver` calls each one in the OS thread of the
+    gevent hub it subscribed from, whatever thread delivers, so callbacks
+    need no locks; they must not block.
+
+    Subclasses implement :meth:`publish`: :class:`LocalBus` delivers in
+    this process; a cross-process bus (Redis) publishes to its backend and
+    calls :meth:`deliver` for each message its listener receives.
+    """
+
+    def __init__(self):
+        self._subscribers = ()  # ((callback, mailbox), ...): replaced, never mutated
+        self._mailboxes = {}    # hub thread ident -> _Mailbox
+
+    def publish(self, channels, trigger):
+        """Send the notification; called from any greenlet or OS thread."""
+        raise NotImplementedError
+
+    def subscribe(self, callback):
+        """Call *callback(channels, trigger)* for every notification (in this hub's thread)."""
+        hub = gevent.get_hub()
+        mailbox = self._mailboxes.get(hub.thread_ident)
+        if mailbox is None:
+            mailbox = self._mailboxes[hub.thread_ident] = _Mailbox(hub)
+        self._subscribers = self._subscribers + ((callback, mailbox),)
+
+    def unsubscribe(self, callback):
+        """Stop calling *callback*. Not an error if it was not subscribed."""
+        self._subscribers = tuple(s for s in self._subscribers if s[0] != callback)
+
+    @property
+    def subscriber_count(self):
+        return len(self._subscribers)
+
+    def deliver(self, channels, trigger):
+        """Hand a notification to every subscriber; safe from any thread."""
+        ident = _real_get_ident()
+        for callback, mailbox in self._subscribers:
+            if mailbox.thread_ident == ident:
+                self._call(callback, channels, trigger)
+            else:
+                mailbox.post((callback, channels, trigger))
+
+    @staticmethod
+    def _call(callback, channels, trigger):
+        try:
+            callback(channels, trigger)
+        except Exception:
+            log.exception("live-data bus subscriber %r failed on %s", callback, channels)
+
+    def close(self):
+        """Drop every subscriber and stop the thread hand-off watchers."""
+        self._subscribers = ()
+        mailboxes, self._mailboxes = self._mailboxes, {}
+        for mailbox in mailboxes.values():
+            try:
+                mailbox.close()
+            except Exception:  # the hub of that thread may be gone
+                log.debug("closing a bus mailbox failed", exc_info=True)
+
+
+class LocalBus(Bus):
+    """The in-process bus (the default): every publish is delivered in this process."""
+
+    def publish(self, channels, trigger):
+        self.deliver(tuple(channels), trigger)
+
+
+_bus = LocalBus()
+_live_instances = weakref.WeakSet()  # LiveData joined to a bus (re-homed by set_bus)
+
+
+def get_bus():
+    """The process-wide :class:`Bus` that :func:`notify` publishes to."""
+    return _bus
+
+
+def set_bus(bus):
+    """Make *bus* the process-wide bus and return the previous one.
+
+    Every running :class:`LiveData` leaves the old bus and joins *bus*. Call
+    it from the thread running the servers (e.g. at start-up or in a test).
+    """
+    global _bus
+    if not isinstance(bus, Bus):
+        raise TypeError(f"set_bus() wants a sbio.live.Bus, got {bus!r}")
+    old, _bus = _bus, bus
+    for live in list(_live_instances):
+        live._rebind(old, bus)
+    return old
+
+
+# -- subscriptions ------------------------------------------------------------------------
+
+_NOT_DIRTY = object()
+
+
+class _Target:
+    """What the broadcaster runs: one subscription, or one shared group."""
+
+    __slots__ = ("channels", "alive", "running", "dirty", "__weakref__")
+
+    def __init__(self, channels):
+        self.channels = channels
+        self.alive = True
+        self.running = False
+        self.dirty = _NOT_DIRTY  # the trigger of a notification that came while running
+
+
+class Subscription(_Target):
+    """One live subscription of one connection (``self.subscription`` in the handler).
+
+    ``id``, ``event``, ``args``, ``channels`` (concrete names), ``shared``
+    and ``sid`` describe it; ``data`` is a dict private to this subscription,
+    kept across its re-runs and discarded when it ends (a re-subscribe with
+    the same id starts a fresh one).
+    """
+
+    __slots__ = ("id", "event", "args", "shared", "data", "instance", "sid", "eio_sid",
+                 "id_json", "last", "ready", "group")
+
+    def __init__(self, instance, eio_sid, sub_id, event, args, channels, shared):
+        super().__init__(channels)
+        self.instance = instance
+        self.sid = instance.sid
+        self.eio_sid = eio_sid
+        self.id = sub_id
+        self.id_json = json.dumps(sub_id)
+        self.event = event
+        self.args = args
+        self.shared = shared
+        self.data = {}
+        self.last = None     # fingerprint of the last result (or error) the client has
+        self.ready = False   # the first result has been sent
+        self.group = None
+
+    def __repr__(self):
+        return (f"<Subscription {self.id!r} {self.event}{tuple(self.args)!r} "
+                f"sid={self.sid} channels={list(self.channels)}>")
+
+
+class _SharedGroup(_Target):
+    """The subscriptions of a ``shared=True`` handler with the same arguments."""
+
+    __slots__ = ("key", "event", "args", "members")
+
+    def __init__(self, key, event, args, channels):
+        super().__init__(channels)
+        self.key = key
+        self.event = event
+        self.args = args
+        self.members = {}  # Subscription -> None (ordered set)
+
+    def __repr__(self):
+        return f"<SharedGroup {self.event}{tuple(self.args)!r} members={len(self.members)}>"
+
+
+def _encode(data):
+    """The canonical JSON text of *data* (sorted keys, compact); sent as is."""
+    try:
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
+    except TypeError:
+        # keys of mixed types cannot be sorted: compare in insertion order instead
+        return json.dumps(data, separators=(",", ":"))
+
+
+def _fingerprint(text):
+    if len(text) <= _FINGERPRINT_TEXT_MAX:
+        return text
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
+_UNJSONABLE = {"code": "internal",
+               "message": "the handler returned a value that cannot be sent as JSON"}
+
+
+# -- the broadcaster ----------------------------------------------------------------------
+
+
+class Broadcaster:
+    """The subscriptions of one namespace and the greenlet that re-runs them.
+
+    Owned by :class:`LiveData`; its greenlet starts on first use and blocks
+    on its queue between notifications. ``metrics`` counts, since creation:
+
+    ``notifications``  notifications that matched at least one subscription
+    ``cycles``         times the queue was drained
+    ``reruns``         handler runs (a shared group counts once)
+    ``pushes``         ``sbio:update`` packets sent (data or error)
+    ``skipped_unchanged`` runs whose result the client already had
+    ``errors``         runs that ended in an error (timeouts excluded)
+    ``timeouts``       runs stopped by the per-run timeout
+    ``dropped``        subscriptions dropped by the server (ACL revoked)
+    ``queue_depth``    notified channels and requested runs waiting now
+    """
+
+    def __init__(self, live, dispatcher):
+        self.live = live
+        self.dispatcher = dispatcher
+        self.namespace = dispatcher.name
+        self.sio = dispatcher.server.sio
+        #: sid -> {subscription id -> Subscription}
+        self.by_sid = {}
+        #: channel -> set of targets (Subscription, or _SharedGroup for shared ones)
+        self.index = {}
+        #: (event, canonical args) -> _SharedGroup
+        self.groups = {}
+        self.metrics = dict.fromkeys(
+            ("notifications", "cycles", "reruns", "pushes", "skipped_unchanged", "errors",
+             "timeouts", "dropped", "queue_depth"), 0)
+        self._pending = {}   # channel -> trigger, coalesced until the next cycle
+        self._requests = {}  # target -> trigger: runs asked for outside notifications
+        self._wake = gevent.event.Event()
+        self._greenlet = None
+        self._stopping = False
+        self.pool = gevent.pool.Pool(live.pool_size)
+        ns = "" if self.namespace == "/" else self.namespace + ","
+        self._update_prefix = "2" + ns + '["' + UPDATE_EVENT + '",{"id":'
+
+    def __repr__(self):
+        return f"<Broadcaster {self.namespace} subscriptions={self.subscription_count()}>"
+
+    # -- registry --------------------------------------------------------------------
+
+    def subscription_count(self):
+        return sum(len(subs) for subs in self.by_sid.values())
+
+    def registry_sizes(self):
+        """Sizes of every registry (for leak checks and debugging)."""
+        return {"connections": len(self.by_sid), "subscriptions": self.subscription_count(),
+                "channels": len(self.index), "groups": len(self.groups),
+                "pending": len(self._pending), "requests": len(self._requests),
+                "running": len(self.pool)}
+
+    def subscriptions_of(self, sid):
+        """The live subscriptions of connection *sid*, by id."""
+        return dict(self.by_sid.get(sid, {}))
+
+    def _add(self, sub):
+        subs = self.by_sid.get(sub.sid)
+        if subs is None:
+            subs = self.by_sid[sub.sid] = {}
+        old = subs.get(sub.id)
+        if old is not None:
+            self._remove(old)
+            subs = self.by_sid.setdefault(sub.sid, {})
+        subs[sub.id] = sub
+        if sub.shared:
+            key = (sub.event, _encode(sub.args))
+            group = self.groups.get(key)
+            if group is None:
+                group = self.groups[key] = _SharedGroup(key, sub.event, sub.args, sub.channels)
+                self._index(group)
+            group.members[sub] = None
+            sub.group = group
+        else:
+            self._index(sub)
+
+    def _remove(self, sub):
+        if not sub.alive:
+            return
+        sub.alive = False
+        subs = self.by_sid.get(sub.sid)
+        if subs is not None and subs.get(sub.id) is sub:
+            del subs[sub.id]
+            if not subs:
+                del self.by_sid[sub.sid]
+        group = sub.group
+        if group is None:
+            self._unindex(sub)
+            self._requests.pop(sub, None)
+        else:
+            group.members.pop(sub, None)
+            if not group.members:
+                group.alive = False
+                if self.groups.get(group.key) is group:
+                    del self.groups[group.key]
+                self._unindex(group)
+                self._requests.pop(group, None)
+
+    def _index(self, target):
+        for channel in target.channels:
+            targets = self.index.get(channel)
+            if targets is None:
+                targets = self.index[channel] = set()
+            targets.add(target)
+
+    def _unindex(self, target):
+        for channel in target.channels:
+            targets = self.index.get(channel)
+            if targets is not None:
+                targets.discard(target)
+                if not targets:
+                    del self.index[channel]
+
+    def drop_connection(self, sid):
+        """Forget every subscription of connection *sid*."""
+        subs = self.by_sid.get(sid)
+        if subs:
+            for sub in list(subs.values()):
+                self._remove(sub)
+        self.by_sid.pop(sid, None)
+
+    def unsubscribe(self, sid, ids):
+        """Remove the subscriptions *ids* of *sid*; returns how many existed."""
+        subs = self.by_sid.get(sid)
+        found = 0
+        if subs:
+            for sub_id in ids:
+                sub = subs.get(sub_id)
+                if sub is not None:
+                    self._remove(sub)
+                    found += 1
+        return found
+
+    # -- notifications -----------------------------------------------------------------
+
+    def notify(self, channels, trigger):
+        """Queue the subscriptions of *channels* for the next cycle (hub thread only)."""
+        index = self.index
+        pending = self._pending
+        hit = False
+        for channel in channels:
+            if channel in index:
+                pending[channel] = trigger
+                hit = True
+        if hit:
+            self.metrics["notifications"] += 1
+            self.metrics["queue_depth"] = len(pending) + len(self._requests)
+            self._ensure_running()
+            self._wake.set()
+
+    def _request(self, target, trigger):
+        """Run *target* in the next cycle (it was notified while running)."""
+        if target.alive:
+            self._requests[target] = trigger
+            self.metrics["queue_depth"] = len(self._pending) + len(self._requests)
+            self._ensure_running()
+            self._wake.set()
+
+    def _ensure_running(self):
+        if self._greenlet is None and not self._stopping:
+            self.live._reopen()
+            self._greenlet = gevent.spawn(self._loop)
+            self._greenlet.name = f"sbio-broadcaster {self.namespace}"
+            if self._pending or self._requests:  # left queued by a stop()
+                self._wake.set()
+
+    def _loop(self):
+        wake = self._wake
+        metrics = self.metrics
+        while True:
+            wake.wait()
+            if self._stopping:
+                return
+            wake.clear()
+            pending, self._pending = self._pending, {}
+            requests, self._requests = self._requests, {}
+            metrics["queue_depth"] = 0
+            metrics["cycles"] += 1
+            targets = {}
+            index = self.index
+            for channel, trigger in pending.items():
+                for target in index.get(channel, ()):
+                    targets[target] = trigger
+            targets.update(requests)
+            started = coalesced = 0
+            for target, trigger in targets.items():
+                if not target.alive:
+                    continue
+                if target.running:
+                    target.dirty = trigger
+                    coalesced += 1
+                    continue
+                target.running = True
+                started += 1
+                self.pool.spawn(self._run, target, trigger)  # waits while the pool is full
+                if self._stopping:
+                    return
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("broadcaster %s: cycle of %d channel(s), %d run(s) started, "
+                          "%d coalesced into running ones; metrics %s", self.namespace,
+                          len(pending), started, coalesced, metrics)
+
+    # -- runs ---------------------------------------------------------------------------
+
+    def _call(self, sub, purpose):
+        """Run the handler of *sub* as its connection; return the envelope."""
+        try:
+            with gevent.Timeout(self.live.timeout):
+                return self.dispatcher.call_handler(sub.instance, sub.event, sub.args,
+                                                    purpose=purpose, subscription=sub)
+        except gevent.Timeout:  # fired outside the handler proper
+            return error_envelope("timeout", "the handler timed out")
+
+    def _run(self, target, trigger):
+        try:
+            if isinstance(target, _SharedGroup):
+                self._run_group(target, trigger)
+            else:
+                self._run_single(target, trigger)
+        except Exception:
+            log.exception("broadcaster %s: re-run of %r failed", self.namespace, target)
+        finally:
+            target.running = False
+            dirty = target.dirty
+            if dirty is not _NOT_DIRTY:
+                target.dirty = _NOT_DIRTY
+                self._request(target, dirty)
+
+    def _run_single(self, sub, trigger):
+        if not sub.alive:
+            return
+        self.metrics["reruns"] += 1
+        envelope = self._call(sub, "rerun")
+        if not sub.alive:  # unsubscribed, replaced or disconnected meanwhile
+            return
+        if envelope["ok"]:
+            try:
+                text = _encode(envelope["data"])
+            except (TypeError, ValueError, OverflowError) as exc:
+                self._unjsonable(sub, exc)
+                self._deliver_error(sub, _UNJSONABLE)
+                return
+            self._deliver_data(sub, text, _fingerprint(text), self._update_tail(trigger, text))
+        else:
+            self._deliver_error(sub, envelope["error"])
+
+    def _run_group(self, group, trigger):
+        method = "on_" + group.event
+        runner = None
+        for member in list(group.members):
+            if not member.ready:
+                continue
+            if member.instance.is_method_allowed(method):
+                runner = member
+                break
+            self._forbid(member, method)
+        if runner is None:
+            return
+        self.metrics["reruns"] += 1
+        envelope = self._call(runner, "rerun")
+        if envelope["ok"]:
+            try:
+                text = _encode(envelope["data"])
+            except (TypeError, ValueError, OverflowError) as exc:
+                self._unjsonable(runner, exc)
+                envelope = {"ok": False, "error": _UNJSONABLE}
+        elif envelope["error"]["code"] == "forbidden" and runner.alive:
+            # the runner's ACL changed during the run: drop it, run again for the others
+            self._forbid(runner, method, envelope["error"])
+            group.dirty = trigger
+            return
+        if envelope["ok"]:
+            fingerprint = _fingerprint(text)
+            tail = self._update_tail(trigger, text)
+        for member in list(group.members):
+            if not member.alive:
+                continue
+            if not member.ready:  # its first result is being computed: run again after
+                member.dirty = trigger
+                continue
+            if not member.instance.is_method_allowed(method):
+                self._forbid(member, method)
+            elif envelope["ok"]:
+                self._deliver_data(member, text, fingerprint, tail)
+            else:
+                self._deliver_error(member, envelope["error"])
+
+    def _unjsonable(self, sub, exc):
+        log.error("result of subscribed handler is not JSON-serializable (sid=%s namespace=%s "
+                  "event=%s): %s", sub.sid, self.namespace, sub.event, exc)
+
+    def _forbid(self, sub, method, error=None):
+        if error is None:
+            error = {"code": "forbidden", "message": f"not allowed to call {_short(sub.event)}"}
+        self.metrics["errors"] += 1
+        self.metrics["dropped"] += 1
+        log.info("subscription %r of sid=%s (namespace %s) dropped: %s no longer allowed",
+                 sub.id, sub.sid, self.namespace, method)
+        self._send_error(sub, error)
+        self._remove(sub)
+
+    @staticmethod
+    def _update_tail(trigger, text):
+        return ',"trigger":' + json.dumps(trigger) + ',"data":' + text + "}]"
+
+    def _deliver_data(self, sub, text, fingerprint, tail):
+        if sub.last == fingerprint:
+            self.metrics["skipped_unchanged"] += 1
+            return
+        sub.last = fingerprint
+        self.metrics["pushes"] += 1
+        self._send(sub, self._update_prefix + sub.id_json + tail)
+
+    def _deliver_error(self, sub, error):
+        code = error.get("code")
+        if code == "forbidden":
+            self._forbid(sub, "on_" + sub.event, error)
+            return
+        if code == "timeout":
+            self.metrics["timeouts"] += 1
+        else:
+            self.metrics["errors"] += 1
+        fingerprint = ("error", code, error.get("message"))
+        if sub.last == fingerprint:
+            self.metrics["skipped_unchanged"] += 1
+            return
+        sub.last = fingerprint
+        self._send_error(sub, error)
+
+    def _send_error(self, sub, error):
+        self.metrics["pushes"] += 1
+        self._send(sub, self._update_prefix + sub.id_json + ',"error":' +
+                   json.dumps(error, separators=(",", ":")) + "}]")
+
+    def _send(self, sub, text):
+        self.sio._send_eio_packet(sub.eio_sid, eio_packet.Packet(eio_packet.MESSAGE, text))
+
+    # -- the sbio:subscribe / sbio:unsubscribe events -----------------------------------
+
+    def handle_subscribe(self, instance, args):
+        """``sbio:subscribe`` ``{"id", "event", "args"}``: first result in the ack."""
+        if len(args) != 1 or not isinstance(args[0], dict):
+            return error_envelope("bad_request", 'sbio:subscribe takes one object '
+                                  '{"id": ..., "event": ..., "args": [...]}')
+        payload = args[0]
+        unknown = set(payload) - {"id", "event", "args"}
+        if unknown:
+            return error_envelope("bad_request", "sbio:subscribe: unknown field(s) "
+                                  + ", ".join(sorted(map(repr, unknown))))
+        sub_id = payload.get("id")
+        problem = _check_id(sub_id, "sbio:subscribe")
+        if problem:
+            return error_envelope("bad_request", problem)
+        event = payload.get("event")
+        if not isinstance(event, str) or not _EVENT_NAME.match(event):
+            return error_envelope("bad_request", f"sbio:subscribe: invalid event name "
+                                  f"{_short(event)}")
+        call_args = payload.get("args", [])
+        if not isinstance(call_args, list):
+            return error_envelope("bad_request", 'sbio:subscribe: "args" must be a list')
+        method = "on_" + event
+        dispatcher = self.dispatcher
+        spec = dispatcher.handler_spec(method)
+        if spec is None or not instance.is_method_allowed(method):
+            # the same forbidden / not_found answer as a call
+            return dispatcher.call_handler(instance, event, call_args, purpose="subscribe")
+        live_spec = getattr(spec.func, "_sbio_subscribes", None)
+        if live_spec is None:
+            return error_envelope("bad_request", f"event {_short(event)} cannot be "
+                                  f"subscribed to (mark {method} with @subscribes)")
+        problem = spec.check_args(event, call_args)
+        if problem is not None:
+            return error_envelope("bad_request", problem)
+        existing = self.by_sid.get(instance.sid, ())
+        if sub_id not in existing and len(existing) >= self.live.max_subscriptions:
+            return error_envelope("bad_request", f"too many subscriptions on this connection "
+                                  f"(limit {self.live.max_subscriptions})")
+        try:
+            channels = live_spec.channels.format((instance, *call_args))
+        except Exception as exc:
+            log.warning("cannot build the channels of %s%r (namespace %s): %s", method,
+                        tuple(call_args), self.namespace, exc)
+            return error_envelope("bad_request", f"cannot build the channels of "
+                                  f"{_short(event)} from these arguments")
+        eio_sid = self.sio.manager.eio_sid_from_sid(instance.sid, self.namespace)
+        sub = Subscription(instance, eio_sid, sub_id, event, call_args, channels,
+                           live_spec.shared)
+        # Registered before the first run: a notification arriving while it runs
+        # marks it dirty, and it runs again once the first result is out.
+        sub.running = not sub.shared
+        self._add(sub)
+        self._ensure_running()
+        try:
+            envelope = dispatcher.call_handler(instance, event, call_args,
+                                               purpose="subscribe", subscription=sub)
+        except BaseException:  # killed (GreenletExit): leave nothing behind
+            self._remove(sub)
+            raise
+        finally:
+            sub.running = False
+        if envelope["ok"]:
+            try:
+                sub.last = _fingerprint(_encode(envelope["data"]))
+            except (TypeError, ValueError, OverflowError) as exc:
+                self._unjsonable(sub, exc)
+                envelope = {"ok": False, "error": dict(_UNJSONABLE)}
+        if not envelope["ok"]:
+            self._remove(sub)  # a failed subscribe leaves nothing behind
+            return envelope
+        sub.ready = True
+        dirty = sub.dirty
+        if dirty is not _NOT_DIRTY and sub.alive:
+            sub.dirty = _NOT_DIRTY
+            self._request(sub.group or sub, dirty)
+        return envelope
+
+    def handle_unsubscribe(self, instance, args):
+        """``sbio:unsubscribe`` ``{"id": S}`` or ``{"ids": [...]}``; acks ``data: null``."""
+        if len(args) != 1 or not isinstance(args[0], dict):
+            return error_envelope("bad_request", 'sbio:unsubscribe takes one object '
+                                  '{"id": ...} or {"ids": [...]}')
+        payload = args[0]
+        if set(payload) == {"id"}:
+            ids = [payload["id"]]
+        elif set(payload) == {"ids"} and isinstance(payload["ids"], list):
+            ids = payload["ids"]
+        else:
+            return error_envelope("bad_request", 'sbio:unsubscribe takes {"id": ...} or '
+                                  '{"ids": [...]}')
+        for sub_id in ids:
+            problem = _check_id(sub_id, "sbio:unsubscribe")
+            if problem:
+                return error_envelope("bad_request", problem)
+        self.unsubscribe(instance.sid, ids)
+        return ok_envelope(None)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def stop(self, timeout=None):
+        """Stop the greenlet: join it and the runs in progress, kill what is left."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._stopping = True
+        self._wake.set()
+        try:
+            greenlet = self._greenlet
+            if greenlet is not None:
+                greenlet.join(timeout)
+                if not greenlet.dead:
+                    log.warning("broadcaster %s did not stop within %ss: killed",
+                                self.namespace, timeout)
+                    greenlet.kill(block=True, timeout=1)
+            if len(self.pool):
+                left = None if deadline is None else max(0, deadline - time.monotonic())
+                self.pool.join(timeout=left)
+                if len(self.pool):
+                    log.warning("broadcaster %s: killing %d re-run(s) still running",
+                                self.namespace, len(self.pool))
+                    self.pool.kill(block=True, timeout=1)
+        finally:
+            self._greenlet = None
+            self._stopping = False
+            self._wake.clear()
+            # What was queued stays queued: a later notification restarts the loop.
+
+
+def _check_id(sub_id, event):
+    if isinstance(sub_id, bool) or not isinstance(sub_id, (str, int)):
+        return f'{event}: "id" must be a string or an integer, got {type(sub_id).__name__}'
+    if isinstance(sub_id, str) and not 0 < len(sub_id) <= _MAX_ID_LENGTH:
+        return f'{event}: "id" must have 1 to {_MAX_ID_LENGTH} characters'
+    return None
+
+
+# -- LiveData: one per server ---------------------------------------------------------------
+
+
+class _BusListener:
+    """The bus callback of a LiveData, holding it weakly (a forgotten server is collected)."""
+
+    __slots__ = ("ref", "bus", "__weakref__")
+
+    def __init__(self, live):
+        self.ref = weakref.ref(live)
+        self.bus = None
+
+    def __call__(self, channels, trigger):
+        live = self.ref()
+        if live is None:
+            if self.bus is not None:
+                self.bus.unsubscribe(self)
+            return
+        live._on_notify(channels, trigger)
+
+
+class LiveData:
+    """Live data of one :class:`sbio.Server`: one :class:`Broadcaster` per namespace.
+
+    :param server: the server.
+    :param config: the ``[broadcaster]`` configuration: ``pool_size`` (re-runs
+        in parallel per namespace) and ``timeout`` (seconds one re-run may take).
+    """
+
+    #: Subscriptions one connection may hold in one namespace.
+    max_subscriptions = 1000
+
+    #: The broadcaster class, one per namespace.
+    broadcaster_class = Broadcaster
+
+    def __init__(self, server, config=None):
+        config = config or {}
+        self.server = server
+        self.pool_size = int(config.get("pool_size", 100))
+        self.timeout = float(config.get("timeout", 10))
+        #: namespace name -> Broadcaster
+        self.broadcasters = {}
+        self._listener = _BusListener(self)
+        self._bus = None
+        self._reopen()
+
+    def __repr__(self):
+        return f"<LiveData namespaces={sorted(self.broadcasters)}>"
+
+    def add_dispatcher(self, dispatcher):
+        """Serve ``sbio:subscribe`` / ``sbio:unsubscribe`` on *dispatcher*'s namespace."""
+        if dispatcher.name in self.broadcasters:
+            return self.broadcasters[dispatcher.name]
+        broadcaster = self.broadcaster_class(self, dispatcher)
+        self.broadcasters[dispatcher.name] = broadcaster
+        dispatcher.internal_events[SUBSCRIBE_EVENT] = broadcaster.handle_subscribe
+        dispatcher.internal_events[UNSUBSCRIBE_EVENT] = broadcaster.handle_unsubscribe
+        dispatcher.disconnect_hooks.append(
+            lambda instance, reason: broadcaster.drop_connection(instance.sid))
+        return broadcaster
+
+    def broadcaster(self, namespace):
+        """The :class:`Broadcaster` of *namespace* (e.g. for its ``metrics``)."""
+        return self.broadcasters[namespace]
+
+    @property
+    def metrics(self):
+        """The metrics of every broadcaster, by namespace."""
+        return {name: dict(b.metrics) for name, b in self.broadcasters.items()}
+
+    def _on_notify(self, channels, trigger):
+        for broadcaster in self.broadcasters.values():
+            broadcaster.notify(channels, trigger)
+
+    def _reopen(self):
+        if self._bus is None:
+            self._bus = self._listener.bus = _bus
+            _bus.subscribe(self._listener)
+            _live_instances.add(self)
+
+    def _rebind(self, old, new):
+        if self._bus is old:
+            old.unsubscribe(self._listener)
+            self._bus = self._listener.bus = new
+            new.subscribe(self._listener)
+
+    def stop(self, timeout=None):
+        """Leave the bus and stop every broadcaster (joined, then killed). Idempotent.
+
+        Subscriptions stay registered; a later ``sbio:subscribe`` joins the
+        bus and starts the broadcaster again (a server may be restarted).
+        """
+        if self._bus is not None:
+            self._bus.unsubscribe(self._listener)
+            self._bus = None
+            _live_instances.discard(self)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for broadcaster in list(self.broadcasters.values()):
+            left = None if deadline is None else max(0, deadline - time.monotonic())
+            try:
+                broadcaster.stop(left)
+            except Exception:
+                log.exception("stopping the broadcaster of %s failed", broadcaster.namespace)

@@ -723,7 +723,8 @@ class Broadcaster:
         method = "on_" + group.event
         runner = None
         for member in list(group.members):
-            if not member.ready:
+            if not member.ready:  # its first result is being computed: run again after
+                member.dirty = trigger
                 continue
             if member.instance.is_method_allowed(method):
                 runner = member
@@ -744,21 +745,36 @@ class Broadcaster:
             self._forbid(runner, method, envelope["error"])
             group.dirty = trigger
             return
-        if envelope["ok"]:
-            fingerprint = _fingerprint(text)
-            tail = self._update_tail(trigger, text)
-        for member in list(group.members):
-            if not member.alive:
-                continue
-            if not member.ready:  # its first result is being computed: run again after
+        if not envelope["ok"]:
+            for member in list(group.members):
+                if not member.ready:  # its first result is being computed: run again after
+                    member.dirty = trigger
+                elif not member.instance.is_method_allowed(method):
+                    self._forbid(member, method)
+                else:
+                    self._deliver_error(member, envelope["error"])
+            return
+        # The hot loop of a shared fan-out: data encoded once, one string
+        # concatenation and one Engine.IO packet per subscriber.
+        fingerprint = _fingerprint(text)
+        tail = self._update_tail(trigger, text)
+        prefix = self._update_prefix
+        send = self.sio._send_eio_packet
+        packet, message = eio_packet.Packet, eio_packet.MESSAGE
+        pushed = skipped = 0
+        for member in list(group.members):  # a copy: _forbid removes members
+            if not member.ready:
                 member.dirty = trigger
-                continue
-            if not member.instance.is_method_allowed(method):
+            elif not member.instance.is_method_allowed(method):
                 self._forbid(member, method)
-            elif envelope["ok"]:
-                self._deliver_data(member, text, fingerprint, tail)
+            elif member.last == fingerprint:
+                skipped += 1
             else:
-                self._deliver_error(member, envelope["error"])
+                member.last = fingerprint
+                send(member.eio_sid, packet(message, prefix + member.id_json + tail))
+                pushed += 1
+        self.metrics["pushes"] += pushed
+        self.metrics["skipped_unchanged"] += skipped
 
     def _unjsonable(self, sub, exc):
         log.error("result of subscribed handler is not JSON-serializable (sid=%s namespace=%s "

@@ -116,6 +116,10 @@ class Board(Namespace):
         S.release.wait(10)
         return value
 
+    @subscribes("gate", shared=True)
+    def on_gated_shared(self):
+        return self.on_gated()
+
     @subscribes("cards")
     def on_counted(self):
         data = self.subscription.data
@@ -552,12 +556,16 @@ def test_shared_handler_is_computed_once_per_cycle(env):
     assert env.server_subs(clients[0]) == {}
 
 
-def test_notify_while_the_first_result_is_computed_is_not_lost(env):
+@pytest.mark.parametrize("event", ["gated", "gated_shared"])
+def test_notify_while_the_first_result_is_computed_is_not_lost(env, event):
     c = env.client()
-    pending = gevent.spawn(c.subscribe, "gated")
+    pending = gevent.spawn(c.subscribe, event)
     S.entered.wait(5)  # the first run has read value 1 and is blocked
     S.value = 2
     notify("gate")
+    # let the broadcaster handle the notification while the first run is blocked
+    wait_for(lambda: env.metrics["cycles"] == 1 and len(env.broadcaster.pool) == 0,
+             "the broadcaster's cycle")
     S.release.set()
     sub = pending.get(timeout=5)
     if sub.updates:  # the update overtook the ack: it is at least as fresh

@@ -5,9 +5,13 @@ The public API, in one place:
 * :class:`Namespace` — subclass it; one instance per connection, with
   ``session``, an ACL over its ``on_*`` handlers, rooms and owned greenlets.
 * :class:`Server` — hosts namespaces and a Flask app on a gevent WSGIServer.
+* :func:`subscribes`, :func:`notifies`, :func:`notify` — live data: handlers
+  clients subscribe to, re-run and pushed when their channels are notified.
 * :class:`DaemonTask`, :class:`Caller`, :class:`GenericCaller`,
   :func:`on_startup`, :func:`on_shutdown`, :data:`stopped` — background work
   tied to the server's lifecycle.
+* :func:`notify_remote` — notify the subscribers of a cluster of servers from
+  a program that is not one (a cron job, a worker).
 * :func:`parse_config` — layered, validated configuration for your package.
 * :class:`RpcError`, :class:`ConnectionRefused`, :class:`SbioError`,
   :class:`SbioTimeoutError`, :class:`ConfigurationError`,
@@ -30,6 +34,9 @@ _EXPORTS = {
     "ConnectionRefused": "sbio.errors",
     "SbioError": "sbio.errors",
     "SbioTimeoutError": "sbio.errors",
+    "subscribes": "sbio.live",
+    "notifies": "sbio.live",
+    "notify": "sbio.live",
     "DaemonTask": "sbio.tasks",
     "Caller": "sbio.tasks",
     "GenericCaller": "sbio.tasks",
@@ -38,6 +45,7 @@ _EXPORTS = {
     "stopped": "sbio.tasks",
     "LifecycleError": "sbio.tasks",
     "QueueFull": "sbio.tasks",
+    "notify_remote": "sbio.cluster",
     "parse_config": "sbio.config",
     "ConfigurationError": "sbio.config",
 }

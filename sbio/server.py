@@ -229,6 +229,10 @@ class Server:
             ping_timeout=server_cfg["ping_timeout"],
             client_manager=self._client_manager(),
         )
+        from .live import LiveData
+
+        #: live data (subscriptions and their broadcasters), see :mod:`sbio.live`
+        self.live = LiveData(self, config["broadcaster"])
         self.app = app if app is not None else self._default_app()
         if not self.app.secret_key:
             self.app.secret_key = self._secret_key()
@@ -333,7 +337,9 @@ class Server:
             # keyed by class: a second server hosting cls does not add them twice
             self.lifecycle.add_hooks(startup=startup, shutdown=shutdown,
                                      key=("sbio.namespace", cls), name=cls.__qualname__)
-        return self.sio.add_namespace_class(cls)
+        dispatcher = self.sio.add_namespace_class(cls)
+        self.live.add_dispatcher(dispatcher)
+        return dispatcher
 
     def dispatcher(self, name):
         """The :class:`~sbio.dispatch.NamespaceDispatcher` of namespace *name*."""
@@ -435,13 +441,17 @@ class Server:
         receive a socket.io disconnect), let requests in flight finish, then
         stop the lifecycle (DaemonTasks, Callers, shutdown hooks) with the
         time that is left. What is still running at the deadline is killed
-        and logged. Idempotent.
+        and logged. Idempotent. On a server that was never started (the
+        in-process test server) it stops the live-data broadcasters.
         """
-        if not self.started or self._stopping:
-            return
-        self._stopping = True
         if timeout is None:
             timeout = float(self.config["server"].get("shutdown_timeout", 10))
+        if not self.started:
+            self.live.stop(timeout=timeout)
+            return
+        if self._stopping:
+            return
+        self._stopping = True
         deadline = time.monotonic() + timeout
         log.info("sbio stopping (%s)", self.url)
         server = self._wsgi_server
@@ -451,6 +461,7 @@ class Server:
             self.sio.shutdown()
             server.stop(timeout=max(0.0, (deadline - time.monotonic()) / 2))
         finally:
+            self.live.stop(timeout=max(0.5, (deadline - time.monotonic()) / 2))
             self._stop_lifecycle(max(0.5, deadline - time.monotonic()))
             self._stopped.set()
             log.info("sbio stopped")

@@ -154,6 +154,7 @@ class _SbioWebSocketHandler(WebSocketHandler):
 _INDEX = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>sbio</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
 <style>
 body { font: 16px/1.5 system-ui, sans-serif; max-width: 46rem; margin: 3rem auto;
        padding: 0 1rem; color: #1f2933; }

@@ -43,6 +43,8 @@ const DEFAULTS = {
   clients: 50, // echo: concurrent closed-loop clients
   receivers: 100, // fanout: connections receiving every broadcast (the driver is one of them)
   window: 4, // fanout: broadcasts in flight (not yet acked and delivered everywhere)
+  rate: 0, // fanout / live: broadcasts (notifies) per second, open loop; 0 = as fast as the window allows
+  handler: 'tick_shared', // live: the subscribed handler (event name)
   payloadSize: 100, // bytes of the string payload
   warmup: 1, // seconds
   duration: 3, // seconds of measured load
@@ -287,7 +289,8 @@ async function runEcho(opts, ctl) {
  * R connections here, so one broadcast = R deliveries. At most --window
  * broadcasts are in flight (not yet acked or not yet delivered to all R).
  * Latency = emit by the driver to receipt at each receiver (same process,
- * same monotonic clock).
+ * same monotonic clock). With --rate the driver emits at that fixed rate
+ * instead (open loop; the window still caps what is in flight).
  */
 async function runFanout(opts, ctl) {
   const R = opts.receivers;
@@ -368,9 +371,19 @@ async function runFanout(opts, ctl) {
     const first = seq;
     const deadline = performance.now() + seconds * 1000;
     const t0 = performance.now();
+    const interval = opts.rate > 0 ? 1000 / opts.rate : 0;
+    let next = t0;
     while (performance.now() < deadline && !(limit > 0 && seq - first >= limit)) {
+      if (interval > 0) {
+        const wait = next - performance.now();
+        if (wait > 0) {
+          await sleep(wait);
+          continue; // re-check the deadline
+        }
+      }
       if (remaining.size < opts.window) {
         send();
+        next += interval;
         continue;
       }
       await Promise.race([new Promise((r) => (wake = r)), sleep(50)]);
@@ -437,6 +450,188 @@ async function runFanout(opts, ctl) {
   };
 }
 
+// ------------------------------------------------------------------- live --
+/**
+ * Live data (sbio only; issue 3). R connections subscribe (`sbio:subscribe`
+ * {id, event: --handler, args: []}) to a handler that returns the server's
+ * current tick {seq, t}; connection 0 is also the driver and calls `bump`
+ * ({seq, t}) at --rate per second; the server stores the tick and notifies
+ * the handler's channel, the broadcaster re-runs the subscriptions (once for
+ * a shared handler) and pushes `sbio:update` {id, data: {seq, t}}.
+ * Latency = the bump's emit to each update's receipt. One operation = one
+ * update received. Notifications coalesced by the broadcaster (an update
+ * that skips a seq) are counted, not errors; at the end every subscriber
+ * must hold the last tick.
+ */
+async function runLive(opts, ctl) {
+  const R = opts.receivers;
+  const SUB_ID = 'bench';
+  const { sockets, connect } = await connectMany(R, opts, ctl);
+  const driver = sockets[0];
+  const lastSeq = new Float64Array(R).fill(-Infinity);
+  let recordFrom = Infinity;
+  let recordTo = Infinity;
+  let lat = [];
+  let inWindow = 0;
+  let bumpsInFlight = 0;
+  let wake = null;
+  const stats = { bumps: 0, acked: 0, badAcks: 0, errors: 0, updates: 0, updateErrors: 0, stale: 0 };
+  const poke = () => {
+    if (wake) {
+      const w = wake;
+      wake = null;
+      w();
+    }
+  };
+
+  sockets.forEach((sock, idx) => {
+    sock.on('sbio:update', (u) => {
+      const now = performance.now();
+      if (!u || u.id !== SUB_ID) return;
+      const d = u.data;
+      if (u.error || !d || typeof d.seq !== 'number') {
+        stats.updateErrors++;
+        return;
+      }
+      stats.updates++;
+      if (d.seq <= lastSeq[idx]) stats.stale++;
+      else lastSeq[idx] = d.seq;
+      if (d.seq >= recordFrom && d.seq < recordTo) {
+        lat.push(now - d.t);
+        inWindow++;
+      }
+      poke();
+    });
+  });
+
+  // Subscribe everyone, with bounded concurrency like the connects.
+  const t0 = performance.now();
+  let nextSub = 0;
+  async function subscriber() {
+    while (nextSub < R) {
+      const i = nextSub++;
+      const resp = await sockets[i]
+        .timeout(opts.ackTimeout * 1000)
+        .emitWithAck('sbio:subscribe', { id: SUB_ID, event: opts.handler, args: [] });
+      if (!resp || resp.ok !== true) throw new Error(`subscribe ${i} failed: ${JSON.stringify(resp)}`);
+      if (resp.data && typeof resp.data.seq === 'number') lastSeq[i] = Math.max(lastSeq[i], resp.data.seq);
+    }
+  }
+  const subs = [];
+  for (let w = 0; w < Math.min(opts.connectConcurrency, R); w++) subs.push(subscriber());
+  await Promise.all(subs);
+  const subscribeSeconds = (performance.now() - t0) / 1000;
+  ctl.progress(`subscribed ${R} to ${opts.handler} in ${subscribeSeconds.toFixed(2)}s`);
+
+  // Continue the server's sequence (a server reused across runs keeps its tick).
+  let seq = 0;
+  for (let i = 0; i < R; i++) if (lastSeq[i] + 1 > seq) seq = lastSeq[i] + 1;
+  function bump() {
+    const s = seq++;
+    stats.bumps++;
+    bumpsInFlight++;
+    driver
+      .timeout(opts.ackTimeout * 1000)
+      .emitWithAck('bump', { seq: s, t: performance.now() })
+      .then(
+        (resp) => {
+          stats.acked++;
+          if (!resp || resp.ok !== true) stats.badAcks++;
+        },
+        () => stats.errors++,
+      )
+      .finally(() => {
+        bumpsInFlight--;
+        poke();
+      });
+  }
+
+  function behind() {
+    // subscribers that do not hold the last tick yet
+    let n = 0;
+    for (let i = 0; i < R; i++) if (lastSeq[i] < seq - 1) n++;
+    return n;
+  }
+
+  async function phase(seconds, limit) {
+    const first = seq;
+    const start = performance.now();
+    const deadline = start + seconds * 1000;
+    const interval = 1000 / (opts.rate > 0 ? opts.rate : 10);
+    let next = start;
+    while (performance.now() < deadline && !(limit > 0 && seq - first >= limit)) {
+      const wait = next - performance.now();
+      if (wait > 0) {
+        await sleep(Math.min(wait, deadline - performance.now()));
+        continue;
+      }
+      if (bumpsInFlight < opts.window) {
+        bump();
+        next += interval;
+      } else {
+        await Promise.race([new Promise((r) => (wake = r)), sleep(50)]);
+      }
+    }
+    // drain: every bump acked and every subscriber holding the last tick
+    const drainDeadline = performance.now() + opts.drainTimeout * 1000;
+    let lagging = behind();
+    while ((bumpsInFlight > 0 || lagging > 0) && performance.now() < drainDeadline) {
+      await Promise.race([new Promise((r) => (wake = r)), sleep(50)]);
+      lagging = behind();
+    }
+    return { first, last: seq, seconds: (performance.now() - start) / 1000, lagging, inFlight: bumpsInFlight };
+  }
+
+  ctl.progress('warmup');
+  const w = await phase(opts.warmup, 0);
+  await ctl.mark('measure-start');
+  recordFrom = seq;
+  lat = [];
+  inWindow = 0;
+  const cpu = cpuWindow();
+  const m = await phase(opts.duration, opts.count);
+  recordTo = m.last;
+  const clientCpu = cpu();
+  await ctl.mark('measure-end');
+
+  const notifies = m.last - m.first;
+  const expected = notifies * R;
+  return {
+    connect: { ...connect, subscribe_seconds: Math.round(subscribeSeconds * 1000) / 1000 },
+    measure: {
+      unit: 'updates',
+      seconds: Math.round(m.seconds * 1000) / 1000,
+      ops: inWindow,
+      ops_per_s: Math.round(inWindow / m.seconds),
+      notifies,
+      notifies_per_s: Math.round((notifies / m.seconds) * 10) / 10,
+      coalesced: expected - inWindow,
+      latency_ms: latencySummary(lat),
+    },
+    checks: {
+      subscribers: R,
+      handler: opts.handler,
+      bumps: stats.bumps,
+      acked: stats.acked,
+      bad_acks: stats.badAcks,
+      errors: stats.errors,
+      updates: stats.updates,
+      update_errors: stats.updateErrors,
+      stale: stats.stale,
+      lagging_after_drain: w.lagging + m.lagging,
+      ok:
+        stats.acked === stats.bumps &&
+        stats.badAcks === 0 &&
+        stats.errors === 0 &&
+        stats.updateErrors === 0 &&
+        stats.stale === 0 &&
+        m.lagging === 0 &&
+        w.lagging === 0,
+    },
+    client_cpu: clientCpu,
+  };
+}
+
 // --------------------------------------------------------------- registry --
 /*
  * Scenario registry. Each entry: async (opts, ctl) -> result object with
@@ -444,15 +639,11 @@ async function runFanout(opts, ctl) {
  * `checks` ({ok, ...}) and `client_cpu`. The runner (bench/run.py) reads
  * only those keys, so a new scenario needs no runner changes beyond its
  * entry in run.py's SCENARIOS.
- *
- * Issue 3 (live data) adds `live` here: N connections send `sbio:subscribe`
- * for a shared / per-connection handler, a driver triggers notifies at a
- * fixed rate with a timestamp in the data, and latency is notify -> the
- * `sbio:update` received.
  */
 const SCENARIOS = {
   echo: runEcho,
   fanout: runFanout,
+  live: runLive, // needs sbio's live data (sbio.subscribes) and the bench `bump` handler
 };
 
 // ------------------------------------------------------------------- main --

@@ -14,9 +14,11 @@ order reversed every other round), the runner
 2. starts ``node bench/loadgen.js --sync`` pinned to core 1 (when the machine
    has two cores or more);
 3. when the generator prints ``#mark measure-start`` (connections open,
-   warm-up done, nothing in flight), reads the server's CPU time
-   (utime + stime of ``/proc/<pid>/stat``, all threads) and answers ``go``;
-   the same at ``#mark measure-end`` (load stopped and drained);
+   warm-up done, nothing in flight), reads the server's CPU time and answers
+   ``go``; the same at ``#mark measure-end`` (load stopped and drained).
+   CPU time = the sum of ``/proc/<pid>/task/*/schedstat`` on-CPU time (ns
+   resolution); utime + stime of ``/proc/<pid>/stat`` (10 ms ticks, all
+   threads) is recorded too and used where schedstat is missing;
 4. reads the generator's JSON result and stops the server.
 
 Server CPU per operation = CPU time between the two marks / operations
@@ -29,6 +31,7 @@ Scenarios live in the SCENARIOS registry below; servers in SERVERS.
 """
 import argparse
 import datetime
+import functools
 import json
 import os
 import shutil
@@ -61,6 +64,7 @@ class Scenario:
     requires: object = None  # callable() -> None, or the reason to skip this scenario
     timeout: float = 90  # hard limit of one generator run, seconds
     quick: bool = True  # part of --quick
+    compare_to: tuple = None  # (scenario, server) whose CPU/op this one is compared with
 
 
 SCENARIOS = {}
@@ -96,15 +100,31 @@ for _r, _w in ((100, 64), (1000, 16)):
         f"server broadcasts `fan` to the namespace",
     )
 
-# Live data (issue 3) plugs in here, e.g.:
-#
-#   scenario("live-shared-1000", "live", {"subscribers": 1000, "rate": 10,
-#            "handler": "shared"}, "update", "...", servers=("sbio",),
-#            requires=lambda: _sbio_missing("subscribes"))
-#
-# with its raw python-socketio comparison being the fan-out of the same size
-# at the same rate (`fanout` with --receivers 1000 and a rate limit), measured
-# in the same run, and the live contract added to bench/servers.py.
+# Live data (issue 3): 1,000 connections subscribed to one handler, a driver
+# calling `bump` (which notifies) 10 times a second; one operation = one
+# `sbio:update` received. Compared with the raw python-socketio broadcast of
+# the same size at the same rate (fanout-1000-10hz on bare), per delivery.
+@functools.lru_cache(maxsize=None)
+def _live_missing():
+    """None when the sbio benchmark server has the live-data handlers, else why not."""
+    why = _sbio_missing()
+    if why:
+        return why
+    code = "import sys; sys.path.insert(0, %r); import servers; sys.exit(0 if servers.sbio_live_api() else 3)" % (
+        BENCH_DIR,)
+    env = dict(os.environ, PYTHONPATH=_pythonpath())
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    return None if proc.returncode == 0 else "sbio live data (subscribes / notifies) not available yet"
+
+
+scenario("fanout-1000-10hz", "fanout", {"receivers": 1000, "rate": 10, "window": 16}, "deliveries",
+         "raw broadcast for the live-data comparison: 1000 receivers, 10 broadcasts/s",
+         servers=("bare",), requires=_live_missing)
+for _kind, _what in (("shared", "shared=True handler (computed once per notify)"),
+                     ("private", "per-connection handler (re-run for each subscriber)")):
+    scenario(f"live-{_kind}-1000", "live", {"receivers": 1000, "rate": 10, "handler": f"tick_{_kind}"},
+             "updates", f"1000 subscribers of a {_what}; 10 notifies/s",
+             servers=("sbio",), requires=_live_missing, compare_to=("fanout-1000-10hz", "bare"))
 
 
 # --------------------------------------------------------------------------
@@ -114,15 +134,19 @@ def _python_server(kind):
     return lambda port: [sys.executable, os.path.join(BENCH_DIR, "servers.py"), kind, "--port", str(port)]
 
 
-def _sbio_missing():
-    """None when `import sbio; sbio.Server; sbio.Namespace` works, else why not."""
-    code = "import sbio, sys; sys.exit(0 if hasattr(sbio, 'Server') and hasattr(sbio, 'Namespace') else 3)"
+@functools.lru_cache(maxsize=None)
+def _sbio_missing(features=()):
+    """None when `import sbio` has Server, Namespace and *features*, else why not."""
+    names = ("Server", "Namespace") + tuple(features)
+    code = ("import sbio, sys; missing = [n for n in %r if not hasattr(sbio, n)]; "
+            "print(' '.join(missing)); sys.exit(3 if missing else 0)" % (names,))
     env = dict(os.environ, PYTHONPATH=_pythonpath())
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     if proc.returncode == 0:
         return None
     if proc.returncode == 3:
-        return "sbio.Server / sbio.Namespace not available yet (core runtime not landed)"
+        missing = ", ".join("sbio." + n for n in proc.stdout.split())
+        return f"{missing} not available yet"
     last = (proc.stderr.strip().splitlines() or ["import failed"])[-1]
     return f"import sbio failed: {last}"
 
@@ -201,6 +225,24 @@ def proc_cpu_seconds(pid):
     fields = data[data.rindex(")") + 2:].split()
     utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of stat(5)
     return (utime + stime) / CLK_TCK
+
+
+def proc_sched_seconds(pid):
+    """On-CPU time of a process in seconds with ns resolution: the sum over its
+    threads of the first field of /proc/<pid>/task/<tid>/schedstat, or None
+    where the kernel has no schedstat."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that just exited
+    return total / 1e9 if total else None
 
 
 def system_busy_seconds():
@@ -296,7 +338,8 @@ def run_one(scn, server, opts, log_dir=None):
                     name = line[6:]
                     # The generator has drained its load: the server is idle now.
                     marks[name] = (time.monotonic(), proc_cpu_seconds(srv.pid), proc_rss_kb(srv.pid),
-                                   proc_cpu_seconds(gen.pid), system_busy_seconds())
+                                   proc_cpu_seconds(gen.pid), system_busy_seconds(),
+                                   proc_sched_seconds(srv.pid))
                     gen.stdin.write("go\n")
                     gen.stdin.flush()
                 elif line.startswith("{"):
@@ -314,9 +357,13 @@ def run_one(scn, server, opts, log_dir=None):
             raise RuntimeError(f"loadgen: {payload['error']}")
         if "measure-start" not in marks or "measure-end" not in marks:
             raise RuntimeError("loadgen gave no measure marks")
-        (t0, c0, _, g0, b0), (t1, c1, rss, g1, b1) = marks["measure-start"], marks["measure-end"]
+        (t0, c0, _, g0, b0, s0), (t1, c1, rss, g1, b1, s1) = marks["measure-start"], marks["measure-end"]
         m = payload["measure"]
-        cpu = c1 - c0
+        stat_cpu = c1 - c0
+        sched = (s1 - s0) if s0 is not None and s1 is not None else None
+        # schedstat has ns resolution; utime+stime comes in 10 ms ticks. They
+        # agree to within the tick (checked); use the precise one when present.
+        cpu = sched if sched is not None else stat_cpu
         # CPU the rest of the machine used meanwhile (other processes, the
         # kernel's softirq work not charged to ours): a noise indicator.
         other = max(0.0, (b1 - b0) - cpu - (g1 - g0))
@@ -327,7 +374,9 @@ def run_one(scn, server, opts, log_dir=None):
             "p50_ms": m["latency_ms"]["p50"],
             "p99_ms": m["latency_ms"]["p99"],
             "window_s": round(t1 - t0, 4),
-            "server_cpu_s": round(cpu, 4),
+            "server_cpu_s": round(cpu, 6),
+            "server_cpu_source": "schedstat" if sched is not None else "stat",
+            "server_stat_cpu_s": round(stat_cpu, 4),
             "server_util": round(cpu / (t1 - t0), 3) if t1 > t0 else None,
             "cpu_us_per_op": round(cpu * 1e6 / m["ops"], 3) if m["ops"] else None,
             "server_rss_kb": rss,
@@ -393,6 +442,40 @@ def ratios(summary, scenario_names, numerator="sbio", denominator="bare"):
             "throughput": round(a["ops_per_s"] / b["ops_per_s"], 3) if b["ops_per_s"] else None,
         }
     return out
+
+
+def comparisons(summary, plan):
+    """Rows for scenarios with `compare_to`: their CPU/op over the reference's CPU/op."""
+    out = []
+    for scn, scn_servers in plan:
+        if not scn.compare_to:
+            continue
+        ref = summary.get(tuple(scn.compare_to))
+        for server in scn_servers:
+            s = summary.get((scn.name, server))
+            if not s:
+                continue
+            ratio = None
+            if ref and ref["cpu_us_per_op"] and s["cpu_us_per_op"]:
+                ratio = round(s["cpu_us_per_op"] / ref["cpu_us_per_op"], 3)
+            out.append({"scenario": scn.name, "server": server, "unit": scn.unit,
+                        "cpu_us_per_op": s["cpu_us_per_op"],
+                        "reference": "/".join(scn.compare_to),
+                        "reference_unit": SCENARIOS[scn.compare_to[0]].unit,
+                        "reference_cpu_us_per_op": ref["cpu_us_per_op"] if ref else None,
+                        "ratio": ratio})
+    return out
+
+
+def format_comparisons(rows):
+    header = ["scenario", "server", "CPU µs/op", "reference", "ref CPU µs/op", "ratio"]
+    body = [[r["scenario"], r["server"], f'{_fmt(r["cpu_us_per_op"], ".1f")} per {r["unit"][:-1] if r["unit"] != "deliveries" else "delivery"}',
+             r["reference"], f'{_fmt(r["reference_cpu_us_per_op"], ".1f")}', _fmt(r["ratio"], ".2f")]
+            for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(header), sep] + [line(r) for r in body])
 
 
 def _fmt(v, spec):
@@ -520,6 +603,7 @@ def main(argv=None):
     scen_names = [scn.name for scn, _ in plan]
     rat = ratios(summary, scen_names)
     rat_node = ratios(summary, scen_names, "node", "bare")
+    comps = comparisons(summary, plan)
     doc = {
         "started": started.isoformat(timespec="seconds"),
         "elapsed_s": round(elapsed, 1),
@@ -533,6 +617,7 @@ def main(argv=None):
         "summary": [dict(scenario=k[0], server=k[1], **v) for k, v in summary.items()],
         "ratios_sbio_over_bare": rat,
         "ratios_node_over_bare": rat_node,
+        "comparisons": comps,
         "runs": runs,
     }
     if not opts.no_save:
@@ -544,12 +629,17 @@ def main(argv=None):
     if not any(not r.get("ok") for r in runs):
         shutil.rmtree(log_dir, ignore_errors=True)  # server logs are kept only when a run failed
     if opts.json:
-        print(json.dumps({"summary": doc["summary"], "ratios_sbio_over_bare": rat}, indent=1))
+        print(json.dumps({"summary": doc["summary"], "ratios_sbio_over_bare": rat,
+                          "comparisons": comps}, indent=1))
     else:
         print(format_table(summary, scen_names, servers, rat))
+        if comps:
+            print("\nLive data vs the raw broadcast of the same size and rate (server CPU per "
+                  "update / per delivery):\n")
+            print(format_comparisons(comps))
         print(f"\n{len(runs)} runs in {elapsed:.0f}s; medians of {opts.rounds} round(s), "
-              f"{opts.duration:g}s measured each. CPU µs/op = server utime+stime over the measured "
-              f"window / ops in it; srv CPU = server CPU time / window wall time; other = CPU used "
+              f"{opts.duration:g}s measured each. CPU µs/op = server on-CPU time (schedstat) over the "
+              f"measured window / ops in it; srv CPU = server CPU time / window wall time; other = CPU used "
               f"by everything else on the machine in the window (noise; the generator excluded).")
         noisy = [k for k, v in summary.items() if (v["other_cpu"] or 0) > 0.10]
         if noisy:

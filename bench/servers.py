@@ -6,7 +6,10 @@ Contract (namespace ``/bench``):
 
 * ``echo(payload)`` acks ``{"ok": True, "data": payload}``;
 * ``fanout(payload)`` broadcasts event ``fan`` with ``payload`` to every
-  connection of the namespace, then acks ``{"ok": True, "data": None}``.
+  connection of the namespace, then acks ``{"ok": True, "data": None}``;
+* sbio only, once sbio has live data (``sbio.subscribes``): ``bump({seq, t})`` stores the tick and
+  notifies channel ``tick``; ``tick_shared`` (``@subscribes("tick",
+  shared=True)``) and ``tick_private`` (``@subscribes("tick")``) return it.
 
 ``bare`` is idiomatic python-socketio on gevent + gevent-websocket, the floor
 sbio is compared against; ``sbio`` is the same contract written as an
@@ -90,8 +93,27 @@ def sbio_available():
     return hasattr(sbio, "Server") and hasattr(sbio, "Namespace")
 
 
-def serve_sbio(host, port):
+def sbio_live_api():
+    """(subscribes, notifies) from sbio's public API, or None before sbio has live data."""
+    if not sbio_available():
+        return None
     import sbio
+
+    if hasattr(sbio, "subscribes") and hasattr(sbio, "notifies"):
+        return sbio.subscribes, sbio.notifies
+    return None
+
+
+def sbio_namespace():
+    """The benchmark contract as an sbio.Namespace (plus the live-data handlers when sbio has them)."""
+    import sbio
+
+    live = sbio_live_api()
+    # Live-data contract (issue 3): `bump({seq, t})` stores the tick and
+    # notifies channel "tick"; `tick_shared` (shared=True: computed once per
+    # notify, the same packet to every subscriber) and `tick_private` (re-run
+    # for each subscribed connection) return the current tick.
+    tick = {"seq": -1, "t": None}
 
     class Bench(sbio.Namespace):
         name = NAMESPACE
@@ -102,15 +124,36 @@ def serve_sbio(host, port):
         def on_fanout(self, payload):
             self.broadcast("fan", payload)  # every connection of the namespace
 
-    server = sbio.Server(namespaces=[Bench], host=host, port=port)
+        if live:
+            subscribes, notifies = live
+
+            @subscribes("tick", shared=True)
+            def on_tick_shared(self):
+                return dict(tick)
+
+            @subscribes("tick")
+            def on_tick_private(self):
+                return dict(tick)
+
+            @notifies("tick")
+            def on_bump(self, new_tick):
+                tick.update(seq=new_tick["seq"], t=new_tick["t"])
+
+    return Bench
+
+
+def serve_sbio(host, port):
+    import sbio
+
+    server = sbio.Server(namespaces=[sbio_namespace()], host=host, port=port)
     server.start()
     print(f"listening {host}:{port}", flush=True)
     _stop_on_signals(lambda: server.stop(1))
     server.serve_forever()
 
 
-# Server kinds. The live-data scenario (issue 3) adds its handlers to the
-# sbio namespace above and, for the raw comparison, reuses `fanout` on bare.
+# Server kinds. The live-data scenarios (issue 3) run on sbio only; their raw
+# comparison is `fanout` on bare at the same size and rate.
 SERVERS = {
     "bare": serve_bare,
     "sbio": serve_sbio,

@@ -3,8 +3,7 @@ import uuid
 
 from sqlalchemy import delete, func, select
 
-from sbio import Namespace, RpcError
-from sbio.live import notifies, subscribes
+from sbio import Namespace, RpcError, notifies, subscribes
 
 from . import config
 from .models import BOARD_NAME, Board, Card, Login, Session, seed

@@ -3,8 +3,7 @@ from datetime import datetime, timezone
 
 from sqlalchemy import func, select
 
-from sbio import DaemonTask
-from sbio.live import notify
+from sbio import DaemonTask, notify
 
 from . import config
 from .models import Board, Card, Session

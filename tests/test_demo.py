@@ -1,0 +1,333 @@
+"""The bundled demo application (namespaces/board): in-process, then through `sbio run`."""
+import functools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from sbio.config import parse_config
+from sbio.server import Server
+from sbio.tasks import lifecycle
+from sbio.testing import CallError, LiveClient
+
+# Importing the app registers its DaemonTask with the process-wide lifecycle;
+# import it in isolation so the servers of other test modules do not run it.
+with lifecycle.isolated():
+    import board
+    from board import BoardNamespace, blueprint
+    from board.models import Card, Session, seed
+    from board.tasks import stats_task
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def sbio_session_manager():
+    return Session
+
+
+@pytest.fixture
+def db_seed():
+    return seed                               # the boards of the configuration: main, ideas
+
+
+@pytest.fixture
+def login(sbio_client, db):
+    """``login("ann") -> LocalClient`` connected to /board and logged in."""
+    def make(user, **kwargs):
+        client = sbio_client(BoardNamespace, **kwargs)
+        client.call("login", user, "secret")
+        return client
+    return make
+
+
+# -- logging in ----------------------------------------------------------------------
+
+
+def test_everything_is_locked_until_login(sbio_client, db):
+    c = sbio_client(BoardNamespace)
+    assert c.call("whoami") is None
+    with pytest.raises(CallError) as err:
+        c.call("add_card", "main", "sneaky")
+    assert err.value.code == "forbidden"
+    with pytest.raises(CallError) as err:
+        c.subscribe("cards", "main")
+    assert err.value.code == "forbidden"
+
+
+def test_wrong_password_is_refused_with_a_message(sbio_client, db):
+    c = sbio_client(BoardNamespace)
+    with pytest.raises(CallError) as err:
+        c.call("login", "ann", "guess")
+    assert (err.value.code, err.value.message) == ("bad_credentials", "Wrong user name or password.")
+    with pytest.raises(CallError) as err:
+        c.call("login", "mallory", "secret")
+    assert err.value.code == "bad_credentials"
+    assert c.call("whoami") is None
+
+
+def test_login_token_logs_a_new_connection_in(sbio_client, db):
+    c = sbio_client(BoardNamespace)
+    me = c.call("login", "ann", "secret")
+    assert me["user"] == "ann" and len(me["token"]) > 20
+    again = sbio_client(BoardNamespace, auth={"token": me["token"]})   # a reconnect, a reload
+    assert again.call("whoami") == "ann"
+    assert again.call("add_card", "main", "no login needed")
+    stranger = sbio_client(BoardNamespace, auth={"token": "forged"})
+    assert stranger.call("whoami") is None
+
+    again.call("logout", me["token"])                                  # the token is gone
+    assert again.call("whoami") is None
+    assert sbio_client(BoardNamespace, auth={"token": me["token"]}).call("whoami") is None
+
+
+# -- cards --------------------------------------------------------------------------
+
+
+def test_a_new_card_reaches_every_subscriber_of_its_board(login):
+    ann, bob = login("ann"), login("bob")
+    ann_cards = ann.subscribe("cards", "main")
+    bob_cards = bob.subscribe("cards", "main")
+    assert ann_cards.data == bob_cards.data == []
+
+    card_id = ann.call("add_card", "main", "  Write   the tutorial ")
+    pushed = bob_cards.wait_update()
+    assert [(c["id"], c["title"], c["column"], c["author"]) for c in pushed] == [
+        (card_id, "Write the tutorial", "To do", "ann")]
+    assert ann_cards.wait_update() == pushed
+
+
+def test_cards_channels_are_per_board(login, monkeypatch):
+    runs = []
+    original = BoardNamespace.on_cards
+
+    @functools.wraps(original)                # keeps the @subscribes marker
+    def spy(self, board):
+        runs.append(board)
+        return original(self, board)
+
+    monkeypatch.setattr(BoardNamespace, "on_cards", spy)
+    ann, bob = login("ann"), login("bob")
+    main, ideas = ann.subscribe("cards", "main"), bob.subscribe("cards", "ideas")
+    del runs[:]
+
+    ann.call("add_card", "main", "only main")
+    assert [c["title"] for c in main.wait_update()] == ["only main"]
+    bob.call("add_card", "ideas", "only ideas")
+    assert [c["title"] for c in ideas.wait_update()] == ["only ideas"]
+    # "board:main" re-ran main's subscription only, "board:ideas" ideas' only.
+    assert runs == ["main", "ideas"]
+
+
+def test_move_and_delete_cards(login):
+    ann = login("ann")
+    cards = ann.subscribe("cards", "main")
+    card_id = ann.call("add_card", "main", "Ship it")
+    cards.wait_update()
+
+    ann.call("move_card", "main", card_id, "Doing")
+    assert [c["column"] for c in cards.wait_update()] == ["Doing"]
+    for args, code in [((card_id, "Nowhere"), "bad_column"),
+                       (("not-a-uuid", "Done"), "no_such_card")]:
+        with pytest.raises(CallError) as err:
+            ann.call("move_card", "main", *args)
+        assert err.value.code == code
+    with pytest.raises(CallError) as err:               # the card is on another board
+        ann.call("delete_card", "ideas", card_id)
+    assert err.value.code == "no_such_card"
+
+    ann.call("delete_card", "main", card_id)
+    assert cards.wait_update() == []
+
+
+def test_card_titles_and_boards_are_checked(login):
+    ann = login("ann")
+    for title in ["", "   ", "x" * 201]:
+        with pytest.raises(CallError) as err:
+            ann.call("add_card", "main", title)
+        assert err.value.code == "bad_title"
+    with pytest.raises(CallError) as err:
+        ann.call("add_card", "nope", "lost")
+    assert err.value.code == "no_such_board"
+    with pytest.raises(CallError) as err:
+        ann.call("add_card", "main", 42)                # the annotation `title: str`
+    assert err.value.code == "bad_request"
+
+
+# -- boards: change notifications after each commit -----------------------------
+
+
+def test_board_list_follows_every_commit(login):
+    ann = login("ann")
+    boards = ann.subscribe("boards")
+    assert boards.data == {"columns": ["To do", "Doing", "Done"],
+                           "boards": [{"name": "main", "cards": 0}, {"name": "ideas", "cards": 0}]}
+
+    ann.call("add_card", "ideas", "counted")            # a Card commit notifies "card"
+    assert boards.wait_update()["boards"][1] == {"name": "ideas", "cards": 1}
+    assert ann.call("add_board", " Ops ") == "ops"      # a Board commit notifies "board"
+    assert [b["name"] for b in boards.wait_update()["boards"]] == ["main", "ideas", "ops"]
+    with pytest.raises(CallError) as err:
+        ann.call("add_board", "no spaces please")
+    assert err.value.code == "bad_name"
+
+
+# -- rooms: activity messages go to the people looking at the same board --------
+
+
+def test_activity_is_sent_to_the_board_room(login):
+    ann, bob = login("ann"), login("bob")
+    ann.call("open_board", "main")
+    bob.call("open_board", "main")
+    ann.call("add_card", "main", "hello bob")
+    assert bob.receive("activity") == [{"user": "ann", "text": "added “hello bob”"}]
+
+    bob.call("open_board", "ideas")                     # leaves main's room
+    ann.call("add_card", "main", "bob is elsewhere")
+    ann.call("open_board", "ideas")
+    ann.call("add_card", "ideas", "hello again")
+    assert bob.receive("activity", count=2) == [{"user": "ann", "text": "added “hello again”"}]
+    assert ann.received("activity") == []               # never to oneself
+    with pytest.raises(CallError) as err:
+        ann.call("open_board", "nope")
+    assert err.value.code == "no_such_board"
+
+
+# -- the DaemonTask ---------------------------------------------------------------------
+
+
+def test_stats_task_pushes_fresh_statistics(login, run_task_once):
+    ann = login("ann")
+    login("bob")
+    ann.call("add_card", "main", "one")
+    stats = ann.subscribe("stats")
+
+    run_task_once(stats_task)                             # what the task does every interval
+    pushed = stats.wait_update()
+    assert pushed["online"] == ["ann", "bob"]
+    assert pushed["boards"] == 2
+    assert pushed["cards"] == [["To do", 1], ["Doing", 0], ["Done", 0]]
+    assert pushed["updated"]
+
+
+# -- configuration ------------------------------------------------------------------
+
+
+def test_configuration_defaults_and_environment(monkeypatch):
+    assert board.config["db.url"] == "sqlite:///sbio-demo.db"     # in the working directory
+    assert board.config["stats.interval"] == 5.0
+    assert board.config["board.columns"] == ["To do", "Doing", "Done"]
+    monkeypatch.setenv("BOARD_STATS__INTERVAL", "0.5")
+    monkeypatch.setenv("BOARD_BOARD__USERS", "carol:pw")
+    config = parse_config(board.__file__)
+    assert config["stats.interval"] == 0.5
+    assert config["board.users"] == ["carol:pw"]
+
+
+# -- pages ------------------------------------------------------------------------------
+
+
+def test_index_links_the_board_page(sbio_config):
+    app = Server([BoardNamespace], config=sbio_config, blueprints=[blueprint]).app
+    index = app.test_client().get("/")
+    assert index.status_code == 200
+    assert '<a href="/board/">' in index.text and "/board" in index.text
+
+    page = app.test_client().get("/board/")
+    assert page.status_code == 200
+    for needle in ["<b>ann</b> and <b>bob</b>", "password <b>secret</b>",
+                   "/static/node_modules/socket.io-client/dist/socket.io.min.js",
+                   "/static/sbio.js", "/static/board.js", "/static/demo.css"]:
+        assert needle in page.text
+
+
+# -- the whole application, as `sbio run` serves it ---------------------------------
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_demo(workdir, port, **env):
+    """`sbio run` in *workdir*, with the repository's namespaces and static files."""
+    config = workdir / "sbio-test.ini"
+    config.write_text(f"[server]\nnamespaces = {REPO}/namespaces\nstatic_dir = {REPO}/static\n"
+                      "secret_key = demo-tests\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sbio", "run", "--port", str(port), "--config", str(config)],
+        cwd=workdir, env=dict(os.environ, PYTHONUNBUFFERED="1", **env),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"sbio run exited early:\n{proc.communicate()[0]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"sbio run did not listen on port {port} within 30 s")
+
+
+def stop_demo(proc):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.communicate(timeout=20)[0]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.communicate(timeout=5)[0]
+    return proc.communicate(timeout=5)[0]
+
+
+def test_sbio_run_serves_the_demo(tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start_demo(tmp_path, port, BOARD_STATS__INTERVAL="0.2")
+    clients = []
+    try:
+        index = requests.get(url + "/", timeout=5)
+        assert '<a href="/board/">' in index.text and "<code>/board</code>" in index.text
+        assert requests.get(url + "/board/", timeout=5).status_code == 200
+        for path in ["/static/board.js", "/static/demo.css", "/static/sbio.js",
+                     "/static/node_modules/socket.io-client/dist/socket.io.min.js"]:
+            assert requests.get(url + path, timeout=5).status_code == 200, path
+
+        ann = LiveClient(url, "/board", timeout=10)
+        clients.append(ann)
+        ann.call("login", "ann", "secret")
+        stats = ann.subscribe("stats")
+        cards = ann.subscribe("cards", "main")
+        ann.call("add_card", "main", "persisted")
+        assert [c["title"] for c in cards.wait_update()] == ["persisted"]
+        for _ in range(20):                               # the task runs every 0.2 s
+            if stats.wait_update(timeout=10).get("online") == ["ann"]:
+                break
+        else:
+            pytest.fail("the stats task never reported ann online")
+    finally:
+        for client in clients:
+            client.disconnect()
+        output = stop_demo(proc)
+    assert proc.returncode == 0, output
+    assert (tmp_path / "sbio-demo.db").exists()           # the database is in the working dir
+    assert "Traceback" not in output, output
+
+    proc = start_demo(tmp_path, port)                     # the data survives a restart
+    try:
+        bob = LiveClient(url, "/board", timeout=10)
+        clients.append(bob)
+        bob.call("login", "bob", "secret")
+        assert [c["title"] for c in bob.subscribe("cards", "main").data] == ["persisted"]
+        bob.disconnect()
+    finally:
+        output = stop_demo(proc)
+    assert "Traceback" not in output, output

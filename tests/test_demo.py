@@ -220,7 +220,7 @@ def test_stats_task_pushes_fresh_statistics(login, run_task_once):
 
 def test_configuration_defaults_and_environment(monkeypatch):
     assert board.config["db.url"] == "sqlite:///sbio-demo.db"     # in the working directory
-    assert board.config["stats.interval"] == 5.0
+    assert board.config["stats.interval"] == 2.0
     assert board.config["board.columns"] == ["To do", "Doing", "Done"]
     monkeypatch.setenv("BOARD_STATS__INTERVAL", "0.5")
     monkeypatch.setenv("BOARD_BOARD__USERS", "carol:pw")

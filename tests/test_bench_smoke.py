@@ -97,6 +97,25 @@ def test_fanout_every_receiver_gets_every_broadcast(server, node_ready, tmp_path
     assert r["ok"], r.get("error")
 
 
+@pytest.mark.parametrize("handler", ["tick_shared", "tick_private"])
+def test_live_every_subscriber_holds_the_last_tick(handler, node_ready, tmp_path):
+    why = bench._live_missing()
+    if why:
+        pytest.skip(f"sbio live data not benchmarkable yet: {why}")
+    subscribers = 5
+    r = _run("sbio", "smoke-live", "live", {"receivers": subscribers, "rate": 20, "handler": handler}, tmp_path)
+    checks = r["loadgen"]["checks"]
+    assert checks["bumps"] > 0
+    assert checks["acked"] == checks["bumps"], checks
+    assert checks["bad_acks"] == 0 and checks["errors"] == 0, checks
+    assert checks["update_errors"] == 0 and checks["stale"] == 0, checks
+    assert checks["lagging_after_drain"] == 0, checks  # every subscriber got the last tick
+    measure = r["loadgen"]["measure"]
+    assert measure["notifies"] > 0
+    assert 0 < measure["ops"] <= measure["notifies"] * subscribers  # coalescing may skip ticks
+    assert r["ok"], r.get("error")
+
+
 def test_runner_cli_end_to_end(node_ready, tmp_path):
     """`python bench/run.py` with a tiny plan prints a summary with the bare server in it."""
     proc = subprocess.run(

@@ -331,3 +331,50 @@ def test_sbio_run_serves_the_demo(tmp_path):
     finally:
         output = stop_demo(proc)
     assert "Traceback" not in output, output
+
+
+# -- the tutorial ---------------------------------------------------------------------
+
+ELISION = {"...", "# ...", "// ...", "<!-- ... -->"}
+
+
+def tutorial_excerpts():
+    """``(path, chunks)`` for each code block of docs/tutorial.md whose first line names a file.
+
+    A block is cut into chunks at ``...`` lines; each chunk is a run of lines
+    of the file, and the chunks come in the file's order.
+    """
+    import re
+
+    with open(os.path.join(REPO, "docs", "tutorial.md"), encoding="utf-8") as f:
+        text = f.read()
+    header = re.compile(r"^(?:#|//|<!--)\s*(\S+\.\w+)\s*(?:-->)?$")
+    for block in re.findall(r"^```\w*\n(.*?)^```", text, flags=re.S | re.M):
+        lines = [line.rstrip() for line in block.splitlines()]
+        match = header.match(lines[0]) if lines else None
+        if not match or not os.path.isfile(os.path.join(REPO, match.group(1))):
+            continue
+        chunks = [[]]
+        for line in lines[1:]:
+            if line.strip() in ELISION:
+                chunks.append([])
+            else:
+                chunks[-1].append(line)
+        yield match.group(1), [c for c in chunks if c]
+
+
+def test_tutorial_snippets_match_the_code():
+    checked = 0
+    for path, chunks in tutorial_excerpts():
+        with open(os.path.join(REPO, path), encoding="utf-8") as f:
+            source = [line.rstrip() for line in f.read().splitlines()]
+        start = 0
+        for chunk in chunks:
+            found = next((i for i in range(start, len(source) - len(chunk) + 1)
+                          if source[i:i + len(chunk)] == chunk), None)
+            assert found is not None, (
+                f"docs/tutorial.md quotes {path}, but these lines are not in it "
+                f"(in this order, after line {start}):\n" + "\n".join(chunk))
+            start = found + len(chunk)
+            checked += 1
+    assert checked >= 20

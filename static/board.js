@@ -39,7 +39,9 @@
     var el = $("status");
     el.textContent = STATUS_TEXT[s] || s;
     el.className = "status status-" + s;
-  });
+    $("reconnect").hidden = s !== "closed";   // sbio.js retries by itself unless the server
+  });                                         // ended the connection on purpose
+  $("reconnect").addEventListener("click", function () { conn.connect(); });
   conn.on("error", function (err) { showError(err.message || err.code); });
   conn.on("activity", function (a) { addActivity(a.user + " " + a.text); });
 

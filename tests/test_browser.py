@@ -226,3 +226,31 @@ def test_page_reconnects_and_resubscribes_after_a_restart(pages, demo):
     # The room was joined again too: the activity message reaches ann.
     ann.wait_for_selector("#activity >> text=bob added “after the restart”")
     assert pages.problems == []
+
+
+def test_page_comes_back_after_a_graceful_restart(pages, demo):
+    # SIGTERM (or Ctrl-C) stops the server gracefully. Today sbio then sends
+    # every client a socket.io DISCONNECT, which socket.io-client (and so
+    # sbio.js) takes as "do not reconnect": the page shows "offline" and a
+    # Reconnect button. If the server only closed the transports instead,
+    # the page would reconnect by itself; both are accepted here.
+    ann = pages.login("ann", "ann")
+    add_card(ann, "survives a graceful restart")
+    column(ann, "To do").locator(".card", has_text="survives a graceful restart").wait_for()
+
+    pages.tolerate_network_errors = True
+    demo.stop()
+    ann.wait_for_selector("#status.status-closed, #status.status-connecting")
+    demo.start()
+    reconnect = ann.locator("#reconnect")
+    if reconnect.is_visible():
+        reconnect.click()
+    ann.wait_for_selector("#status.status-open", timeout=30_000)
+    pages.tolerate_network_errors = False
+    assert reconnect.is_hidden()
+    column(ann, "To do").locator(".card", has_text="survives a graceful restart").wait_for()
+
+    bob = pages.login("bob", "bob")
+    add_card(bob, "live again")
+    column(ann, "To do").locator(".card", has_text="live again").wait_for()
+    assert pages.problems == []

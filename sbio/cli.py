@@ -170,7 +170,11 @@ def run(args):
         return 2
     if not namespaces:
         log.warning("no Namespace subclasses found in %s", ", ".join(config["server"]["namespaces"]))
-    server = Server(namespaces, config=config, blueprints=blueprints)
+    try:
+        server = Server(namespaces, config=config, blueprints=blueprints)
+    except (TypeError, ValueError) as exc:  # e.g. two classes serving one namespace
+        print(f"sbio: error: {exc}", file=sys.stderr)
+        return 2
 
     import gevent
 

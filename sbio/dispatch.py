@@ -110,7 +110,7 @@ class _HandlerSpec:
         except Exception:  # unresolvable annotations: no type checks
             hints = {}
         self.checks = tuple(
-            (index, p.name, hints[p.name])
+            (index, p.name, hints[p.name], p.default is None)
             for index, p in enumerate(positional)
             if hints.get(p.name) in _SIMPLE_TYPES
         )
@@ -128,10 +128,12 @@ class _HandlerSpec:
             names = ", ".join(self.params)
             return (f"event {_short(event)} takes {wanted} argument(s) ({names}), "
                     f"got {count}")
-        for index, name, kind in self.checks:
+        for index, name, kind, none_ok in self.checks:
             if index >= count:
                 break
             value = args[index]
+            if value is None and none_ok:
+                continue
             if kind is float:
                 good = isinstance(value, (int, float)) and not isinstance(value, bool)
             elif kind is int:
@@ -161,8 +163,25 @@ class NamespaceDispatcher:
         #: that became an ``internal`` error (the test client uses this).
         self.error_hooks = []
         self._specs = {}
+        self._check_handlers(cls)
         self._decorated = (cls.exception_handler_decorator
                            is not _base_exception_handler_decorator())
+
+    @staticmethod
+    def _check_handlers(cls):
+        """Refuse ``on_*`` attributes that look like handlers but cannot be dispatched."""
+        problems = []
+        for attr in dir(cls):
+            if not attr.startswith("on_") or attr in RESERVED_HANDLERS:
+                continue
+            raw = inspect.getattr_static(cls, attr, None)
+            if isinstance(raw, (staticmethod, classmethod)):
+                problems.append(f"{attr} is a {type(raw).__name__}")
+            elif inspect.iscoroutinefunction(raw):
+                problems.append(f"{attr} is 'async def' (handlers run in greenlets: use def)")
+        if problems:
+            raise TypeError(f"{cls.__qualname__}: handlers must be plain methods: "
+                            + "; ".join(problems))
 
     # -- connect / disconnect ------------------------------------------------------
 
@@ -176,21 +195,26 @@ class NamespaceDispatcher:
         try:
             accepted = instance.on_connect(auth)
         except ConnectionRefused as exc:
-            self.instances.pop(sid, None)
+            self._forget(sid, instance)
             log.info("connection refused (sid=%s namespace=%s): %s", sid, self.name, exc.message)
             if exc.data is None:
                 raise socketio.exceptions.ConnectionRefusedError(exc.message) from None
             raise socketio.exceptions.ConnectionRefusedError(exc.message, exc.data) from None
         except Exception:
-            self.instances.pop(sid, None)
+            self._forget(sid, instance)
             log.exception("on_connect failed (sid=%s namespace=%s)", sid, self.name)
             raise socketio.exceptions.ConnectionRefusedError("Internal server error") from None
         if accepted is False:
-            self.instances.pop(sid, None)
+            self._forget(sid, instance)
             log.info("connection refused by on_connect (sid=%s namespace=%s)", sid, self.name)
             return False
         instance.connected = True
         return True
+
+    def _forget(self, sid, instance):
+        """Drop a refused connection's instance and whatever on_connect spawned."""
+        self.instances.pop(sid, None)
+        instance.jobs.kill(block=False)
 
     def disconnect(self, sid, reason=None):
         """Drop *sid*'s instance: hooks, ``on_disconnect``, kill its greenlets."""
@@ -236,11 +260,8 @@ class NamespaceDispatcher:
             return self._specs[method_name]
         except KeyError:
             pass
-        spec = None
-        if method_name not in RESERVED_HANDLERS:
-            func = getattr(self.cls, method_name, None)
-            if inspect.isfunction(func):
-                spec = _HandlerSpec(func)
+        func = self.cls.handler_function(method_name)
+        spec = None if func is None else _HandlerSpec(func)
         self._specs[method_name] = spec
         return spec
 
@@ -323,6 +344,11 @@ class SocketIOServer(socketio.Server):
                 sio_packet.CONNECT_ERROR, data={"message": "Invalid namespace"},
                 namespace=namespace))
             return
+        if self.manager.sid_from_eio_sid(eio_sid, namespace) is not None:
+            self._send_packet(eio_sid, self.packet_class(
+                sio_packet.CONNECT_ERROR, namespace=namespace,
+                data={"message": "Already connected to this namespace"}))
+            return
         super()._handle_connect(eio_sid, namespace, data)
 
     def _trigger_event(self, event, namespace, *args):
@@ -380,8 +406,36 @@ class SocketIOServer(socketio.Server):
     def _handle_eio_message(self, eio_sid, data):
         try:
             super()._handle_eio_message(eio_sid, data)
-        except ValueError as exc:
+        except Exception as exc:
+            # Handlers never raise here (connect is wrapped; events run in their
+            # own greenlets): what does is a packet python-socketio cannot use.
             self._bad_packet(eio_sid, data, exc)
+
+    def _handle_event(self, eio_sid, namespace, id, data):
+        if type(data) is not list or not data:
+            namespace = namespace or "/"
+            problem = {"code": "bad_request",
+                       "message": "malformed packet: an event is a non-empty JSON array"}
+            sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+            log.warning("malformed event packet from %s (namespace %s)", sid or eio_sid,
+                        _short(namespace))
+            if sid is None or namespace not in self.dispatchers:
+                return
+            if id is not None:
+                self._send_ack(eio_sid, namespace, id, {"ok": False, "error": problem},
+                               sid, None)
+            else:
+                self.push_error(eio_sid, namespace, None, problem)
+            return
+        super()._handle_event(eio_sid, namespace, id, data)
+
+    def _handle_ack(self, eio_sid, namespace, id, data):
+        # python-socketio keeps its ack-id counter under id 0: a client ack
+        # with id 0 (or without an id) would corrupt it.
+        if not id or type(data) is not list:
+            log.warning("ignoring a malformed ack packet from %s (id %r)", eio_sid, id)
+            return
+        super()._handle_ack(eio_sid, namespace, id, data)
 
     _PACKET_NAMESPACE = re.compile(r"\d(?:\d+-)?(/[^,]*),")
 

@@ -9,6 +9,7 @@ Handlers are methods named ``on_<event>``. A client emitting ``login`` with
 an ack runs ``on_login`` and receives ``{"ok": true, "data": <return value>}``
 or ``{"ok": false, "error": {"code": ..., "message": ...}}``.
 """
+import inspect
 import logging
 
 import gevent
@@ -151,17 +152,29 @@ class Namespace:
         return allowed is None or method_name in allowed
 
     @classmethod
+    def handler_function(cls, method_name):
+        """The plain function behind handler *method_name*, or None if it is not one.
+
+        A handler is a regular method named ``on_<event>`` (not a lifecycle
+        hook, not a static or class method, not ``async def``).
+        """
+        if not method_name.startswith("on_") or method_name in RESERVED_HANDLERS:
+            return None
+        try:
+            raw = inspect.getattr_static(cls, method_name)
+        except AttributeError:
+            return None
+        if not inspect.isfunction(raw) or inspect.iscoroutinefunction(raw):
+            return None
+        return raw
+
+    @classmethod
     def handler_names(cls):
         """The names of every client-callable handler (``on_*``) of the class."""
         names = cls.__dict__.get("_sbio_handler_names")
         if names is None:
-            names = frozenset(
-                attr
-                for attr in dir(cls)
-                if attr.startswith("on_")
-                and attr not in RESERVED_HANDLERS
-                and callable(getattr(cls, attr, None))
-            )
+            names = frozenset(attr for attr in dir(cls)
+                              if cls.handler_function(attr) is not None)
             cls._sbio_handler_names = names
         return names
 

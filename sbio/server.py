@@ -30,6 +30,10 @@ __all__ = ["Server"]
 log = logging.getLogger(__name__)
 
 
+#: First characters of Engine.IO v4 text packets (open ... noop).
+_EIO_PACKET_TYPES = frozenset("0123456")
+
+
 class MessageTooBig(Exception):
     """An incoming websocket message is larger than the configured limit."""
 
@@ -72,7 +76,7 @@ class _LimitedWebSocket(WebSocket):
 
     def receive(self):
         try:
-            return super().receive()
+            message = super().receive()
         except MessageTooBig as exc:
             reason = f"message too big: {exc.args[0]} bytes, limit {self.max_message_size}"
             log.info("closing websocket from %s: %s",
@@ -81,6 +85,14 @@ class _LimitedWebSocket(WebSocket):
             self.close_with(1009, reason)
             self._drain(sock)
             return None
+        if isinstance(message, str) and (not message or message[0] not in _EIO_PACKET_TYPES):
+            # Engine.IO would raise on it outside its own error handling and
+            # leave the connection's namespaces alive until the ping timeout.
+            log.info("closing websocket from %s: not an Engine.IO packet: %r",
+                     self.environ.get("REMOTE_ADDR"), message[:40])
+            self.close_with(1002, "not an Engine.IO packet")
+            return None
+        return message
 
     def _drain(self, sock, seconds=2.0, max_bytes=16 * 1024 * 1024):
         """Read and discard what the client is still sending, briefly.

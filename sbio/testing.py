@@ -327,10 +327,13 @@ class LocalClient(_ClientBase):
         if kind == sio_packet.CONNECT:
             self._connect_result.set((True, pkt.data))
         elif kind == sio_packet.CONNECT_ERROR:
-            self._connect_result.set((False, pkt.data))
+            if self._connect_result.ready():  # a refusal after we connected
+                self._record("connect_error", [pkt.data])
+            else:
+                self._connect_result.set((False, pkt.data))
         elif kind == sio_packet.DISCONNECT:
             self.connected = False
-            self._record("disconnect", [])
+            self._record("disconnect", ["server disconnect"])  # as python-socketio says
         elif kind == sio_packet.ACK:
             waiter = self._acks.pop(pkt.id, None)
             if waiter is not None:

@@ -255,3 +255,95 @@ def test_exception_handler_decorator_wraps_handlers_and_jobs(sbio_client):
     assert code_of(c, "crash") == "handled"
     assert seen == ["the handler's own bug"]
     assert c.call("add", 1) == 2
+
+
+@pytest.mark.parametrize("packet, via", [
+    ('2/things,[]', "sbio:error"),
+    ('2/things,{"a": 1}', "sbio:error"),
+    ('2/things,7[]', "ack"),
+    ('2/things,"just a string"', "sbio:error"),
+])
+def test_decodable_but_malformed_events_get_bad_request(sbio_client, caplog, packet, via):
+    c = sbio_client(Things)
+    with caplog.at_level(logging.WARNING):
+        waiter = c._acks[7] = gevent.event.AsyncResult()  # the raw packet's ack id
+        c.send_raw(packet)
+        if via == "ack":
+            envelope = waiter.get(timeout=5)
+            assert envelope["error"]["code"] == "bad_request"
+        else:
+            assert c.receive("sbio:error")[0]["code"] == "bad_request"
+    assert c.call("echo", 1) == [1]
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+def test_other_malformed_packets_are_dropped_with_a_warning(sbio_client, caplog):
+    c = sbio_client(Things)
+    with caplog.at_level(logging.WARNING):
+        for raw in ("4", "4/things,", "9", "3/things,0[1]", "3/things,[1]", "3/things,5{}"):
+            c.send_raw(raw)
+    assert not [r for r in caplog.records if r.exc_info]
+    assert c.call("echo", 2) == [2]
+
+
+def test_client_ack_with_id_zero_does_not_break_server_calls(sbio_client):
+    c = sbio_client(Things)
+    c.on("question", lambda q: "first")
+    assert c.call("ask", "one") == "first"
+    c.send_raw('3/things,0["forged"]')  # python-socketio keeps its id counter under 0
+    c.on("question", lambda q: "second")
+    assert c.call("ask", "two") == "second"
+
+
+def test_second_connect_to_the_same_namespace_is_refused_with_a_message(sbio_client):
+    c = sbio_client(Things)
+    c.send_raw("0/things,")
+    assert c.receive("connect_error") == [{"message": "Already connected to this namespace"}]
+    assert c.call("echo", 3) == [3]  # the first connection is untouched
+
+
+def test_none_is_accepted_for_annotated_parameters_defaulting_to_none(sbio_client):
+    class Opt(Namespace):
+        name = "/opt"
+
+        def on_find(self, filters: dict = None, limit: int = 10):
+            return [filters, limit]
+
+    c = sbio_client(Opt)
+    assert c.call("find", None) == [None, 10]
+    assert c.call("find", {"a": 1}, 5) == [{"a": 1}, 5]
+    assert code_of(c, "find", None, None) == "bad_request"  # limit's default is not None
+
+
+@pytest.mark.parametrize("body, problem", [
+    ("@staticmethod\n    def on_x(a):\n        return a", "on_x is a staticmethod"),
+    ("@classmethod\n    def on_x(cls):\n        return 1", "on_x is a classmethod"),
+    ("async def on_x(self):\n        return 1", "on_x is 'async def'"),
+])
+def test_handlers_that_cannot_be_dispatched_are_refused_when_hosted(sbio_server, body, problem):
+    scope = {"Namespace": Namespace}
+    exec(f"class Odd(Namespace):\n    name = '/odd'\n    {body}\n", scope)
+    with pytest.raises(TypeError, match=problem):
+        sbio_server(scope["Odd"])
+
+
+def test_greenlets_spawned_in_a_refused_on_connect_are_killed(sbio_client):
+    jobs = []
+
+    class Picky(Namespace):
+        name = "/picky"
+
+        def on_connect(self, auth):
+            jobs.append(self.spawn(gevent.sleep, 30))
+            if auth == "no":
+                raise ConnectionRefused("no")
+            if auth == "false":
+                return False
+            if auth == "crash":
+                raise RuntimeError("bug")
+
+    for auth in ("no", "false", "crash"):
+        with pytest.raises(ConnectionRefused):
+            sbio_client(Picky, auth=auth, raise_server_errors=False)
+    gevent.joinall(jobs, timeout=5)
+    assert len(jobs) == 3 and all(job.dead for job in jobs)

@@ -3,6 +3,7 @@ import json
 import logging
 import struct
 
+import gevent
 import pytest
 import requests
 import websocket
@@ -211,7 +212,7 @@ def test_configured_cors_origin_is_accepted(sbio_server, sbio_config):
     assert requests.get(base, headers={"Origin": "http://evil.example"}, timeout=5).status_code == 400
 
 
-def test_bad_input_is_never_logged_as_an_unhandled_exception(server, live_client, caplog):
+def test_bad_input_is_never_logged_as_an_unhandled_exception(server, live_client, caplog, capfd):
     caplog.set_level(logging.INFO)
     c = live_client(server, "/chat")
     c.call_envelope("nope")
@@ -223,8 +224,11 @@ def test_bad_input_is_never_logged_as_an_unhandled_exception(server, live_client
     ws.send("not a packet at all")
     ws.close()
     assert c.call("login", "ann", "secret") == {"user": "ann"}
-    unhandled = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    ours = ("sbio", "socketio", "engineio", "geventwebsocket", "gevent")
+    unhandled = [r for r in caplog.records if r.name.startswith(ours)
+                 and (r.exc_info or r.levelno >= logging.ERROR)]
     assert unhandled == []
+    assert "Traceback" not in capfd.readouterr().err  # gevent prints crashed greenlets there
 
 
 def test_index_page_lists_namespaces_and_static_files_are_served(server):
@@ -239,3 +243,23 @@ def test_stop_disconnects_clients(sbio_server, live_client):
     server.stop(timeout=5)
     c.receive("disconnect", timeout=5)
     assert not server.started
+
+
+@pytest.mark.parametrize("frame", ["not a packet at all", ""])
+def test_non_engineio_websocket_frame_closes_1002_and_cleans_up_at_once(server, frame, caplog):
+    ws = _raw_websocket(server)
+    instances = server.dispatcher("/chat").instances
+    assert len(instances) == 1
+    ws.send(frame)
+    while True:
+        opcode, data = ws.recv_data_frame(control_frame=True)
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            break
+    assert struct.unpack("!H", data.data[:2])[0] == 1002
+    ws.close()
+    for _ in range(100):  # on_disconnect runs now, not at the ping timeout
+        if not instances:
+            break
+        gevent.sleep(0.02)
+    assert not instances
+    assert not [r for r in caplog.records if r.exc_info]

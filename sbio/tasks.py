@@ -271,6 +271,16 @@ class DaemonTask(_Service):
         lifecycle runs starts at once.
     :param waiter: ``waiter(event, timeout) -> bool`` used to wait between
         calls; defaults to the lifecycle's waiter (:func:`default_waiter`).
+    :param singleton: run in one process of the cluster only. The process
+        holding a lock (the lifecycle's :attr:`Lifecycle.lock_backend`, a
+        Redis lock when ``server.message_queue`` is set, see
+        ``docs/scaling.md``) runs the loop and renews the lock while it
+        lives; the others wait, and one of them takes over within the lock's
+        TTL when the holder dies. The lock is named after the task: give
+        singleton tasks a *name* that is unique in the cluster. A holder that
+        cannot renew its lock before it expires kills its own loop (logged)
+        rather than risk two processes running it. Without a lock backend
+        (a single process) the task simply runs. Needs ``threads=1``.
 
     The first call happens as soon as the task starts. An exception from
     *func* is logged with the task's name and the loop goes on; with
@@ -282,16 +292,21 @@ class DaemonTask(_Service):
     #: Seconds to wait after an exception when ``interval`` is ``None`` or 0.
     error_backoff = 1.0
 
-    def __init__(self, func, interval=None, threads=1, name=None, *, lifecycle=None, waiter=None):
+    def __init__(self, func, interval=None, threads=1, name=None, *, lifecycle=None, waiter=None,
+                 singleton=False):
         if not callable(func):
             raise TypeError(f"DaemonTask needs a callable, got {func!r}")
         if interval is not None:
             if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval < 0:
                 raise ValueError(f"DaemonTask interval must be None or a number >= 0, got {interval!r}")
+        if singleton and threads != 1:
+            raise ValueError(f"a singleton DaemonTask runs one greenlet in one process; "
+                             f"got threads={threads!r}")
         super().__init__(name or _qualname(func), threads, lifecycle)
         self.func = func
         self.interval = interval
         self.waiter = waiter
+        self.singleton = bool(singleton)
         self._stop_event = Event()
         self._stop_event.set()
         self.lifecycle._register(self)
@@ -328,7 +343,12 @@ class DaemonTask(_Service):
         self._stop_event.set()
 
     def _run_greenlet(self):
-        stop = self._stop_event
+        if self.singleton:
+            self._run_singleton(self._stop_event)
+        else:
+            self._loop(self._stop_event)
+
+    def _loop(self, stop):
         while not stop.is_set():
             error = self.run_once()
             if stop.is_set():
@@ -342,10 +362,122 @@ class DaemonTask(_Service):
             else:
                 gevent.sleep(0)  # let other greenlets run between calls
 
+    # -- singleton tasks: one process of the cluster runs the loop ----------------
+
+    #: Seconds between attempts to take the lock while its backend fails
+    #: (doubling up to a quarter of the lock's TTL).
+    lock_retry_delay = 0.5
+
+    def _run_singleton(self, stop):
+        failing = False
+        delay = self.lock_retry_delay
+        while not stop.is_set():
+            backend = self.lifecycle.lock_backend
+            if backend is None:
+                logger.info("singleton DaemonTask %r: no cluster lock configured "
+                            "(server.message_queue is empty); it runs in this process", self.name)
+                self._loop(stop)
+                return
+            try:
+                lease, retry_after = backend.acquire(self.name)
+            except Exception as exc:
+                if not failing:
+                    logger.warning("singleton DaemonTask %r: cannot reach its cluster lock "
+                                   "(%s: %s); it does not run here until the lock answers",
+                                   self.name, type(exc).__name__, exc)
+                    failing = True
+                if stop.wait(delay):
+                    break
+                delay = min(delay * 2, max(self.lock_retry_delay, backend.ttl / 4))
+                continue
+            if failing:
+                logger.info("singleton DaemonTask %r: its cluster lock answers again", self.name)
+                failing = False
+            delay = self.lock_retry_delay
+            if lease is None:  # another process holds it: wait until it may expire
+                if stop.wait(retry_after):
+                    break
+                continue
+            logger.info("singleton DaemonTask %r: this process holds the cluster lock; "
+                        "running it here", self.name)
+            self._hold(lease, stop)
+
+    def _hold(self, lease, stop):
+        """Run the loop in a worker greenlet while renewing *lease*; release it after.
+
+        The lease is valid until ``lease.valid_until`` (a time.monotonic()
+        deadline computed from when the request was sent, so it ends before
+        the lock expires in the backend). The worker is killed *margin*
+        seconds before that deadline unless a renewal succeeded.
+        """
+        ttl = lease.ttl
+        margin = min(1.0, ttl / 10)
+        renew_every = ttl / 3
+        worker = self._group.spawn(self._loop, stop)
+        worker.name = f"{self.name}[singleton]"
+        next_renew = time.monotonic() + renew_every
+        renew_failing = False
+        try:
+            while True:
+                deadline = lease.valid_until - margin
+                worker.join(max(0.0, min(next_renew, deadline) - time.monotonic()))
+                if worker.dead:
+                    return  # the task is stopping
+                now = time.monotonic()
+                if now >= deadline:
+                    logger.error("singleton DaemonTask %r: could not renew its cluster lock "
+                                 "before it expires; stopping it here so that two processes "
+                                 "never run it at once", self.name)
+                    self._kill_worker(worker, margin)
+                    return
+                timer = gevent.Timeout(deadline - now)
+                timer.start()
+                try:
+                    held = lease.renew()
+                except gevent.Timeout as exc:
+                    if exc is not timer:
+                        raise
+                    continue  # deadline reached: handled at the top of the loop
+                except Exception as exc:
+                    if not renew_failing:
+                        logger.warning("singleton DaemonTask %r: renewing its cluster lock "
+                                       "failed (%s: %s); retrying until it expires",
+                                       self.name, type(exc).__name__, exc)
+                        renew_failing = True
+                    next_renew = time.monotonic() + min(renew_every / 3, 1.0)
+                    continue
+                finally:
+                    timer.close()
+                if not held:
+                    logger.warning("singleton DaemonTask %r: lost its cluster lock (it expired "
+                                   "or another process holds it); stopping it here", self.name)
+                    self._kill_worker(worker, margin)
+                    return
+                if renew_failing:
+                    logger.info("singleton DaemonTask %r: renewed its cluster lock again",
+                                self.name)
+                    renew_failing = False
+                next_renew = time.monotonic() + renew_every
+        finally:
+            if worker.dead:
+                try:
+                    lease.release()
+                except Exception as exc:  # it expires by itself
+                    logger.debug("singleton DaemonTask %r: releasing the lock failed: %s",
+                                 self.name, exc)
+            else:  # this greenlet was killed while the worker runs: stop it too
+                worker.kill(block=False)
+
+    def _kill_worker(self, worker, timeout):
+        worker.kill(block=True, timeout=timeout)
+        if not worker.dead:
+            logger.error("singleton DaemonTask %r: its greenlet ignored the kill and may still "
+                         "run while another process takes over", self.name)
+
     def __repr__(self):
         return (
             f"<DaemonTask {self.name!r} interval={self.interval!r} "
-            f"threads={self.threads} {self._state}>"
+            f"threads={self.threads}{' singleton' if self.singleton else ''} {self._state}>"
         )
 
 
@@ -569,6 +701,10 @@ class Lifecycle:
         self.stopped.set()
         #: ``waiter(event, timeout) -> bool`` used by tasks that have none of their own.
         self.waiter = waiter or default_waiter
+        #: What singleton DaemonTasks lock with (``None``: they run in this process).
+        #: The server sets it to a Redis lock when ``server.message_queue`` is set;
+        #: see :class:`sbio.cluster.RedisLocks` for the interface.
+        self.lock_backend = None
         self._startup = []
         self._shutdown = []
         self._services = []

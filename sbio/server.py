@@ -269,7 +269,20 @@ class Server:
         return origins
 
     def _client_manager(self):
-        return None  # in-memory; the Redis scale-out replaces this
+        """python-socketio's client manager: in-memory, or Redis with ``server.message_queue``.
+
+        With a message queue this also builds :attr:`cluster` (a
+        :class:`sbio.cluster.Cluster`: the Redis manager, live-data bus and
+        singleton-task lock), started and stopped with the server.
+        """
+        self.cluster = None
+        url = (self.config["server"].get("message_queue") or "").strip()
+        if not url:
+            return None
+        from .cluster import Cluster
+
+        self.cluster = Cluster(url, self.config.get("cluster"))
+        return self.cluster.client_manager
 
     def _secret_key(self):
         key = self.config["server"].get("secret_key")
@@ -424,8 +437,15 @@ class Server:
         """
         if self.started:
             return self
+        if self.cluster is not None:
+            self.cluster.start(self)  # before the lifecycle: singleton tasks need the lock
         if not self.lifecycle.running:
-            self.lifecycle.start()
+            try:
+                self.lifecycle.start()
+            except BaseException:
+                if self.cluster is not None:
+                    self.cluster.stop()
+                raise
             self._owns_lifecycle = True
         websocket_class = type("SbioWebSocket", (_LimitedWebSocket,),
                                {"__slots__": (), "max_message_size": self.max_message_size})
@@ -480,9 +500,13 @@ class Server:
             log.info("sbio stopped")
 
     def _stop_lifecycle(self, timeout):
-        if self._owns_lifecycle:
-            self._owns_lifecycle = False
-            self.lifecycle.stop(timeout=timeout)
+        try:
+            if self._owns_lifecycle:
+                self._owns_lifecycle = False
+                self.lifecycle.stop(timeout=timeout)
+        finally:
+            if self.cluster is not None:
+                self.cluster.stop()
 
     def _disconnect_all(self):
         for name, dispatcher in list(self.sio.dispatchers.items()):

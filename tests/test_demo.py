@@ -232,8 +232,20 @@ def test_configuration_defaults_and_environment(monkeypatch):
 # -- pages ------------------------------------------------------------------------------
 
 
-def test_index_links_the_board_page(sbio_config):
-    app = Server([BoardNamespace], config=sbio_config, blueprints=[blueprint]).app
+@pytest.fixture
+def unstarted_server(sbio_config):
+    servers = []
+
+    def make(*args, **kwargs):
+        servers.append(Server(*args, config=sbio_config, **kwargs))
+        return servers[-1]
+    yield make
+    for server in servers:
+        server.stop(timeout=5)                            # leaves the live-data bus
+
+
+def test_index_links_the_board_page(unstarted_server):
+    app = unstarted_server([BoardNamespace], blueprints=[blueprint]).app
     index = app.test_client().get("/")
     assert index.status_code == 200
     assert '<a href="/board/">' in index.text and "/board" in index.text

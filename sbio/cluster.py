@@ -703,8 +703,8 @@ class RedisLocks:
     """The lock backend of singleton :class:`~sbio.DaemonTask`\\ s (``Lifecycle.lock_backend``).
 
     ``acquire(name) -> (lease, retry_after)``: *lease* is ``None`` when
-    another process holds the lock, and *retry_after* says when it may
-    expire. A lease has ``ttl``, ``valid_until`` (a ``time.monotonic()``
+    another process holds the lock, and *retry_after* says when to try
+    again (when it may expire, at most ``ttl / 3`` seconds). A lease has ``ttl``, ``valid_until`` (a ``time.monotonic()``
     deadline, computed from when the request was sent so that it ends before
     the key expires in Redis), ``renew() -> bool`` (False: the lock was lost)
     and ``release()``. Keys are ``<prefix>:lock:<name>`` set with
@@ -758,9 +758,11 @@ class RedisLocks:
         taken, pttl = self._run("acquire", key, token, ttl_ms)
         if taken:
             return _Lease(self, key, token, sent + self.ttl), 0.0
+        # Wake when the lock may expire, and at least every ttl/3 so that a
+        # lock released by a stopping holder is taken over soon.
         if pttl is None or pttl < 0:  # no expiry (set by hand) or just gone
             return None, min(1.0, self.ttl / 4)
-        return None, min(max(pttl / 1000 + 0.01, 0.01), self.ttl)
+        return None, min(max(pttl / 1000 + 0.01, 0.01), self.ttl / 3)
 
     def holder(self, name):
         """The token holding the lock of *name* (or ``None``): for tests and debugging."""

@@ -264,7 +264,7 @@ def proc_rss_kb(pid):
     return None
 
 
-def stop_process(proc, timeout=3.0):
+def stop_process(proc, timeout=1.0):
     if proc.poll() is not None:
         return
     proc.send_signal(signal.SIGTERM)
@@ -431,14 +431,23 @@ def aggregate(runs):
     return out
 
 
-def ratios(summary, scenario_names, numerator="sbio", denominator="bare"):
+def ratios(summary, scenario_names, runs=(), numerator="sbio", denominator="bare"):
+    """Ratios of the medians, plus the range of the per-round (paired) CPU/op ratios."""
     out = {}
+    by_round = {}
+    for r in runs:
+        if r.get("ok") and r.get("cpu_us_per_op"):
+            by_round[(r["scenario"], r["server"], r.get("round"))] = r["cpu_us_per_op"]
     for name in scenario_names:
         a, b = summary.get((name, numerator)), summary.get((name, denominator))
         if not a or not b or not a["cpu_us_per_op"] or not b["cpu_us_per_op"]:
             continue
+        paired = [by_round[(name, numerator, rnd)] / by_round[(name, denominator, rnd)]
+                  for (scn, srv, rnd) in list(by_round)
+                  if scn == name and srv == numerator and (name, denominator, rnd) in by_round]
         out[name] = {
             "cpu_per_op": round(a["cpu_us_per_op"] / b["cpu_us_per_op"], 3),
+            "cpu_per_op_rounds": [round(x, 3) for x in paired],
             "throughput": round(a["ops_per_s"] / b["ops_per_s"], 3) if b["ops_per_s"] else None,
         }
     return out
@@ -478,13 +487,20 @@ def format_comparisons(rows):
     return "\n".join([line(header), sep] + [line(r) for r in body])
 
 
+def _range(values):
+    """' [lo-hi]' of the per-round ratios, when there are several."""
+    if not values or len(values) < 2:
+        return ""
+    return f" [{min(values):.2f}-{max(values):.2f}]"
+
+
 def _fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
 
 def format_table(summary, scenario_names, server_names, rat):
     header = ["scenario", "server", "rate /s", "p50 ms", "p99 ms", "CPU µs/op", "srv CPU", "other",
-              "sbio/bare CPU/op", "sbio/bare rate"]
+              "sbio/bare CPU/op [rounds]", "sbio/bare rate"]
     rows = []
     for name in scenario_names:
         unit = SCENARIOS[name].unit
@@ -501,7 +517,7 @@ def format_table(summary, scenario_names, server_names, rat):
                 _fmt(s["cpu_us_per_op"], ".1f"),
                 _fmt(None if s["server_util"] is None else s["server_util"] * 100, ".0f") + "%",
                 _fmt(None if s["other_cpu"] is None else s["other_cpu"] * 100, ".0f") + "%",
-                _fmt(rr.get("cpu_per_op"), ".2f") if rr else "",
+                (_fmt(rr.get("cpu_per_op"), ".2f") + _range(rr.get("cpu_per_op_rounds"))) if rr else "",
                 _fmt(rr.get("throughput"), ".2f") if rr else "",
             ])
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
@@ -601,8 +617,8 @@ def main(argv=None):
 
     summary = aggregate(runs)
     scen_names = [scn.name for scn, _ in plan]
-    rat = ratios(summary, scen_names)
-    rat_node = ratios(summary, scen_names, "node", "bare")
+    rat = ratios(summary, scen_names, runs)
+    rat_node = ratios(summary, scen_names, runs, "node", "bare")
     comps = comparisons(summary, plan)
     doc = {
         "started": started.isoformat(timespec="seconds"),

@@ -663,6 +663,46 @@ def test_bus_asks_for_a_full_resync_when_too_much_was_held(own_redis):
         proxy.cut()
 
 
+def test_a_server_cut_off_from_redis_reruns_its_subscriptions_when_back(
+        own_redis, sbio_lifecycle, live_client):
+    """What other processes notified while a server was cut off reaches its clients."""
+    from sbio.server import Server
+
+    state = {"value": 0}
+
+    class Counter(sbio.Namespace):
+        name = "/counter"
+
+        @sbio.subscribes("value")
+        def on_value(self):
+            return state["value"]
+
+    proxy = Proxy(own_redis.port)
+    proxy.start()
+    config = cluster_config(proxy.url, reconnect_max_delay=0.5, socket_timeout=1)
+    server = Server([Counter], config=config).start()
+    try:
+        sub = live_client(server, "/counter").subscribe("value")
+        prefix = server.cluster.prefix
+        state["value"] = 1
+        notify_remote(own_redis.url, "value", prefix=prefix)
+        assert sub.wait_update(timeout=10) == 1
+
+        proxy.cut()
+        wait_until(lambda: not server.cluster.bus.connected_event.is_set(), 5, "the cut")
+        state["value"] = 2
+        assert notify_remote(own_redis.url, "value", prefix=prefix) == 0  # nobody hears it
+        gevent.sleep(0.3)
+        assert sub.updates == [1]
+
+        proxy.start()
+        assert sub.wait_update(timeout=15) == 2
+        assert sub.pushes[-1]["trigger"] == "resync"
+    finally:
+        server.stop(timeout=5)
+        proxy.cut()
+
+
 def test_resync_reruns_every_local_subscription(buses, sbio_lifecycle):
     """After a reconnection a process re-runs its subscriptions (pushes only changes)."""
     calls = []

@@ -54,7 +54,7 @@ class Demo:
 
 
 @pytest.fixture
-def demo(tmp_path):
+def demo(tmp_path, static_node_modules):
     server = Demo(tmp_path)
     server.start()
     yield server

@@ -300,7 +300,7 @@ def stop_demo(proc):
     return proc.communicate(timeout=5)[0]
 
 
-def test_sbio_run_serves_the_demo(tmp_path):
+def test_sbio_run_serves_the_demo(tmp_path, static_node_modules):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = start_demo(tmp_path, port, BOARD_STATS__INTERVAL="0.2")

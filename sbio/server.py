@@ -430,23 +430,19 @@ class Server:
         return f"http://{host}:{self.port}"
 
     def start(self):
-        """Start the lifecycle (hooks, tasks), then listen and serve in the background.
+        """Bind the port, start the lifecycle (hooks, tasks), then serve in the background.
 
-        Returns at once. Idempotent. A failing startup hook raises
-        :class:`sbio.tasks.LifecycleError` and nothing listens.
+        Returns at once; idempotent while running. The port is bound first,
+        so a busy port fails before any startup hook or DaemonTask runs. A
+        failing startup hook raises :class:`sbio.tasks.LifecycleError` and the
+        port is released. A stopped server cannot be started again: make a
+        new :class:`Server`.
         """
         if self.started:
             return self
-        if self.cluster is not None:
-            self.cluster.start(self)  # before the lifecycle: singleton tasks need the lock
-        if not self.lifecycle.running:
-            try:
-                self.lifecycle.start()
-            except BaseException:
-                if self.cluster is not None:
-                    self.cluster.stop()
-                raise
-            self._owns_lifecycle = True
+        if self._wsgi_server is not None:
+            raise RuntimeError("this Server has been stopped and cannot be started again; "
+                               "create a new Server")
         websocket_class = type("SbioWebSocket", (_LimitedWebSocket,),
                                {"__slots__": (), "max_message_size": self.max_message_size})
         handler = type("SbioWebSocketHandler", (_SbioWebSocketHandler,),
@@ -456,9 +452,16 @@ class Server:
             log=LoggingLogAdapter(logging.getLogger("sbio.access"), logging.DEBUG),
             error_log=LoggingLogAdapter(logging.getLogger("sbio.wsgi"), logging.ERROR),
         )
+        self._wsgi_server.init_socket()  # bind: a busy port fails here, before anything ran
         try:
+            if self.cluster is not None:
+                self.cluster.start(self)  # before the lifecycle: singleton tasks need the lock
+            if not self.lifecycle.running:
+                self.lifecycle.start()
+                self._owns_lifecycle = True
             self._wsgi_server.start()
-        except Exception:
+        except BaseException:
+            self._wsgi_server.close()
             self._stop_lifecycle(self.config["server"].get("shutdown_timeout", 10))
             raise
         self._stopping = False

@@ -263,3 +263,28 @@ def test_non_engineio_websocket_frame_closes_1002_and_cleans_up_at_once(server, 
         gevent.sleep(0.02)
     assert not instances
     assert not [r for r in caplog.records if r.exc_info]
+
+
+def test_a_stopped_server_cannot_be_restarted(sbio_server):
+    server = sbio_server(Chat)
+    server.stop(timeout=5)
+    with pytest.raises(RuntimeError, match="create a new Server"):
+        server.start()
+
+
+def test_busy_port_fails_before_startup_hooks_run(sbio_config, sbio_lifecycle):
+    import socket as stdlib_socket
+
+    from sbio import Server
+
+    ran = []
+    sbio_lifecycle.on_startup(lambda: ran.append("hook"))
+    with stdlib_socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        server = Server([Chat], config=sbio_config, host="127.0.0.1",
+                        port=busy.getsockname()[1], lifecycle=sbio_lifecycle)
+        with pytest.raises(OSError):
+            server.start()
+    assert ran == []
+    assert not sbio_lifecycle.running

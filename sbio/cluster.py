@@ -581,8 +581,8 @@ class RedisBus(Bus):
             self._held_overflow = True
 
     def _on_connect(self, first):
-        if first:
-            return
+        # Also on the first connection: a process that started while Redis
+        # was down may hold notifications and serve subscriptions already.
         # Notifications held during the outage go out first, then this process
         # catches up with what it missed.
         held, self._held = self._held, {}

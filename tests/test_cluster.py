@@ -640,6 +640,26 @@ def test_bus_cut_off_holds_notifications_and_publishes_them_when_back(
         proxy.cut()
 
 
+def test_bus_started_while_redis_is_unreachable_publishes_when_it_comes(own_redis):
+    proxy = Proxy(own_redis.port)  # not started: connections are refused
+    channel = "late:live"
+    two = RedisBus(own_redis.url, channel, reconnect_max_delay=0.5).start()
+    one = RedisBus(proxy.url, channel, reconnect_max_delay=0.5, socket_timeout=1).start()
+    try:
+        assert two.connected_event.wait(5)
+        got_one, got_two = recorder(one), recorder(two)
+        one.publish(("early",), "x")
+        assert got_one == [(("early",), "x")]
+        wait_until(lambda: one.metrics["held"] == 1, 5, "the notification held")
+        proxy.start()
+        wait_until(lambda: got_two == [(("early",), "x")], 15, "the held notification sent")
+    finally:
+        one.close()
+        two.close()
+        if proxy.server is not None:
+            proxy.cut()
+
+
 def test_bus_asks_for_a_full_resync_when_too_much_was_held(own_redis):
     proxy = Proxy(own_redis.port)
     proxy.start()

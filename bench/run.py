@@ -532,7 +532,8 @@ def format_table(summary, scenario_names, server_names, rat):
 def parse_args(argv):
     p = argparse.ArgumentParser(description="sbio benchmarks: same load against bare python-socketio, "
                                             "sbio (and Node socket.io) in one run.")
-    p.add_argument("--quick", action="store_true", help="one short round (~1 minute)")
+    p.add_argument("--quick", action="store_true",
+                   help="one short round, bare and sbio only (~1 minute)")
     p.add_argument("--scenarios", help="comma-separated subset of: " + ", ".join(SCENARIOS))
     p.add_argument("--servers", help="comma-separated subset of: " + ", ".join(SERVERS))
     p.add_argument("--duration", type=float, help="measured seconds per run (default 3, quick 1)")
@@ -566,7 +567,9 @@ def main(argv=None):
     if unknown:
         print(f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(SCENARIOS)}", file=sys.stderr)
         return 2
-    wanted = opts.servers.split(",") if opts.servers else list(SERVERS)
+    # --quick leaves out the optional reference servers (node) unless asked for.
+    wanted = opts.servers.split(",") if opts.servers else [
+        n for n, k in SERVERS.items() if not (opts.quick and k.optional)]
     servers, skipped = [], {}
     for name in wanted:
         if name not in SERVERS:

@@ -1006,6 +1006,7 @@ class LiveData:
         self.broadcasters = {}
         self._listener = _BusListener(self)
         self._bus = None
+        self._finalizer = None
         self._reopen()
 
     def __repr__(self):
@@ -1036,17 +1037,26 @@ class LiveData:
         for broadcaster in self.broadcasters.values():
             broadcaster.notify(channels, trigger)
 
+    def _join(self, bus):
+        self._bus = self._listener.bus = bus
+        bus.subscribe(self._listener)
+        # a server dropped without stop() leaves the bus when it is collected
+        self._finalizer = weakref.finalize(self, bus.unsubscribe, self._listener)
+
+    def _leave(self):
+        self._finalizer.detach()
+        self._bus.unsubscribe(self._listener)
+        self._bus = self._listener.bus = None
+
     def _reopen(self):
         if self._bus is None:
-            self._bus = self._listener.bus = _bus
-            _bus.subscribe(self._listener)
+            self._join(_bus)
             _live_instances.add(self)
 
     def _rebind(self, old, new):
         if self._bus is old:
-            old.unsubscribe(self._listener)
-            self._bus = self._listener.bus = new
-            new.subscribe(self._listener)
+            self._leave()
+            self._join(new)
 
     def stop(self, timeout=None):
         """Leave the bus and stop every broadcaster (joined, then killed). Idempotent.
@@ -1055,8 +1065,7 @@ class LiveData:
         bus and starts the broadcaster again (a server may be restarted).
         """
         if self._bus is not None:
-            self._bus.unsubscribe(self._listener)
-            self._bus = None
+            self._leave()
             _live_instances.discard(self)
         deadline = None if timeout is None else time.monotonic() + timeout
         for broadcaster in list(self.broadcasters.values()):

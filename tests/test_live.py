@@ -15,9 +15,8 @@ import pytest
 from gevent import monkey
 
 import sbio.live as live
-from sbio import Namespace, RpcError
-from sbio.live import (Bus, LiveData, LocalBus, channel_name, get_bus, notifies, notify,
-                       set_bus, subscribes)
+from sbio import Namespace, RpcError, notifies, notify, subscribes
+from sbio.live import Bus, LocalBus, channel_name, get_bus, set_bus
 from sbio.testing import CallError, LocalClient
 
 NS = "/board"
@@ -213,31 +212,6 @@ def state():
     yield S
     S.never.set()
     S.release.set()
-
-
-@pytest.fixture(autouse=True)
-def _wire_live_data(monkeypatch):
-    """TEMPORARY, until sbio.server wires LiveData: attach it to every Server."""
-    from sbio.server import Server
-
-    if "live" in Server.__init__.__code__.co_names:
-        yield
-        return
-    created = []
-    original = Server.add_namespace
-
-    def add_namespace(self, cls):
-        dispatcher = original(self, cls)
-        if getattr(self, "live", None) is None:
-            self.live = LiveData(self, self.config["broadcaster"])
-            created.append(self.live)
-        self.live.add_dispatcher(dispatcher)
-        return dispatcher
-
-    monkeypatch.setattr(Server, "add_namespace", add_namespace)
-    yield
-    for item in created:
-        item.stop(5)
 
 
 @pytest.fixture
@@ -696,9 +670,16 @@ def test_disconnect_cleans_every_registry(env):
 # -- in-process only -----------------------------------------------------------------------
 
 
-def _live_subscription_objects():
+def _live_subscription_objects(server):
+    """Subscription objects of *server* still in memory (other tests' are not counted)."""
     gc.collect()
-    return sum(1 for obj in gc.get_objects() if isinstance(obj, live.Subscription))
+    return sum(1 for obj in gc.get_objects()
+               if isinstance(obj, live.Subscription) and obj.instance.server is server)
+
+
+def _bus_listeners_of(server):
+    return sum(1 for callback, _ in get_bus()._subscribers
+               if getattr(callback, "ref", lambda: None)() is server.live)
 
 
 def test_no_leak_after_1000_connect_subscribe_disconnect_cycles(env):
@@ -706,8 +687,7 @@ def test_no_leak_after_1000_connect_subscribe_disconnect_cycles(env):
     keeper.subscribe("cards")
     server, b = env.server, env.broadcaster
     dispatcher = server.dispatcher(NS)
-    bus_subscribers = get_bus().subscriber_count
-    baseline = _live_subscription_objects()
+    assert _bus_listeners_of(server) == 1
     for i in range(1000):
         with LocalClient(server, NS) as c:
             c.subscribe("cards")
@@ -720,8 +700,8 @@ def test_no_leak_after_1000_connect_subscribe_disconnect_cycles(env):
     assert b.registry_sizes() == {"connections": 1, "subscriptions": 1, "channels": 1,
                                   "groups": 0, "pending": 0, "requests": 0, "running": 0}
     assert list(dispatcher.instances) == [keeper.sid]
-    assert _live_subscription_objects() == baseline
-    assert get_bus().subscriber_count == bus_subscribers
+    assert _live_subscription_objects(server) == 1  # the keeper's
+    assert _bus_listeners_of(server) == 1
     assert len(server._connection_sessions) == 1
 
 
@@ -860,3 +840,14 @@ def test_decorators_check_their_channels_when_decorating():
         pass
 
     assert on_fine._sbio_subscribes.channels.names == ("room:{room.upper}", "all")
+
+
+def test_a_server_dropped_without_stop_leaves_the_bus(sbio_config):
+    from sbio.server import Server
+
+    before = get_bus().subscriber_count
+    server = Server([Board], config=sbio_config)
+    assert get_bus().subscriber_count == before + 1
+    del server
+    gc.collect()
+    assert get_bus().subscriber_count == before

@@ -4,16 +4,15 @@ The scenarios of ``test_live.py`` run here again with ``env`` giving
 :class:`sbio.testing.LiveClient`\\ s of a started server (websocket
 transport), plus tests that only make sense on the wire.
 """
-import gc
 
 import pytest
 
-import sbio.live as live
-from sbio.live import get_bus, notify
+from sbio import notify
 from sbio.testing import LiveClient
 
 from test_live import (  # noqa: F401  (fixtures and scenarios, run again here)
-    NS, S, Board, Env, _wire_live_data, spy, state, wait_for,
+    NS, S, Board, Env, _bus_listeners_of, _live_subscription_objects, spy, state,
+    wait_for,
     test_acl_revocation_drops_the_subscription,
     test_burst_of_notifies_is_coalesced,
     test_delay_true_fires_after_success_only,
@@ -86,18 +85,12 @@ def test_shared_pushes_are_valid_packets_for_every_subscriber(env):
         assert sub.pushes[-1]["trigger"] == "spliced"
 
 
-def _live_subscription_objects():
-    gc.collect()
-    return sum(1 for obj in gc.get_objects() if isinstance(obj, live.Subscription))
-
-
 def test_no_leak_after_1000_connect_subscribe_disconnect_cycles_over_websockets(env):
     keeper = env.client()
     keeper.subscribe("cards")
     server, b = env.server, env.broadcaster
     dispatcher = server.dispatcher(NS)
-    bus_subscribers = get_bus().subscriber_count
-    baseline = _live_subscription_objects()
+    assert _bus_listeners_of(server) == 1
     for i in range(1000):
         with LiveClient(server.url, NS) as c:
             c.subscribe("cards")
@@ -110,5 +103,5 @@ def test_no_leak_after_1000_connect_subscribe_disconnect_cycles_over_websockets(
     env.quiet()
     assert b.registry_sizes() == {"connections": 1, "subscriptions": 1, "channels": 1,
                                   "groups": 0, "pending": 0, "requests": 0, "running": 0}
-    assert _live_subscription_objects() == baseline
-    assert get_bus().subscriber_count == bus_subscribers
+    assert _live_subscription_objects(server) == 1  # the keeper's
+    assert _bus_listeners_of(server) == 1

@@ -640,17 +640,8 @@ class RedisBus(Bus):
         from . import live
 
         self.metrics["resyncs"] += 1
-        for data in list(getattr(live, "_live_instances", ())):
-            if getattr(data, "_bus", None) is not self:
-                continue
-            resync = getattr(data, "resync", None)
-            if resync is not None:
-                resync(trigger)
-                continue
-            for broadcaster in list(getattr(data, "broadcasters", {}).values()):
-                channels = tuple(getattr(broadcaster, "index", ()))
-                if channels:
-                    broadcaster.notify(channels, trigger)
+        for data in live.live_data_on(self):
+            data.resync(trigger)
 
 
 # One RedisBus per (url, channel) in a process, shared by the servers using it.

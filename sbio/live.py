@@ -363,6 +363,11 @@ _bus = LocalBus()
 _live_instances = weakref.WeakSet()  # LiveData joined to a bus (re-homed by set_bus)
 
 
+def live_data_on(bus):
+    """The :class:`LiveData` instances (one per server) joined to *bus* now."""
+    return [live for live in list(_live_instances) if live._bus is bus]
+
+
 def get_bus():
     """The process-wide :class:`Bus` that :func:`notify` publishes to."""
     return _bus
@@ -1032,6 +1037,17 @@ class LiveData:
     def metrics(self):
         """The metrics of every broadcaster, by namespace."""
         return {name: dict(b.metrics) for name, b in self.broadcasters.items()}
+
+    def resync(self, trigger="resync"):
+        """Re-run every subscription of every namespace once; push only what changed.
+
+        For when notifications may have been missed, e.g. after the Redis
+        bus of a cluster reconnects (see :mod:`sbio.cluster`).
+        """
+        for broadcaster in self.broadcasters.values():
+            channels = tuple(broadcaster.index)
+            if channels:
+                broadcaster.notify(channels, trigger)
 
     def _on_notify(self, channels, trigger):
         for broadcaster in self.broadcasters.values():

@@ -723,28 +723,42 @@ def test_a_server_cut_off_from_redis_reruns_its_subscriptions_when_back(
         proxy.cut()
 
 
-def test_resync_reruns_every_local_subscription(buses, sbio_lifecycle):
+RESYNC_STATE = {"cards": 1, "fixed": "same"}
+
+
+class Resynced(sbio.Namespace):
+    name = "/resynced"
+
+    @live.subscribes("cards")
+    def on_cards(self):
+        return RESYNC_STATE["cards"]
+
+    @live.subscribes("fixed")
+    def on_fixed(self):
+        return RESYNC_STATE["fixed"]
+
+
+def test_resync_reruns_every_local_subscription(buses, sbio_client):
     """After a reconnection a process re-runs its subscriptions (pushes only changes)."""
-    calls = []
-
-    class FakeBroadcaster:
-        index = {"cards": set(), "room:1": set()}
-
-        def notify(self, channels, trigger):
-            calls.append((tuple(sorted(channels)), trigger))
-
-    class FakeLive:
-        broadcasters = {"/x": FakeBroadcaster()}
-
     bus = buses()
-    fake = FakeLive()
-    fake._bus = bus
-    live._live_instances.add(fake)
+    previous = live.set_bus(bus)
     try:
+        c = sbio_client(Resynced)  # its server joins the Redis bus
+        cards, fixed = c.subscribe("cards"), c.subscribe("fixed")
+        RESYNC_STATE["cards"] = 2  # changed while the notification was lost
         bus.resync_local()
+        assert cards.wait_update(5) == 2
+        assert cards.pushes[-1]["trigger"] == "resync"
+        broadcaster = c.server.live.broadcaster("/resynced")
+        for _ in range(100):  # both re-ran; only the changed one was pushed
+            if broadcaster.metrics["skipped_unchanged"] >= 1:
+                break
+            gevent.sleep(0.02)
+        assert broadcaster.metrics["skipped_unchanged"] == 1
+        assert fixed.pushes == []
     finally:
-        live._live_instances.discard(fake)
-    assert calls == [(("cards", "room:1"), "resync")]
+        live.set_bus(previous)
+        RESYNC_STATE["cards"] = 1
 
 
 # -- in-process: the server wiring -------------------------------------------------------------

@@ -295,8 +295,11 @@ class Server:
 
     def _default_app(self):
         import os
-        static_dir = os.path.abspath(self.config["server"].get("static_dir") or "static")
-        app = Flask("sbio", static_folder=static_dir, static_url_path="/static")
+        server_cfg = self.config["server"]
+        static_dir = os.path.abspath(server_cfg.get("static_dir") or "static")
+        templates_dir = os.path.abspath(server_cfg.get("templates_dir") or "templates")
+        app = Flask("sbio", static_folder=static_dir, static_url_path="/static",
+                    template_folder=templates_dir)
 
         @app.route("/")
         def index():

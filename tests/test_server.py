@@ -288,3 +288,16 @@ def test_busy_port_fails_before_startup_hooks_run(sbio_config, sbio_lifecycle):
             server.start()
     assert ran == []
     assert not sbio_lifecycle.running
+
+
+def test_default_app_renders_templates_from_templates_dir(sbio_server, tmp_path):
+    from flask import render_template
+
+    from sbio.config import load_sbio_config
+
+    (tmp_path / "hello.html").write_text("hello {{ name }}")
+    config = load_sbio_config(overrides={"server.host": "127.0.0.1", "server.port": 0,
+                                         "server.templates_dir": str(tmp_path)})
+    server = sbio_server(Chat, config=config)
+    server.app.add_url_rule("/hello", "hello", lambda: render_template("hello.html", name="ann"))
+    assert requests.get(server.url + "/hello", timeout=5).text == "hello ann"

@@ -21,7 +21,7 @@ from test_demo import REPO, free_port, start_demo, stop_demo
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
                  "--disable-background-networking", "--disable-component-update"]
 #: Milliseconds any single Playwright action or wait may take.
-WAIT_MS = 10_000
+WAIT_MS = 15_000
 
 #: What Chromium logs while the server is down and the page retries; allowed
 #: only in that window (see test_page_reconnects_and_resubscribes_after_a_restart).
@@ -60,6 +60,7 @@ def demo(tmp_path, static_node_modules):
     yield server
     server.stop()
     log = "\n".join(server.output)
+    print(f"--- sbio run output ({server.url}) ---\n{log}")   # shown when the test fails
     assert "Traceback" not in log, log
 
 
@@ -213,7 +214,8 @@ def test_page_reconnects_and_resubscribes_after_a_restart(pages, demo):
                    timeout=60, env=dict(os.environ, PYTHONPATH=os.path.join(REPO, "namespaces")))
     demo.start()
 
-    ann.wait_for_selector("#status.status-open", timeout=30_000)   # backoff: up to ~10 s
+    # sbio.js retries with backoff: up to 10 s (+50 % jitter) between attempts.
+    ann.wait_for_selector("#status.status-open", timeout=45_000)
     column(ann, "Done").locator(".card", has_text="added while the server was down").wait_for()
     pages.tolerate_network_errors = False
     assert column(ann, "To do").locator(".card").all_inner_texts()[0].startswith(
@@ -245,7 +247,7 @@ def test_page_comes_back_after_a_graceful_restart(pages, demo):
     reconnect = ann.locator("#reconnect")
     if reconnect.is_visible():
         reconnect.click()
-    ann.wait_for_selector("#status.status-open", timeout=30_000)
+    ann.wait_for_selector("#status.status-open", timeout=45_000)
     pages.tolerate_network_errors = False
     assert reconnect.is_hidden()
     column(ann, "To do").locator(".card", has_text="survives a graceful restart").wait_for()

@@ -476,10 +476,13 @@ class Server:
     def stop(self, timeout=None):
         """Stop gracefully, within *timeout* seconds (``server.shutdown_timeout``).
 
-        In order: stop accepting connections, disconnect every client (they
-        receive a socket.io disconnect), let requests in flight finish, then
-        stop the lifecycle (DaemonTasks, Callers, shutdown hooks) with the
-        time that is left. What is still running at the deadline is killed
+        In order: stop accepting connections, close every client's Engine.IO
+        connection (``on_disconnect`` runs for each namespace; socket.io
+        clients see "transport close" and reconnect, e.g. to the restarted
+        server, instead of the "io server disconnect" that would stop them
+        for good), let requests in flight finish, then stop the live-data
+        broadcasters and the lifecycle (DaemonTasks, Callers, shutdown hooks)
+        with the time that is left. What is still running at the deadline is killed
         and logged. Idempotent. On a server that was never started (the
         in-process test server) it stops the live-data broadcasters.
         """
@@ -496,8 +499,8 @@ class Server:
         server = self._wsgi_server
         try:
             server.close()  # stop accepting new connections
-            self._disconnect_all()
-            self.sio.shutdown()
+            self._close_connections(max(0.0, (deadline - time.monotonic()) / 4))
+            self.sio.shutdown()  # Engine.IO's service task
             server.stop(timeout=max(0.0, (deadline - time.monotonic()) / 2))
         finally:
             self.live.stop(timeout=max(0.5, (deadline - time.monotonic()) / 2))
@@ -514,13 +517,23 @@ class Server:
             if self.cluster is not None:
                 self.cluster.stop()
 
-    def _disconnect_all(self):
-        for name, dispatcher in list(self.sio.dispatchers.items()):
-            for sid in list(dispatcher.instances):
-                try:
-                    self.sio.disconnect(sid, namespace=name)
-                except Exception:
-                    log.exception("disconnecting %s [%s] at shutdown failed", sid, name)
+    def _close_connections(self, timeout):
+        """Close every Engine.IO connection; give the CLOSE packets *timeout* s to go out.
+
+        Not ``sio.disconnect()``: its "io server disconnect" tells socket.io
+        clients never to reconnect. Not Engine.IO's ``disconnect()`` either: it
+        waits without a bound for a long-polling client to fetch its CLOSE.
+        """
+        eio = self.sio.eio
+        sockets, eio.sockets = list(eio.sockets.values()), {}
+        for sock in sockets:
+            try:
+                sock.close(wait=False, reason=eio.reason.SERVER_DISCONNECT)
+            except Exception:
+                log.exception("closing connection %s at shutdown failed", sock.sid)
+        with gevent.Timeout(timeout, False):
+            for sock in sockets:
+                sock.queue.join()
 
     def serve_forever(self):
         """Start and block until :meth:`stop` is called (e.g. from a signal handler)."""

@@ -34,7 +34,8 @@ def wait_for_port(port, proc, timeout=20):
 
 
 def sbio_run(*args, cwd=REPO):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # the bundled board keeps its SQLite file in memory, not in the repo
+    env = dict(os.environ, PYTHONUNBUFFERED="1", BOARD_DB__URL="sqlite://")
     return subprocess.Popen([sys.executable, "-m", "sbio", "run", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -237,11 +237,28 @@ def test_index_page_lists_namespaces_and_static_files_are_served(server):
     assert "/chat" in page.text and "/other" in page.text
 
 
-def test_stop_disconnects_clients(sbio_server, live_client):
-    server = sbio_server(Chat)
-    c = live_client(server, "/chat")
+def test_stop_closes_connections_so_clients_may_reconnect(sbio_server, live_client):
+    ended = []
+
+    class Tracked(Chat):
+        def on_disconnect(self, reason):
+            ended.append(reason)
+
+    server = sbio_server(Tracked)
+    polling = live_client(server, "/chat", transports=["polling"])
+    ws = _raw_websocket(server)
     server.stop(timeout=5)
-    c.receive("disconnect", timeout=5)
+    frames = []
+    while True:
+        try:
+            frames.append(ws.recv())
+        except websocket.WebSocketConnectionClosedException:
+            break
+    # an Engine.IO CLOSE ("1"), not a socket.io DISCONNECT ("41/chat,"), after
+    # which socket.io-client would never reconnect by itself
+    assert "1" in frames and not any(f.startswith("41") for f in frames)
+    polling.receive("disconnect", timeout=5)
+    assert ended == ["server disconnect", "server disconnect"]
     assert not server.started
 
 

@@ -594,6 +594,7 @@ def main(argv=None):
         plan.append((scn, [s for s in servers if not scn.servers or s in scn.servers]))
 
     server_cpus, loadgen_cpus = cpu_layout()
+    git_state = _git_state()
     started = datetime.datetime.now()
     stamp = started.strftime("%Y%m%d-%H%M%S")
     log_dir = os.path.join(RESULTS_DIR, f"{stamp}-logs")
@@ -627,6 +628,7 @@ def main(argv=None):
         "started": started.isoformat(timespec="seconds"),
         "elapsed_s": round(elapsed, 1),
         "options": {k: v for k, v in vars(opts).items()},
+        "git": git_state,
         "machine": {"cpus": os.cpu_count(), "pinning": {"server": server_cpus, "loadgen": loadgen_cpus},
                     "python": sys.version.split()[0], "node": _node_version(), "versions": _versions()},
         "servers": servers,
@@ -656,7 +658,10 @@ def main(argv=None):
             print("\nLive data vs the raw broadcast of the same size and rate (server CPU per "
                   "update / per delivery):\n")
             print(format_comparisons(comps))
-        print(f"\n{len(runs)} runs in {elapsed:.0f}s; medians of {opts.rounds} round(s), "
+        rev = git_state["commit"] or "?"
+        if git_state["sbio_dirty"]:
+            rev += " + uncommitted changes in sbio/"
+        print(f"\nsbio at {rev}. {len(runs)} runs in {elapsed:.0f}s; medians of {opts.rounds} round(s), "
               f"{opts.duration:g}s measured each. CPU µs/op = server on-CPU time (schedstat) over the "
               f"measured window / ops in it; srv CPU = server CPU time / window wall time; other = CPU used "
               f"by everything else on the machine in the window (noise; the generator excluded).")
@@ -666,6 +671,19 @@ def main(argv=None):
                   f"{len(noisy)} of {len(summary)} measurements: rates and latencies are unreliable, "
                   f"CPU µs/op less so; rerun on a quiet machine.")
     return 0 if all(r.get("ok") for r in runs) else 1
+
+
+def _git_state():
+    """The commit benchmarked and whether sbio/ had uncommitted changes."""
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    commit = git("rev-parse", "--short", "HEAD")
+    dirty = git("status", "--porcelain", "--", "sbio")
+    return {"commit": commit or None, "sbio_dirty": bool(dirty), "sbio_changes": dirty.splitlines()}
 
 
 def _node_version():

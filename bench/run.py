@@ -324,8 +324,10 @@ def run_one(scn, server, opts, log_dir=None):
                 "--timeout", str(int(scn.timeout))]
         for key, value in scn.args.items():
             argv += ["--" + key.replace("_", "-"), str(value)]
-        gen = subprocess.Popen(pinned(argv, loadgen_cpus), cwd=BENCH_DIR, stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+        gen_log_path = os.path.join(os.path.dirname(log_path), f"loadgen-{server}-{scn.name}.log")
+        with open(gen_log_path, "w") as gen_log:  # a file, so stderr can never fill a pipe
+            gen = subprocess.Popen(pinned(argv, loadgen_cpus), cwd=BENCH_DIR, stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=gen_log, text=True, bufsize=1)
         # Watchdog: the generator bounds itself (--timeout); this is the belt to its braces.
         watchdog = threading.Timer(scn.timeout + 15, gen.kill)
         watchdog.start()
@@ -347,7 +349,7 @@ def run_one(scn, server, opts, log_dir=None):
             gen.wait(10)
         finally:
             watchdog.cancel()
-        stderr = gen.stderr.read()
+        stderr = _tail(gen_log_path)
         if srv.poll() is not None:
             raise RuntimeError(f"server exited with code {srv.returncode} during the run")
         if payload is None:

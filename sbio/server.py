@@ -38,13 +38,27 @@ class MessageTooBig(Exception):
     """An incoming websocket message is larger than the configured limit."""
 
 
-class _LimitedWebSocket(WebSocket):
-    """gevent-websocket's WebSocket with a per-message size limit.
+def _unmask(mask, payload):
+    """XOR *payload* with the 4-byte websocket *mask* (one big-integer XOR, not a byte loop)."""
+    length = len(payload)
+    key = (bytes(mask) * (length // 4 + 1))[:length]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(
+        length, "little")
 
-    gevent-websocket reads a whole frame before anyone can look at its size;
-    this checks the frame header first, so an oversize message is refused
-    before it is read, with close code 1009 ("message too big") and a reason
-    naming the limit.
+
+class _LimitedWebSocket(WebSocket):
+    """gevent-websocket's WebSocket, with a size limit and the hot spots in C.
+
+    * gevent-websocket reads a whole frame before anyone can look at its
+      size; this checks the frame header first, so an oversize message is
+      refused before it is read, with close code 1009 ("message too big") and
+      a reason naming the limit.
+    * Unmasking is one big-integer XOR instead of a Python loop over bytes,
+      and UTF-8 is checked once by ``bytes.decode`` instead of gevent-websocket's
+      pure-Python validator (an invalid text message still closes with 1007).
+      Measured with ``bench/``: together about a fifth of the server's CPU per
+      small message.
+    * ``close(code)`` sends its code (gevent-websocket's drops it).
     """
 
     # WebSocket has __slots__: the limit is a class attribute of a per-server
@@ -71,8 +85,21 @@ class _LimitedWebSocket(WebSocket):
             from geventwebsocket.exceptions import WebSocketError
             raise WebSocketError("Unexpected EOF reading frame payload")
         if header.mask:
-            payload = header.unmask_payload(payload)
+            payload = _unmask(header.mask, payload)
         return header, payload
+
+    def validate_utf8(self, payload):
+        """No per-frame check: ``_decode_bytes`` validates the whole message (in C)."""
+
+    def _decode_bytes(self, bytestring):
+        return bytestring.decode("utf-8") if bytestring else ""
+
+    def close(self, code=1000, message=b""):
+        if self.closed:
+            return
+        if isinstance(message, bytes):
+            message = message.decode("utf-8", "replace")
+        self.close_with(code, message or "")
 
     def receive(self):
         try:

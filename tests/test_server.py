@@ -318,3 +318,47 @@ def test_default_app_renders_templates_from_templates_dir(sbio_server, tmp_path)
     server = sbio_server(Chat, config=config)
     server.app.add_url_rule("/hello", "hello", lambda: render_template("hello.html", name="ann"))
     assert requests.get(server.url + "/hello", timeout=5).text == "hello ann"
+
+
+def _close_code(ws):
+    while True:
+        opcode, frame = ws.recv_data_frame(control_frame=True)
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            return struct.unpack("!H", frame.data[:2])[0]
+
+
+def test_invalid_utf8_text_closes_1007(server):
+    ws = _raw_websocket(server)
+    ws.send(b'42/chat,["x","\xff\xfe"]', opcode=websocket.ABNF.OPCODE_TEXT)
+    assert _close_code(ws) == 1007
+    ws.close()
+
+
+def test_fragmented_text_message_is_reassembled(server):
+    ws = _raw_websocket(server)
+    text = '42/chat,7["login","ann","secret"]'.encode()
+    # multi-byte UTF-8 split across frames too
+    ws.send_frame(websocket.ABNF(0, 0, 0, 0, websocket.ABNF.OPCODE_TEXT, 1, text[:10]))
+    ws.send_frame(websocket.ABNF(0, 0, 0, 0, websocket.ABNF.OPCODE_CONT, 1, text[10:]))
+    ws.send_frame(websocket.ABNF(1, 0, 0, 0, websocket.ABNF.OPCODE_CONT, 1, b""))
+    assert json.loads(_next_event(ws)[len("43/chat,7"):]) == [{"ok": True, "data": {"user": "ann"}}]
+    word = "héllo wörld ✓".encode()
+    body = b'42/chat,8["login","' + word + b'","x"]'
+    cut = body.index(b"\xc3") + 1  # inside a two-byte character
+    ws.send_frame(websocket.ABNF(0, 0, 0, 0, websocket.ABNF.OPCODE_TEXT, 1, body[:cut]))
+    ws.send_frame(websocket.ABNF(1, 0, 0, 0, websocket.ABNF.OPCODE_CONT, 1, body[cut:]))
+    assert json.loads(_next_event(ws)[len("43/chat,8"):])[0]["error"]["code"] == "bad_credentials"
+    ws.close()
+
+
+def test_binary_attachments_survive_unmasking(sbio_server, live_client):
+    class Bytes(Namespace):
+        name = "/bytes"
+
+        def on_reverse(self, data):
+            return bytes(reversed(data))
+
+    server = sbio_server(Bytes)
+    c = live_client(server, "/bytes")
+    payload = bytes(range(256)) * 5 + b"\x00\x01\x02"
+    assert c.call("reverse", payload) == bytes(reversed(payload))

@@ -11,6 +11,7 @@ else::
 """
 import logging
 import secrets
+import socket
 import struct
 import time
 
@@ -167,7 +168,21 @@ class _SbioWebSocketHandler(WebSocketHandler):
     websocket_class = None
     #: the Engine.IO server whose origin policy applies
     engineio_server = None
+    #: set TCP_NODELAY on each accepted socket (``server.tcp_nodelay``)
+    tcp_nodelay = False
     sbio_message_bytes = 0
+
+    def handle(self):
+        # Once per accepted connection. Without TCP_NODELAY, Nagle's algorithm
+        # holds a small write while an earlier one is unacknowledged, and the
+        # client delays its ACK (up to 40 ms): a connection that gets several
+        # messages in a row (broadcasts, an update after an ack) stalls.
+        if self.tcp_nodelay:
+            try:
+                self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # the peer is already gone; nothing to tune
+                pass
+        return super().handle()
 
     def run_application(self):
         # gevent-websocket upgrades before the application runs, so Engine.IO's
@@ -476,7 +491,8 @@ class Server:
         websocket_class = type("SbioWebSocket", (_LimitedWebSocket,),
                                {"__slots__": (), "max_message_size": self.max_message_size})
         handler = type("SbioWebSocketHandler", (_SbioWebSocketHandler,),
-                       {"websocket_class": websocket_class, "engineio_server": self.sio.eio})
+                       {"websocket_class": websocket_class, "engineio_server": self.sio.eio,
+                        "tcp_nodelay": bool(self.config["server"].get("tcp_nodelay", True))})
         self._wsgi_server = WSGIServer(
             (self.host, self._port), self.wsgi_app, handler_class=handler,
             log=LoggingLogAdapter(logging.getLogger("sbio.access"), logging.DEBUG),

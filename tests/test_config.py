@@ -442,6 +442,7 @@ def test_load_sbio_config_defaults(tmp_path, monkeypatch):
         "templates_dir": "templates",
         "secret_key": "",
         "message_queue": "",
+        "tcp_nodelay": True,
         "shutdown_timeout": 10.0,
     }
     assert dict(config["broadcaster"]) == {"pool_size": 100, "timeout": 10.0}

@@ -320,6 +320,30 @@ def test_default_app_renders_templates_from_templates_dir(sbio_server, tmp_path)
     assert requests.get(server.url + "/hello", timeout=5).text == "hello ann"
 
 
+class NoDelay(Namespace):
+    """Reports TCP_NODELAY of the server side of its own websocket connection."""
+
+    name = "/nodelay"
+
+    def on_nodelay(self):
+        import socket as stdlib_socket
+
+        # gevent-websocket's WebSocket keeps its handler, whose socket is the accepted one.
+        sock = self.environ["wsgi.websocket"].handler.socket
+        return sock.getsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY) != 0
+
+
+@pytest.mark.parametrize("setting", [None, True, False], ids=["default", "on", "off"])
+def test_tcp_nodelay_on_accepted_sockets_follows_the_setting(sbio_server, live_client, setting):
+    from sbio.config import load_sbio_config
+
+    overrides = {"server.host": "127.0.0.1", "server.port": 0, "server.secret_key": "sbio-tests"}
+    if setting is not None:
+        overrides["server.tcp_nodelay"] = setting
+    server = sbio_server(NoDelay, config=load_sbio_config(overrides=overrides))
+    assert live_client(server, "/nodelay").call("nodelay") is (setting is not False)
+
+
 def _close_code(ws):
     while True:
         opcode, frame = ws.recv_data_frame(control_frame=True)

@@ -4,6 +4,12 @@
  *
  *   node bench/loadgen.js --url http://127.0.0.1:8282 --scenario echo --clients 50
  *   node bench/loadgen.js --url http://127.0.0.1:8282 --scenario fanout --receivers 1000
+ *   node bench/loadgen.js --url http://127.0.0.1:8001,http://127.0.0.1:8002 --scenario fanout
+ *
+ * --url takes one URL or several, comma-separated: connection i goes to URL
+ * i mod N (so the connections are split evenly, and connection 0 -- the
+ * fan-out driver -- is on the first URL). Several URLs are for several
+ * server processes sharing a message queue (bench/run.py's cluster group).
  *
  * Every run has the same phases:
  *
@@ -37,7 +43,7 @@ const readline = require('readline');
 
 // ---------------------------------------------------------------- options --
 const DEFAULTS = {
-  url: 'http://127.0.0.1:8282',
+  url: 'http://127.0.0.1:8282', // or several, comma-separated: connections split evenly
   namespace: '/bench',
   scenario: 'echo',
   clients: 50, // echo: concurrent closed-loop clients
@@ -155,9 +161,22 @@ function cpuWindow() {
 // ------------------------------------------------------------ connections --
 const ALL_SOCKETS = [];
 
-function connectOne(opts) {
+/** The server URLs of --url (one, or several comma-separated). */
+function urlsOf(opts) {
+  const urls = String(opts.url)
+    .split(',')
+    .map((u) => u.trim())
+    .filter(Boolean);
+  if (urls.length === 0) throw new Error('--url is empty');
+  return urls;
+}
+
+/** Index in urlsOf(opts) of connection i: round robin, so connection 0 is on the first URL. */
+const urlIndexOf = (i, nUrls) => i % nUrls;
+
+function connectOne(opts, url) {
   return new Promise((resolve, reject) => {
-    const sock = io(opts.url + opts.namespace, {
+    const sock = io(url + opts.namespace, {
       transports: ['websocket'],
       forceNew: true,
       reconnection: false,
@@ -184,6 +203,7 @@ function connectOne(opts) {
  * connect is retried up to 3 times with a short back-off.
  */
 async function connectMany(n, opts, ctl) {
+  const urls = urlsOf(opts);
   const sockets = new Array(n);
   let next = 0;
   let retries = 0;
@@ -193,7 +213,7 @@ async function connectMany(n, opts, ctl) {
       const i = next++;
       for (let attempt = 0; ; attempt++) {
         try {
-          sockets[i] = await connectOne(opts);
+          sockets[i] = await connectOne(opts, urls[urlIndexOf(i, urls.length)]);
           break;
         } catch (err) {
           if (attempt >= 3) throw new Error(`connect ${i} failed: ${err.message}`);
@@ -207,8 +227,10 @@ async function connectMany(n, opts, ctl) {
   for (let w = 0; w < Math.min(opts.connectConcurrency, n); w++) workers.push(worker());
   await Promise.all(workers);
   const seconds = (performance.now() - t0) / 1000;
-  ctl.progress(`connected ${n} in ${seconds.toFixed(2)}s (${retries} retries)`);
-  return { sockets, connect: { n, seconds: Math.round(seconds * 1000) / 1000, retries } };
+  const perUrl = urls.map((url, u) => ({ url, n: Math.floor(n / urls.length) + (u < n % urls.length ? 1 : 0) }));
+  ctl.progress(`connected ${n} in ${seconds.toFixed(2)}s (${retries} retries)` +
+    (urls.length > 1 ? `: ${perUrl.map((x) => `${x.n} to ${x.url}`).join(', ')}` : ''));
+  return { sockets, connect: { n, seconds: Math.round(seconds * 1000) / 1000, retries, per_url: perUrl } };
 }
 
 // ------------------------------------------------------------------- echo --
@@ -295,15 +317,22 @@ async function runEcho(opts, ctl) {
 async function runFanout(opts, ctl) {
   const R = opts.receivers;
   const pad = 'x'.repeat(opts.payloadSize);
+  const urls = urlsOf(opts);
   const { sockets, connect } = await connectMany(R, opts, ctl);
   const driver = sockets[0];
+  const urlOf = Int32Array.from({ length: R }, (_, i) => urlIndexOf(i, urls.length));
 
   let seq = 0; // next broadcast number
   const remaining = new Map(); // seq -> deliveries still expected (+1 for the ack)
   const perReceiver = new Int32Array(R);
+  // Which broadcasts each receiver got, one byte per seq (grown by doubling):
+  // a second copy of one is a duplicate. With per-receiver count == broadcasts
+  // and no duplicates, every receiver got every broadcast exactly once.
+  const seen = Array.from({ length: R }, () => new Uint8Array(1024));
+  let duplicates = 0;
   let recordFrom = Infinity; // seq range whose deliveries are measured
   let recordTo = Infinity;
-  let lat = [];
+  let lat = urls.map(() => []); // per URL, so a second process's latency can be told apart
   let deliveredInWindow = 0;
   let wake = null; // resolves when a broadcast completes
   const stats = { broadcasts: 0, acked: 0, badAcks: 0, errors: 0, deliveries: 0, unknown: 0 };
@@ -327,12 +356,29 @@ async function runFanout(opts, ctl) {
       const now = performance.now();
       perReceiver[idx]++;
       stats.deliveries++;
-      if (!p || typeof p.seq !== 'number' || !remaining.has(p.seq)) {
+      if (!p || typeof p.seq !== 'number' || !Number.isInteger(p.seq) || p.seq < 0 || p.seq >= seq) {
         stats.unknown++;
         return;
       }
+      let mine = seen[idx];
+      if (p.seq >= mine.length) {
+        let size = mine.length;
+        while (size <= p.seq) size *= 2;
+        const grown = new Uint8Array(size);
+        grown.set(mine);
+        seen[idx] = mine = grown;
+      }
+      if (mine[p.seq]) {
+        duplicates++;
+        return;
+      }
+      mine[p.seq] = 1;
+      if (!remaining.has(p.seq)) {
+        stats.unknown++; // completed already: cannot happen without a duplicate
+        return;
+      }
       if (p.seq >= recordFrom && p.seq < recordTo) {
-        lat.push(now - p.t);
+        lat[urlOf[idx]].push(now - p.t);
         deliveredInWindow++;
       }
       completeOne(p.seq);
@@ -397,7 +443,7 @@ async function runFanout(opts, ctl) {
   await ctl.mark('measure-start');
   recordFrom = seq;
   recordTo = Infinity;
-  lat = [];
+  lat = urls.map(() => []);
   deliveredInWindow = 0;
   const cpu = cpuWindow();
   const m = await phase(opts.duration, opts.count);
@@ -409,11 +455,21 @@ async function runFanout(opts, ctl) {
   let minPer = Infinity;
   let maxPer = 0;
   let complete = 0;
-  for (const c of perReceiver) {
+  const byUrl = urls.map((url) => ({ url, receivers: 0, complete: 0, deliveries: 0 }));
+  for (let i = 0; i < R; i++) {
+    const c = perReceiver[i];
     minPer = Math.min(minPer, c);
     maxPer = Math.max(maxPer, c);
-    if (c === seq) complete++;
+    const u = byUrl[urlOf[i]];
+    u.receivers++;
+    u.deliveries += c;
+    if (c === seq) {
+      complete++;
+      u.complete++;
+    }
   }
+  const allLat = lat.length === 1 ? lat[0] : [].concat(...lat);
+  const stuck = w.stuck + m.stuck;
   return {
     connect,
     measure: {
@@ -423,7 +479,8 @@ async function runFanout(opts, ctl) {
       ops_per_s: Math.round(deliveredInWindow / m.seconds),
       broadcasts,
       broadcasts_per_s: Math.round((broadcasts / m.seconds) * 10) / 10,
-      latency_ms: latencySummary(lat),
+      latency_ms: latencySummary(allLat),
+      ...(urls.length > 1 ? { latency_ms_by_url: urls.map((url, u) => ({ url, ...latencySummary(lat[u]) })) } : {}),
     },
     checks: {
       receivers: R,
@@ -434,15 +491,19 @@ async function runFanout(opts, ctl) {
       deliveries: stats.deliveries,
       expected_deliveries: stats.broadcasts * R,
       unknown: stats.unknown,
+      duplicates,
       min_per_receiver: minPer,
       max_per_receiver: maxPer,
       receivers_complete: complete,
-      stuck_after_drain: w.stuck + m.stuck,
+      by_url: byUrl,
+      stuck_after_drain: stuck,
       ok:
         stats.acked === stats.broadcasts &&
         stats.badAcks === 0 &&
         stats.errors === 0 &&
         stats.unknown === 0 &&
+        duplicates === 0 &&
+        stuck === 0 &&
         complete === R &&
         stats.deliveries === stats.broadcasts * R,
     },

@@ -5,6 +5,8 @@
     python bench/run.py --quick            # one short round, ~1 minute
     python bench/run.py --scenarios echo-50,fanout-1000 --duration 5 --rounds 5
     python bench/run.py --servers bare,sbio
+    python bench/run.py --scenarios cluster  # the 2-process (Redis) group only
+    python bench/run.py --tcp-nodelay off    # both Python servers without TCP_NODELAY
 
 For each round, each scenario and each server (servers interleaved, their
 order reversed every other round), the runner
@@ -27,6 +29,12 @@ fan-out). The median over the rounds is reported, with the sbio/bare ratios
 of CPU per operation and of throughput. Raw results go to
 ``bench/results/<timestamp>.json``.
 
+The cluster group (``cluster-fanout-1000``) runs sbio as one process, as one
+process with a Redis message queue, and as two processes sharing that Redis
+with the receivers split over them; its CPU per delivery is that of every
+sbio process, and separately that plus redis-server's own CPU time over the
+same window. See "Two processes on one Redis" in docs/benchmarks.md.
+
 Scenarios live in the SCENARIOS registry below; servers in SERVERS.
 """
 import argparse
@@ -42,12 +50,16 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(BENCH_DIR)
 RESULTS_DIR = os.path.join(BENCH_DIR, "results")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+#: The Redis of the cluster group: db 14 (the tests use 15), a unique prefix per run.
+DEFAULT_REDIS_URL = os.environ.get("SBIO_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 
 
 # --------------------------------------------------------------------------
@@ -65,6 +77,7 @@ class Scenario:
     timeout: float = 90  # hard limit of one generator run, seconds
     quick: bool = True  # part of --quick
     compare_to: tuple = None  # (scenario, server) whose CPU/op this one is compared with
+    group: str = "main"  # "main" or "cluster"; --scenarios takes group names too
 
 
 SCENARIOS = {}
@@ -127,11 +140,48 @@ for _kind, _what in (("shared", "shared=True handler (computed once per notify)"
              servers=("sbio",), requires=_live_missing, compare_to=("fanout-1000-10hz", "bare"))
 
 
+# Scale-out on Redis (issue 7): fanout-1000 with the 1000 receivers split over
+# two sbio processes sharing a Redis (server.message_queue), against one
+# process with the same Redis and one process without it, in one run. The
+# driver (connection 0) is on process A; A delivers to its own receivers
+# directly and publishes the broadcast on Redis, B delivers it to its own.
+@functools.lru_cache(maxsize=None)
+def _cluster_missing():
+    why = _sbio_missing()
+    if why:
+        return why
+    code = "import sbio.cluster, redis"
+    env = dict(os.environ, PYTHONPATH=_pythonpath())
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["import failed"])[-1]
+        return f"sbio.cluster / the redis package not importable: {last}"
+    try:
+        RedisProbe(REDIS_URL[0]).info("server")
+    except (OSError, ValueError) as exc:
+        return f"Redis {_redact(REDIS_URL[0])} not usable: {exc}"
+    return None
+
+
+REDIS_URL = [DEFAULT_REDIS_URL]  # set from --redis by main()
+
+scenario("cluster-fanout-1000", "fanout", {"receivers": 1000, "window": 16}, "deliveries",
+         "fanout-1000 with the receivers split evenly over the server processes (round robin; "
+         "the driver on the first); 16 broadcasts in flight",
+         servers=("sbio", "sbio-redis", "sbio-redis-x2"), quick=False, group="cluster")
+
+
+#: --scenarios takes these group names; a run without --scenarios runs DEFAULT_GROUPS
+GROUPS = ("main", "cluster")
+DEFAULT_GROUPS = ("main", "cluster")
+
+
 # --------------------------------------------------------------------------
 # Server registry
 # --------------------------------------------------------------------------
 def _python_server(kind):
-    return lambda port: [sys.executable, os.path.join(BENCH_DIR, "servers.py"), kind, "--port", str(port)]
+    return lambda port, opts: [sys.executable, os.path.join(BENCH_DIR, "servers.py"), kind, "--port", str(port),
+                               "--tcp-nodelay", getattr(opts, "tcp_nodelay", "on")]
 
 
 @functools.lru_cache(maxsize=None)
@@ -162,17 +212,25 @@ def _node_server_missing():
 @dataclass
 class ServerKind:
     name: str
-    command: object  # port -> argv
+    command: object  # (port, opts) -> argv
     missing: object  # () -> None or reason
     optional: bool = False  # absent: skip quietly (not an error)
+    processes: int = 1  # server processes, each on its own port; the generator splits its connections
+    message_queue: bool = False  # sbio processes share the Redis of --redis (a fresh prefix per run)
+    cluster: bool = False  # only for scenarios naming it (the cluster group)
+    label: str = ""  # how the cluster table calls it
 
 
 SERVERS = {
     "bare": ServerKind("bare", _python_server("bare"), lambda: None),
-    "sbio": ServerKind("sbio", _python_server("sbio"), _sbio_missing),
+    "sbio": ServerKind("sbio", _python_server("sbio"), _sbio_missing, label="1 process"),
     "node": ServerKind(
-        "node", lambda port: ["node", os.path.join(BENCH_DIR, "node_server.js"), "--port", str(port)],
+        "node", lambda port, opts: ["node", os.path.join(BENCH_DIR, "node_server.js"), "--port", str(port)],
         _node_server_missing, optional=True),
+    "sbio-redis": ServerKind("sbio-redis", _python_server("sbio"), _cluster_missing, message_queue=True,
+                             cluster=True, label="1 process + Redis"),
+    "sbio-redis-x2": ServerKind("sbio-redis-x2", _python_server("sbio"), _cluster_missing, processes=2,
+                                message_queue=True, cluster=True, label="2 processes + Redis"),
 }
 
 
@@ -264,6 +322,77 @@ def proc_rss_kb(pid):
     return None
 
 
+def _redact(url):
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@", 1)
+    return url
+
+
+class RedisProbe:
+    """Just enough of the Redis protocol (stdlib only) to read ``INFO``: the
+    server's pid (to sample its CPU time) and its command counter."""
+
+    def __init__(self, url, timeout=2.0):
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "valkey"):
+            raise ValueError(f"the benchmark reads Redis's INFO over plain TCP only, not {parts.scheme}://")
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 6379
+        self.username = unquote(parts.username) if parts.username else None
+        self.password = unquote(parts.password) if parts.password else None
+        self.timeout = timeout
+
+    @staticmethod
+    def _command(*args):
+        out = [f"*{len(args)}\r\n".encode()]
+        for a in args:
+            b = str(a).encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+        return b"".join(out)
+
+    @staticmethod
+    def _reply(f):
+        line = f.readline()
+        if not line:
+            raise OSError("Redis closed the connection")
+        kind, rest = line[:1], line[1:].rstrip(b"\r\n")
+        if kind == b"-":
+            raise OSError(f"Redis: {rest.decode(errors='replace')}")
+        if kind == b"$":
+            n = int(rest)
+            return None if n < 0 else f.read(n + 2)[:n].decode(errors="replace")
+        return rest.decode(errors="replace")
+
+    def info(self, section):
+        with socket.create_connection((self.host, self.port), timeout=self.timeout) as sock:
+            with sock.makefile("rb") as f:
+                if self.password:
+                    auth = ("AUTH", self.username, self.password) if self.username else ("AUTH", self.password)
+                    sock.sendall(self._command(*auth))
+                    self._reply(f)
+                sock.sendall(self._command("INFO", section))
+                text = self._reply(f) or ""
+        return dict(line.split(":", 1) for line in text.splitlines() if ":" in line and not line.startswith("#"))
+
+    def local_pid(self):
+        """redis-server's pid when it runs on this machine (its /proc entry is a Redis), else None."""
+        try:
+            pid = int(self.info("server")["process_id"])
+            with open(f"/proc/{pid}/comm") as f:
+                comm = f.read().strip()
+        except (OSError, KeyError, ValueError):
+            return None
+        return pid if ("redis" in comm or "valkey" in comm) else None
+
+    def commands(self):
+        """Commands Redis has processed since it started (INFO stats)."""
+        try:
+            return int(self.info("stats")["total_commands_processed"])
+        except (OSError, KeyError, ValueError):
+            return None
+
+
 def stop_process(proc, timeout=1.0):
     if proc.poll() is not None:
         return
@@ -273,6 +402,15 @@ def stop_process(proc, timeout=1.0):
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(5)
+
+
+def stop_processes(procs, timeout=1.0):
+    """stop_process for several at once: SIGTERM them all, then wait."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        stop_process(proc, timeout)
 
 
 def _tail(path, n=15):
@@ -302,29 +440,67 @@ def ensure_node_modules(quiet=False):
 # --------------------------------------------------------------------------
 # One measured run
 # --------------------------------------------------------------------------
+def _free_ports(n):
+    ports = []
+    while len(ports) < n:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
+def _sum(values):
+    return None if any(v is None for v in values) else sum(values)
+
+
 def run_one(scn, server, opts, log_dir=None):
-    """Start `server`, run scenario `scn` against it, return the raw result dict."""
+    """Start `server` (one process, or several sharing a Redis), run scenario `scn`
+    against it, return the raw result dict."""
     server_cpus, loadgen_cpus = cpu_layout()
-    port = free_port()
     kind = SERVERS[server]
+    ports = _free_ports(kind.processes)
     env = dict(os.environ, PYTHONPATH=_pythonpath(), PYTHONUNBUFFERED="1")
-    log_path = os.path.join(log_dir or RESULTS_DIR, f"server-{server}-{scn.name}.log")
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    result = {"scenario": scn.name, "server": server, "unit": scn.unit, "port": port,
+    redis = redis_pid = None
+    redis_url = getattr(opts, "redis_url", None) or REDIS_URL[0]
+    if kind.message_queue:
+        # Pub/sub channels span Redis's databases: the fresh prefix keeps this
+        # run's processes to themselves (and away from other runs and tests).
+        env["SBIO_SERVER__MESSAGE_QUEUE"] = redis_url
+        env["SBIO_CLUSTER__PREFIX"] = f"sbio-bench-{uuid.uuid4().hex[:12]}"
+        redis = RedisProbe(redis_url)
+        redis_pid = redis.local_pid()
+    else:
+        env["SBIO_SERVER__MESSAGE_QUEUE"] = ""  # whatever the caller's environment says
+    log_dir = log_dir or RESULTS_DIR
+    os.makedirs(log_dir, exist_ok=True)
+    log_paths = [os.path.join(log_dir, f"server-{server}-{scn.name}" + (f"-{i}" if kind.processes > 1 else "")
+                              + ".log") for i in range(kind.processes)]
+    result = {"scenario": scn.name, "server": server, "unit": scn.unit,
+              "port": ports[0], "ports": ports, "processes": kind.processes,
+              "tcp_nodelay": getattr(opts, "tcp_nodelay", "on") if kind.name != "node" else "on (ws default)",
               "pinning": {"server": server_cpus, "loadgen": loadgen_cpus}}
-    with open(log_path, "w") as log:
-        srv = subprocess.Popen(pinned(kind.command(port), server_cpus), cwd=REPO_ROOT, env=env,
-                               stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    if kind.message_queue:
+        result["redis"] = {"url": _redact(redis_url), "prefix": env["SBIO_CLUSTER__PREFIX"], "pid": redis_pid}
+    srvs = []
     gen = None
     try:
-        wait_for_port(port, srv)
+        # Every process of one server kind on the server core(s): one or two
+        # processes share the same CPU budget (see docs/benchmarks.md).
+        for port, log_path in zip(ports, log_paths):
+            with open(log_path, "w") as log:
+                srvs.append(subprocess.Popen(pinned(kind.command(port, opts), server_cpus), cwd=REPO_ROOT,
+                                             env=env, stdout=log, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL))
+        for port, srv in zip(ports, srvs):
+            wait_for_port(port, srv)
         argv = ["node", os.path.join(BENCH_DIR, "loadgen.js"),
-                "--url", f"http://127.0.0.1:{port}", "--scenario", scn.loadgen, "--sync",
+                "--url", ",".join(f"http://127.0.0.1:{port}" for port in ports),
+                "--scenario", scn.loadgen, "--sync",
                 "--duration", str(opts.duration), "--warmup", str(opts.warmup),
                 "--timeout", str(int(scn.timeout))]
         for key, value in scn.args.items():
             argv += ["--" + key.replace("_", "-"), str(value)]
-        gen_log_path = os.path.join(os.path.dirname(log_path), f"loadgen-{server}-{scn.name}.log")
+        gen_log_path = os.path.join(log_dir, f"loadgen-{server}-{scn.name}.log")
         with open(gen_log_path, "w") as gen_log:  # a file, so stderr can never fill a pipe
             gen = subprocess.Popen(pinned(argv, loadgen_cpus), cwd=BENCH_DIR, stdin=subprocess.PIPE,
                                    stdout=subprocess.PIPE, stderr=gen_log, text=True, bufsize=1)
@@ -333,15 +509,25 @@ def run_one(scn, server, opts, log_dir=None):
         watchdog.start()
         marks = {}
         payload = None
+
+        def sample():
+            # The generator has drained its load: the servers are idle now.
+            return {
+                "redis_cmds": redis.commands() if redis is not None else None,
+                "t": time.monotonic(),
+                "stat": [proc_cpu_seconds(p.pid) for p in srvs],
+                "sched": [proc_sched_seconds(p.pid) for p in srvs],
+                "rss": [proc_rss_kb(p.pid) for p in srvs],
+                "gen": proc_cpu_seconds(gen.pid),
+                "busy": system_busy_seconds(),
+                "redis": proc_sched_seconds(redis_pid) if redis_pid else None,
+            }
+
         try:
             for line in gen.stdout:
                 line = line.strip()
                 if line.startswith("#mark "):
-                    name = line[6:]
-                    # The generator has drained its load: the server is idle now.
-                    marks[name] = (time.monotonic(), proc_cpu_seconds(srv.pid), proc_rss_kb(srv.pid),
-                                   proc_cpu_seconds(gen.pid), system_busy_seconds(),
-                                   proc_sched_seconds(srv.pid))
+                    marks[line[6:]] = sample()
                     gen.stdin.write("go\n")
                     gen.stdin.flush()
                 elif line.startswith("{"):
@@ -350,8 +536,10 @@ def run_one(scn, server, opts, log_dir=None):
         finally:
             watchdog.cancel()
         stderr = _tail(gen_log_path)
-        if srv.poll() is not None:
-            raise RuntimeError(f"server exited with code {srv.returncode} during the run")
+        for i, srv in enumerate(srvs):
+            if srv.poll() is not None:
+                raise RuntimeError(f"server{f' {i}' if len(srvs) > 1 else ''} exited with code "
+                                   f"{srv.returncode} during the run")
         if payload is None:
             raise RuntimeError(f"loadgen printed no result (exit {gen.returncode}): {stderr.strip()[-500:]}")
         result["loadgen"] = payload
@@ -359,43 +547,71 @@ def run_one(scn, server, opts, log_dir=None):
             raise RuntimeError(f"loadgen: {payload['error']}")
         if "measure-start" not in marks or "measure-end" not in marks:
             raise RuntimeError("loadgen gave no measure marks")
-        (t0, c0, _, g0, b0, s0), (t1, c1, rss, g1, b1, s1) = marks["measure-start"], marks["measure-end"]
+        a, b = marks["measure-start"], marks["measure-end"]
         m = payload["measure"]
-        stat_cpu = c1 - c0
-        sched = (s1 - s0) if s0 is not None and s1 is not None else None
+        window = b["t"] - a["t"]
+        stat_by_proc = [y - x for x, y in zip(a["stat"], b["stat"])]
+        sched_by_proc = [None if x is None or y is None else y - x for x, y in zip(a["sched"], b["sched"])]
+        stat_cpu = sum(stat_by_proc)
+        sched = _sum(sched_by_proc)
         # schedstat has ns resolution; utime+stime comes in 10 ms ticks. They
         # agree to within the tick (checked); use the precise one when present.
         cpu = sched if sched is not None else stat_cpu
+        cpu_by_proc = sched_by_proc if sched is not None else stat_by_proc
+        redis_cpu = (b["redis"] - a["redis"]) if a["redis"] is not None and b["redis"] is not None else None
         # CPU the rest of the machine used meanwhile (other processes, the
         # kernel's softirq work not charged to ours): a noise indicator.
-        other = max(0.0, (b1 - b0) - cpu - (g1 - g0))
+        other = max(0.0, (b["busy"] - a["busy"]) - cpu - (b["gen"] - a["gen"]) - (redis_cpu or 0.0))
         result.update({
             "ok": bool(payload.get("checks", {}).get("ok")),
             "ops": m["ops"],
             "ops_per_s": m["ops_per_s"],
             "p50_ms": m["latency_ms"]["p50"],
             "p99_ms": m["latency_ms"]["p99"],
-            "window_s": round(t1 - t0, 4),
+            "window_s": round(window, 4),
             "server_cpu_s": round(cpu, 6),
+            "server_cpu_s_by_process": [round(c, 6) for c in cpu_by_proc],
             "server_cpu_source": "schedstat" if sched is not None else "stat",
             "server_stat_cpu_s": round(stat_cpu, 4),
-            "server_util": round(cpu / (t1 - t0), 3) if t1 > t0 else None,
+            "server_util": round(cpu / window, 3) if window > 0 else None,
             "cpu_us_per_op": round(cpu * 1e6 / m["ops"], 3) if m["ops"] else None,
-            "server_rss_kb": rss,
+            "server_rss_kb": _sum(b["rss"]),
             "client_util": payload.get("client_cpu", {}).get("util"),
-            "other_cpu": round(other / (t1 - t0), 3) if t1 > t0 else None,
+            "other_cpu": round(other / window, 3) if window > 0 else None,
         })
+        if m.get("latency_ms_by_url"):
+            result["p50_ms_by_process"] = [x["p50"] for x in m["latency_ms_by_url"]]
+            result["p99_ms_by_process"] = [x["p99"] for x in m["latency_ms_by_url"]]
+        if kind.message_queue:
+            cmds = (b["redis_cmds"] - a["redis_cmds"]) if a["redis_cmds"] is not None and \
+                b["redis_cmds"] is not None else None
+            broadcasts = m.get("broadcasts")
+            result.update({
+                "redis_cpu_s": None if redis_cpu is None else round(redis_cpu, 6),
+                "redis_util": round(redis_cpu / window, 3) if redis_cpu is not None and window > 0 else None,
+                "cpu_us_per_op_with_redis": round((cpu + redis_cpu) * 1e6 / m["ops"], 3)
+                if m["ops"] and redis_cpu is not None else None,
+                # ~1 PUBLISH per broadcast (+1 for the INFO read at the end mark);
+                # well above that, something else used this Redis in the window
+                "redis_commands": cmds,
+                "redis_commands_per_broadcast": round(cmds / broadcasts, 2) if cmds is not None and broadcasts
+                else None,
+            })
+        elif kind.cluster or scn.group == "cluster":
+            # no Redis involved: the per-delivery total is the server's own
+            result.update({"redis_cpu_s": 0.0, "redis_util": 0.0,
+                           "cpu_us_per_op_with_redis": result["cpu_us_per_op"]})
         if not result["ok"]:
             result["error"] = f"checks failed: {json.dumps(payload.get('checks'))}"
     except Exception as exc:  # one failed run must not sink the whole benchmark
         result["ok"] = False
         result.setdefault("error", str(exc))
-        result["server_log_tail"] = _tail(log_path)
+        result["server_log_tail"] = "".join(_tail(p) for p in log_paths)
     finally:
         if gen is not None and gen.poll() is None:
             gen.kill()
             gen.wait(5)
-        stop_process(srv)
+        stop_processes(srvs)
     return result
 
 
@@ -430,25 +646,38 @@ def aggregate(runs):
             "server_rss_kb": _median([r["server_rss_kb"] for r in good]),
             "errors": [r["error"] for r in rs if r.get("error")],
         }
+        if any("cpu_us_per_op_with_redis" in r for r in rs):  # the cluster group
+            with_redis = [r["cpu_us_per_op_with_redis"] for r in good
+                          if r.get("cpu_us_per_op_with_redis") is not None]
+            out[key].update({
+                "processes": rs[0].get("processes", 1),
+                "cpu_us_per_op_with_redis": _median(with_redis),
+                "cpu_us_per_op_with_redis_range": [min(with_redis), max(with_redis)] if with_redis else None,
+                "redis_util": _median([r.get("redis_util") for r in good]),
+                "redis_commands_per_broadcast": _median([r.get("redis_commands_per_broadcast") for r in good]),
+                "p50_ms_by_process": [_median(xs) for xs in zip(*[r["p50_ms_by_process"] for r in good
+                                                                   if r.get("p50_ms_by_process")])] or None,
+            })
     return out
 
 
-def ratios(summary, scenario_names, runs=(), numerator="sbio", denominator="bare"):
-    """Ratios of the medians, plus the range of the per-round (paired) CPU/op ratios."""
+def ratios(summary, scenario_names, runs=(), numerator="sbio", denominator="bare", key="cpu_us_per_op"):
+    """Ratios of the medians, plus the range of the per-round (paired) CPU/op ratios
+    (*key*: the CPU per operation compared)."""
     out = {}
     by_round = {}
     for r in runs:
-        if r.get("ok") and r.get("cpu_us_per_op"):
-            by_round[(r["scenario"], r["server"], r.get("round"))] = r["cpu_us_per_op"]
+        if r.get("ok") and r.get(key):
+            by_round[(r["scenario"], r["server"], r.get("round"))] = r[key]
     for name in scenario_names:
         a, b = summary.get((name, numerator)), summary.get((name, denominator))
-        if not a or not b or not a["cpu_us_per_op"] or not b["cpu_us_per_op"]:
+        if not a or not b or not a.get(key) or not b.get(key):
             continue
         paired = [by_round[(name, numerator, rnd)] / by_round[(name, denominator, rnd)]
                   for (scn, srv, rnd) in list(by_round)
                   if scn == name and srv == numerator and (name, denominator, rnd) in by_round]
         out[name] = {
-            "cpu_per_op": round(a["cpu_us_per_op"] / b["cpu_us_per_op"], 3),
+            "cpu_per_op": round(a[key] / b[key], 3),
             "cpu_per_op_rounds": [round(x, 3) for x in paired],
             "throughput": round(a["ops_per_s"] / b["ops_per_s"], 3) if b["ops_per_s"] else None,
         }
@@ -528,6 +757,58 @@ def format_table(summary, scenario_names, server_names, rat):
     return "\n".join([line(header), sep] + [line(r) for r in rows])
 
 
+def cluster_ratios(summary, scenario_names, runs):
+    """{scenario: {server: {sbio, with_redis}}}: each setup's CPU per delivery over the
+    1-process (no Redis) one, for the sbio CPU alone and with redis-server's CPU added."""
+    out = {}
+    for server, kind in SERVERS.items():
+        if not kind.cluster:
+            continue
+        for name in scenario_names:
+            alone = ratios(summary, [name], runs, server, "sbio").get(name)
+            total = ratios(summary, [name], runs, server, "sbio", key="cpu_us_per_op_with_redis").get(name)
+            if alone or total:
+                out.setdefault(name, {})[server] = {"sbio": alone, "with_redis": total}
+    return out
+
+
+def format_cluster_table(summary, scenario_names, server_names, crat):
+    header = ["scenario", "setup", "rate /s", "p50 ms", "p99 ms", "sbio CPU µs/op", "sbio+Redis CPU µs/op",
+              "sbio CPU", "Redis CPU", "other", "Redis cmds/bcast", "vs 1 process: sbio [rounds]",
+              "vs 1 process: sbio+Redis [rounds]", "rate vs 1 process"]
+    rows = []
+    for name in scenario_names:
+        unit = SCENARIOS[name].unit
+        for server in server_names:
+            s = summary.get((name, server))
+            if s is None:
+                continue
+            rr = crat.get(name, {}).get(server) or {}
+            alone, total = rr.get("sbio") or {}, rr.get("with_redis") or {}
+            flag = "" if s["ok_rounds"] == s["rounds"] else f" ({s['rounds'] - s['ok_rounds']} failed)"
+            p50 = _fmt(s["p50_ms"], ".2f")
+            if s.get("p50_ms_by_process") and len(s["p50_ms_by_process"]) > 1:
+                p50 += " (" + " / ".join(_fmt(x, ".1f") for x in s["p50_ms_by_process"]) + ")"
+            pct = lambda v: _fmt(None if v is None else v * 100, ".0f") + "%"  # noqa: E731
+            rows.append([
+                name, (SERVERS[server].label or server) + flag,
+                (_fmt(s["ops_per_s"], ",.0f") + f" {unit}") if s["ops_per_s"] is not None else "-",
+                p50, _fmt(s["p99_ms"], ".2f"),
+                _fmt(s["cpu_us_per_op"], ".1f"), _fmt(s.get("cpu_us_per_op_with_redis"), ".1f"),
+                pct(s["server_util"]),
+                _fmt(None if s.get("redis_util") is None else s["redis_util"] * 100, ".1f") + "%",
+                pct(s["other_cpu"]),
+                _fmt(s.get("redis_commands_per_broadcast"), ".2f") if SERVERS[server].message_queue else "",
+                (_fmt(alone.get("cpu_per_op"), ".2f") + _range(alone.get("cpu_per_op_rounds"))) if alone else "",
+                (_fmt(total.get("cpu_per_op"), ".2f") + _range(total.get("cpu_per_op_rounds"))) if total else "",
+                _fmt(alone.get("throughput"), ".2f") if alone else "",
+            ])
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(header), sep] + [line(r) for r in rows])
+
+
 # --------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------
@@ -536,8 +817,15 @@ def parse_args(argv):
                                             "sbio (and Node socket.io) in one run.")
     p.add_argument("--quick", action="store_true",
                    help="one short round, bare and sbio only (~1 minute)")
-    p.add_argument("--scenarios", help="comma-separated subset of: " + ", ".join(SCENARIOS))
+    p.add_argument("--scenarios", help="comma-separated scenarios or groups (" + ", ".join(GROUPS) +
+                   "; default: " + ",".join(DEFAULT_GROUPS) + ") of: " + ", ".join(SCENARIOS))
     p.add_argument("--servers", help="comma-separated subset of: " + ", ".join(SERVERS))
+    p.add_argument("--tcp-nodelay", choices=("on", "off"), default="on",
+                   help="TCP_NODELAY on the Python servers' accepted sockets, bare and sbio alike "
+                        "(default on, sbio's server.tcp_nodelay default; node always sets it)")
+    p.add_argument("--redis", dest="redis_url", default=DEFAULT_REDIS_URL,
+                   help="Redis of the cluster group (default %(default)s, or $SBIO_BENCH_REDIS_URL); "
+                        "each run uses a fresh [cluster] prefix")
     p.add_argument("--duration", type=float, help="measured seconds per run (default 3, quick 1)")
     p.add_argument("--warmup", type=float, help="warm-up seconds per run (default 1, quick 0.5)")
     p.add_argument("--rounds", type=int, help="rounds, median reported (default 3, quick 1)")
@@ -563,37 +851,54 @@ def main(argv=None):
         print(why, file=sys.stderr)
         return 2
 
-    names = opts.scenarios.split(",") if opts.scenarios else [
-        n for n, s in SCENARIOS.items() if s.quick or not opts.quick]
-    unknown = [n for n in names if n not in SCENARIOS]
-    if unknown:
-        print(f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(SCENARIOS)}", file=sys.stderr)
-        return 2
-    # --quick leaves out the optional reference servers (node) unless asked for.
-    wanted = opts.servers.split(",") if opts.servers else [
-        n for n, k in SERVERS.items() if not (opts.quick and k.optional)]
-    servers, skipped = [], {}
-    for name in wanted:
-        if name not in SERVERS:
-            print(f"unknown server {name}; known: {', '.join(SERVERS)}", file=sys.stderr)
-            return 2
-        why = SERVERS[name].missing()
-        if why:
-            skipped[name] = why
+    REDIS_URL[0] = opts.redis_url
+    names = []
+    for token in (opts.scenarios.split(",") if opts.scenarios else DEFAULT_GROUPS):
+        if token in GROUPS:
+            names += [n for n, s in SCENARIOS.items() if s.group == token and (s.quick or not opts.quick)]
+        elif token in SCENARIOS:
+            names.append(token)
         else:
-            servers.append(name)
-    for name, why in skipped.items():
-        print(f"skipping server {name}: {why}", file=sys.stderr)
-    if not servers:
+            print(f"unknown scenario {token}; known: {', '.join(SCENARIOS)}, or a group: {', '.join(GROUPS)}",
+                  file=sys.stderr)
+            return 2
+    names = list(dict.fromkeys(names))
+    wanted = opts.servers.split(",") if opts.servers else None
+    unknown = [n for n in wanted or () if n not in SERVERS]
+    if unknown:
+        print(f"unknown server(s) {', '.join(unknown)}; known: {', '.join(SERVERS)}", file=sys.stderr)
         return 2
-    plan = []
+    plan, skipped = [], {}
     for name in names:
         scn = SCENARIOS[name]
+        # A scenario runs on the servers it names, else on every non-cluster one;
+        # --quick leaves out the optional reference servers (node) unless asked for.
+        candidates = list(scn.servers) or [n for n, k in SERVERS.items() if not k.cluster]
+        candidates = [n for n in candidates if (n in wanted) if wanted] if wanted else \
+            [n for n in candidates if not (opts.quick and SERVERS[n].optional)]
+        usable = []
+        for server in candidates:
+            if server not in skipped:
+                skipped[server] = SERVERS[server].missing()
+                if skipped[server]:
+                    print(f"skipping server {server}: {skipped[server]}", file=sys.stderr)
+            if not skipped[server]:
+                usable.append(server)
+        if not usable:
+            continue
+        if scn.group == "cluster" and not any(SERVERS[n].message_queue for n in usable):
+            print(f"skipping scenario {name}: no server with a message queue to compare", file=sys.stderr)
+            continue
         why = scn.requires() if scn.requires else None
         if why:
             print(f"skipping scenario {name}: {why}", file=sys.stderr)
             continue
-        plan.append((scn, [s for s in servers if not scn.servers or s in scn.servers]))
+        plan.append((scn, usable))
+    skipped = {k: v for k, v in skipped.items() if v}
+    servers = [n for n in SERVERS if any(n in used for _, used in plan)]
+    if not plan:
+        print("nothing to run", file=sys.stderr)
+        return 2
 
     server_cpus, loadgen_cpus = cpu_layout()
     git_state = _git_state()
@@ -613,17 +918,25 @@ def main(argv=None):
                 r["round"] = rnd
                 runs.append(r)
                 status = "ok" if r.get("ok") else "FAILED: " + r.get("error", "?")[:300]
-                print(f"# round {rnd + 1}/{opts.rounds} {scn.name:<12} {server:<5} "
+                with_redis = ""
+                if SERVERS[server].message_queue:
+                    with_redis = f"({_fmt(r.get('cpu_us_per_op_with_redis'), '.1f')} with Redis)  "
+                print(f"# round {rnd + 1}/{opts.rounds} {scn.name:<19} {server:<13} "
                       f"{_fmt(r.get('ops_per_s'), ',.0f'):>9} {scn.unit}/s  "
-                      f"{_fmt(r.get('cpu_us_per_op'), '.1f'):>6} µs/op  "
+                      f"{_fmt(r.get('cpu_us_per_op'), '.1f'):>6} µs/op  {with_redis}"
                       f"other {_fmt(None if r.get('other_cpu') is None else r['other_cpu'] * 100, '.0f'):>3}%  "
                       f"{status}",
                       file=sys.stderr, flush=True)
     elapsed = time.monotonic() - t_start
 
     summary = aggregate(runs)
-    scen_names = [scn.name for scn, _ in plan]
+    scen_names = [scn.name for scn, _ in plan if scn.group != "cluster"]
+    cluster_names = [scn.name for scn, _ in plan if scn.group == "cluster"]
+    main_servers = [n for n in servers if not SERVERS[n].cluster and any(
+        n in used for scn, used in plan if scn.group != "cluster")]
+    cluster_servers = [n for n in servers if any(n in used for scn, used in plan if scn.group == "cluster")]
     rat = ratios(summary, scen_names, runs)
+    crat = cluster_ratios(summary, cluster_names, runs)
     rat_node = ratios(summary, scen_names, runs, "node", "bare")
     comps = comparisons(summary, plan)
     doc = {
@@ -631,6 +944,7 @@ def main(argv=None):
         "elapsed_s": round(elapsed, 1),
         "options": {k: v for k, v in vars(opts).items()},
         "git": git_state,
+        "tcp_nodelay": opts.tcp_nodelay,
         "machine": {"cpus": os.cpu_count(), "pinning": {"server": server_cpus, "loadgen": loadgen_cpus},
                     "python": sys.version.split()[0], "node": _node_version(), "versions": _versions()},
         "servers": servers,
@@ -641,8 +955,13 @@ def main(argv=None):
         "ratios_sbio_over_bare": rat,
         "ratios_node_over_bare": rat_node,
         "comparisons": comps,
+        "cluster_ratios_over_1_process": crat,
         "runs": runs,
     }
+    if cluster_names:
+        doc["cluster"] = {"redis": _redact(opts.redis_url),
+                          "pinning": f"every sbio process on cpu {server_cpus or '-'}, the generator on cpu "
+                                     f"{loadgen_cpus or '-'}, redis-server where the kernel puts it"}
     if not opts.no_save:
         os.makedirs(RESULTS_DIR, exist_ok=True)
         path = os.path.join(RESULTS_DIR, f"{stamp}.json")
@@ -653,20 +972,28 @@ def main(argv=None):
         shutil.rmtree(log_dir, ignore_errors=True)  # server logs are kept only when a run failed
     if opts.json:
         print(json.dumps({"summary": doc["summary"], "ratios_sbio_over_bare": rat,
-                          "comparisons": comps}, indent=1))
+                          "comparisons": comps, "cluster_ratios_over_1_process": crat}, indent=1))
     else:
-        print(format_table(summary, scen_names, servers, rat))
+        if scen_names:
+            print(format_table(summary, scen_names, main_servers, rat))
         if comps:
             print("\nLive data vs the raw broadcast of the same size and rate (server CPU per "
                   "update / per delivery):\n")
             print(format_comparisons(comps))
+        if cluster_names:
+            print(("\n" if scen_names else "") + "Two sbio processes on one Redis vs one process "
+                  "(receivers split evenly; p50 per process in brackets, the driver's first; every sbio "
+                  f"process on cpu {server_cpus or '-'}):\n")
+            print(format_cluster_table(summary, cluster_names, cluster_servers, crat))
         rev = git_state["commit"] or "?"
         if git_state["sbio_dirty"]:
             rev += " + uncommitted changes in sbio/"
         print(f"\nsbio at {rev}. {len(runs)} runs in {elapsed:.0f}s; medians of {opts.rounds} round(s), "
               f"{opts.duration:g}s measured each. CPU µs/op = server on-CPU time (schedstat) over the "
               f"measured window / ops in it; srv CPU = server CPU time / window wall time; other = CPU used "
-              f"by everything else on the machine in the window (noise; the generator excluded).")
+              f"by everything else on the machine in the window (noise; the generator excluded"
+              f"{' and redis-server, whose CPU is its own column' if cluster_names else ''}). "
+              f"Python servers with TCP_NODELAY {opts.tcp_nodelay}.")
         noisy = [k for k, v in summary.items() if (v["other_cpu"] or 0) > 0.10]
         if noisy:
             print(f"\nWARNING: other processes used more than 10% of a core during "

@@ -1,6 +1,6 @@
 """Benchmark servers with one contract, so the same load can be aimed at each.
 
-    python bench/servers.py bare|sbio --port P [--host 127.0.0.1]
+    python bench/servers.py bare|sbio --port P [--host 127.0.0.1] [--tcp-nodelay on|off]
 
 Contract (namespace ``/bench``):
 
@@ -16,6 +16,18 @@ sbio is compared against; ``sbio`` is the same contract written as an
 ``sbio.Namespace``. ``bench/node_server.js`` is the Node socket.io
 reference with the same contract.
 
+``--tcp-nodelay`` (default ``on``, sbio's default) sets ``TCP_NODELAY`` on
+the accepted sockets of either server, so the comparison stays apples to
+apples: for ``sbio`` it is the ``server.tcp_nodelay`` setting, for ``bare``
+the same ``setsockopt`` in the handler (plain python-socketio on
+gevent-websocket does not set it; Node's ws does). ``off`` leaves Nagle's
+algorithm on for both.
+
+The ``sbio`` server reads sbio's configuration as ``sbio run`` does, so
+``SBIO_SERVER__MESSAGE_QUEUE=redis://...`` and ``SBIO_CLUSTER__PREFIX=...``
+in its environment make it one process of a cluster (``bench/run.py``'s
+cluster group starts two like that).
+
 The process prints ``listening <host>:<port>`` on stdout once the socket is
 bound; ``bench/run.py`` waits for the port itself, the line is for humans.
 Logging is kept quiet (warnings only) so it costs no CPU under load.
@@ -29,6 +41,7 @@ import argparse  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
+import socket  # noqa: E402
 import sys  # noqa: E402
 
 import gevent  # noqa: E402
@@ -57,10 +70,21 @@ def _stop_on_signals(stop):
 # --------------------------------------------------------------------------
 # bare: plain python-socketio, the reference
 # --------------------------------------------------------------------------
-def serve_bare(host, port):
+def serve_bare(host, port, tcp_nodelay=True):
     import socketio
     from gevent import pywsgi
     from geventwebsocket.handler import WebSocketHandler
+
+    class Handler(WebSocketHandler):
+        # What sbio does with server.tcp_nodelay (sbio/server.py): once per
+        # accepted connection, before the first request is read.
+        def handle(self):
+            if tcp_nodelay:
+                try:
+                    self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                except OSError:
+                    pass
+            return super().handle()
 
     sio = socketio.Server(async_mode="gevent", logger=False, engineio_logger=False)
 
@@ -74,7 +98,7 @@ def serve_bare(host, port):
         return {"ok": True, "data": None}
 
     app = socketio.WSGIApp(sio)
-    server = pywsgi.WSGIServer((host, port), app, handler_class=WebSocketHandler, log=None)
+    server = pywsgi.WSGIServer((host, port), app, handler_class=Handler, log=None)
     server.start()
     print(f"listening {host}:{server.server_port}", flush=True)
     _stop_on_signals(lambda: server.stop(timeout=1))
@@ -142,10 +166,12 @@ def sbio_namespace():
     return Bench
 
 
-def serve_sbio(host, port):
+def serve_sbio(host, port, tcp_nodelay=True):
     import sbio
+    from sbio.config import load_sbio_config
 
-    server = sbio.Server(namespaces=[sbio_namespace()], host=host, port=port)
+    config = load_sbio_config(overrides={"server.tcp_nodelay": tcp_nodelay})
+    server = sbio.Server(namespaces=[sbio_namespace()], config=config, host=host, port=port)
     server.start()
     print(f"listening {host}:{port}", flush=True)
     _stop_on_signals(lambda: server.stop(1))
@@ -165,9 +191,11 @@ def main(argv=None):
     parser.add_argument("kind", choices=sorted(SERVERS))
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--tcp-nodelay", choices=("on", "off"), default="on",
+                        help="TCP_NODELAY on accepted sockets (default on, as sbio's server.tcp_nodelay)")
     args = parser.parse_args(argv)
     _quiet_logging()
-    SERVERS[args.kind](args.host, args.port)
+    SERVERS[args.kind](args.host, args.port, tcp_nodelay=args.tcp_nodelay == "on")
     return 0
 
 

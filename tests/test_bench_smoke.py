@@ -6,7 +6,10 @@ sampling) and checks counts only: every ack came back, every receiver got
 every broadcast. Never timing.
 
 Skipped when node is missing (a failure instead with SBIO_REQUIRE_SERVICES=1);
-runs `npm ci` in bench/ when bench/node_modules is missing.
+runs `npm ci` in bench/ when bench/node_modules is missing. The cluster test
+(two sbio processes on one Redis) also needs the local Redis (the
+`redis_url` fixture: skipped without it, a failure under
+SBIO_REQUIRE_SERVICES=1).
 """
 import argparse
 import importlib.util
@@ -57,9 +60,9 @@ def _require_server(server):
             pytest.skip(f"sbio server not benchmarkable yet: {why}")
 
 
-def _run(server, name, loadgen, args, tmp_path, duration=1.0, warmup=0.3, timeout=60):
+def _run(server, name, loadgen, args, tmp_path, duration=1.0, warmup=0.3, timeout=60, **options):
     scn = bench.Scenario(name, loadgen, args, "ops", "smoke", timeout=timeout)
-    opts = argparse.Namespace(duration=duration, warmup=warmup)
+    opts = argparse.Namespace(duration=duration, warmup=warmup, **options)
     result = bench.run_one(scn, server, opts, log_dir=str(tmp_path))
     assert "loadgen" in result, result.get("error") or result
     return result
@@ -127,3 +130,35 @@ def test_runner_cli_end_to_end(node_ready, tmp_path):
     doc = json.loads(proc.stdout)
     (row,) = [s for s in doc["summary"] if s["server"] == "bare"]
     assert row["scenario"] == "echo-1" and row["ok_rounds"] == 1, row
+
+
+@pytest.mark.parametrize("server", ["sbio-redis", "sbio-redis-x2"])
+def test_cluster_fanout_every_receiver_on_every_process_gets_every_broadcast_once(
+        server, redis_url, node_ready, tmp_path):
+    """Receivers split over two sbio processes sharing Redis (and, for reference,
+    one process with the same message queue): the driver's broadcasts on the
+    first process reach every receiver of both, each exactly once."""
+    why = bench._sbio_missing()
+    if why:
+        pytest.skip(f"sbio server not benchmarkable yet: {why}")
+    receivers = 6
+    r = _run(server, "smoke-cluster-fanout", "fanout", {"receivers": receivers, "window": 2, "count": 20},
+             tmp_path, redis_url=redis_url)
+    processes = bench.SERVERS[server].processes
+    assert r["processes"] == processes and len(r["ports"]) == processes
+    checks = r["loadgen"]["checks"]
+    assert checks["broadcasts"] > 0
+    assert checks["acked"] == checks["broadcasts"], checks
+    assert checks["duplicates"] == 0 and checks["unknown"] == 0, checks
+    assert checks["min_per_receiver"] == checks["max_per_receiver"] == checks["broadcasts"], checks
+    assert checks["deliveries"] == checks["broadcasts"] * receivers, checks
+    assert checks["stuck_after_drain"] == 0, checks
+    by_url = checks["by_url"]
+    assert [u["url"] for u in by_url] == [f"http://127.0.0.1:{port}" for port in r["ports"]]
+    for u in by_url:  # half of the receivers on each process, every one complete
+        assert u["receivers"] == receivers // processes, by_url
+        assert u["complete"] == u["receivers"], by_url
+        assert u["deliveries"] == u["receivers"] * checks["broadcasts"], by_url
+    assert r["ok"], r.get("error")
+    assert len(r["server_cpu_s_by_process"]) == processes
+    assert r["redis"]["prefix"].startswith("sbio-bench-")

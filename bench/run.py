@@ -796,7 +796,8 @@ def format_cluster_table(summary, scenario_names, server_names, crat):
                 p50, _fmt(s["p99_ms"], ".2f"),
                 _fmt(s["cpu_us_per_op"], ".1f"), _fmt(s.get("cpu_us_per_op_with_redis"), ".1f"),
                 pct(s["server_util"]),
-                _fmt(None if s.get("redis_util") is None else s["redis_util"] * 100, ".1f") + "%",
+                (_fmt(None if s.get("redis_util") is None else s["redis_util"] * 100, ".1f") + "%")
+                if SERVERS[server].message_queue else "-",
                 pct(s["other_cpu"]),
                 _fmt(s.get("redis_commands_per_broadcast"), ".2f") if SERVERS[server].message_queue else "",
                 (_fmt(alone.get("cpu_per_op"), ".2f") + _range(alone.get("cpu_per_op_rounds"))) if alone else "",

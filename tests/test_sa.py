@@ -14,7 +14,6 @@ import datetime  # noqa: E402
 import enum  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 import types  # noqa: E402
 import uuid  # noqa: E402
 from decimal import Decimal  # noqa: E402
@@ -59,9 +58,6 @@ from sbio.sa import (  # noqa: E402
     set_change_notifier,
     snake_case,
 )
-
-if not hasattr(sbio.testing, "db"):  # until the plugin re-exports sbio._fixtures_db
-    from sbio._fixtures_db import db, db_seed  # noqa: E402,F401
 
 UTC = datetime.timezone.utc
 
@@ -928,15 +924,12 @@ def test_fifty_greenlets_do_not_block_each_other(db):
             s.add(Tag(name=f"t{uuid.uuid4().hex[:12]}"))
 
     tick = gevent.spawn(ticker)
-    started = time.monotonic()
     jobs = [gevent.spawn(work) for _ in range(workers)]
     gevent.joinall(jobs, timeout=60, raise_error=True)
-    elapsed = time.monotonic() - started
     state["stop"] = True
     tick.join()
     assert all(job.successful() for job in jobs)
     assert state["max_in_flight"] >= workers // 2  # the sleeps overlapped
     assert state["ticks_during_sleep"] >= 5  # the ticker kept running meanwhile
-    assert elapsed < workers * 0.2 / 2  # serial would take 10 s
     with Session() as s:
         assert len(s.scalars(select(Tag)).all()) == workers

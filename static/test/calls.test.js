@@ -2,28 +2,11 @@
 // server (static/test/namespaces/jsdemo.py).
 "use strict";
 
-const { test, before, after } = require("node:test");
+const { test } = require("node:test");
 const assert = require("node:assert/strict");
-const sbio = require("../sbio.js");
-const { startServer, waitEvent, waitStatus } = require("./harness.js");
+const { useServer, waitEvent, waitStatus } = require("./harness.js");
 
-let server;
-const conns = [];
-
-before(async () => {
-  server = await startServer();
-});
-
-after(async () => {
-  for (const c of conns) c.close();
-  if (server) await server.stop();
-});
-
-function open(options = {}) {
-  const conn = sbio.connect("/jsdemo", { url: server.url, transports: ["websocket"], ...options });
-  conns.push(conn);
-  return conn;
-}
+const { open } = useServer();
 
 async function loggedIn(options) {
   const conn = open(options);

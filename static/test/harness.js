@@ -42,16 +42,6 @@ function portAccepts(port) {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-let liveDataCache;
-/** True once the Python side has live data (sbio.subscribes). */
-function hasLiveData() {
-  if (liveDataCache === undefined) {
-    const r = spawnSync(PYTHON, ["-c", "import sbio; sbio.subscribes"], { cwd: REPO_ROOT, encoding: "utf8" });
-    liveDataCache = r.status === 0;
-  }
-  return liveDataCache;
-}
-
 /**
  * Start an sbio server on `port` (a free one when omitted).
  * @returns {Promise<{port, url, proc, output(): string, stop(signal?): Promise}>}
@@ -190,12 +180,41 @@ function waitStatus(conn, status, timeoutMs = 10000) {
   return waitEvent(conn, "status", (s) => s === status, timeoutMs);
 }
 
+/**
+ * One real server for the calling test file, started before its tests; the
+ * connections made with `open()` are closed and the server stopped after them.
+ * @returns {{open(options?): object, readonly url: string}}
+ */
+function useServer(namespace = "/jsdemo") {
+  const { before, after } = require("node:test");
+  const sbio = require("../sbio.js");
+  let server = null;
+  const conns = [];
+  before(async () => {
+    server = await startServer();
+  });
+  after(async () => {
+    for (const c of conns) c.close();
+    if (server) await server.stop();
+  });
+  return {
+    get url() {
+      return server.url;
+    },
+    open(options = {}) {
+      const conn = sbio.connect(namespace, { url: server.url, transports: ["websocket"], ...options });
+      conns.push(conn);
+      return conn;
+    },
+  };
+}
+
 module.exports = {
   REPO_ROOT,
   PYTHON,
   Recorder,
   freePort,
-  hasLiveData,
+  useServer,
   sleep,
   startServer,
   waitEvent,

@@ -6,7 +6,7 @@
 const { test, after } = require("node:test");
 const assert = require("node:assert/strict");
 const sbio = require("../sbio.js");
-const { Recorder, hasLiveData, startServer, sleep, waitStatus } = require("./harness.js");
+const { Recorder, startServer, sleep, waitStatus } = require("./harness.js");
 
 let server;
 const conns = [];
@@ -55,7 +55,6 @@ test("calls across a server restart: in-flight ones reject, ones made while down
 
 test(
   "subscriptions survive a server restart: fresh data, exactly one callback per change",
-  { skip: hasLiveData() ? false : "sbio.subscribes does not exist yet (live data not merged)" },
   async () => {
     server = await startServer();
     const a = open(server.url);

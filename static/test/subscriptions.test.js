@@ -1,30 +1,11 @@
 // sbio.js live subscriptions against a real sbio server.
 "use strict";
 
-const { test, before, after } = require("node:test");
+const { test } = require("node:test");
 const assert = require("node:assert/strict");
-const sbio = require("../sbio.js");
-const { Recorder, hasLiveData, startServer, sleep } = require("./harness.js");
+const { Recorder, useServer, sleep } = require("./harness.js");
 
-const skip = hasLiveData() ? false : "sbio.subscribes does not exist yet (live data not merged)";
-
-let server;
-const conns = [];
-
-before(async () => {
-  if (!skip) server = await startServer();
-});
-
-after(async () => {
-  for (const c of conns) c.close();
-  if (server) await server.stop();
-});
-
-function open(options = {}) {
-  const conn = sbio.connect("/jsdemo", { url: server.url, transports: ["websocket"], ...options });
-  conns.push(conn);
-  return conn;
-}
+const { open } = useServer();
 
 async function loggedIn() {
   const conn = open();
@@ -39,7 +20,7 @@ async function settle(...connections) {
   await sleep(150);
 }
 
-test("subscribe: first result, then the change another connection makes", { skip }, async () => {
+test("subscribe: first result, then the change another connection makes", async () => {
   const a = await loggedIn();
   const b = await loggedIn();
   const rec = new Recorder("counter");
@@ -56,7 +37,7 @@ test("subscribe: first result, then the change another connection makes", { skip
   a.unsubscribe(id);
 });
 
-test("exactly one callback per change, none for unchanged results", { skip }, async () => {
+test("exactly one callback per change, none for unchanged results", async () => {
   const a = await loggedIn();
   const b = await loggedIn();
   const counter = new Recorder("counter");
@@ -81,7 +62,7 @@ test("exactly one callback per change, none for unchanged results", { skip }, as
   );
 });
 
-test("unsubscribe stops the callbacks (one id, several, an array)", { skip }, async () => {
+test("unsubscribe stops the callbacks (one id, several, an array)", async () => {
   const a = await loggedIn();
   const b = await loggedIn();
   const gone = new Recorder("gone");
@@ -103,7 +84,7 @@ test("unsubscribe stops the callbacks (one id, several, an array)", { skip }, as
   assert.equal(a.unsubscribe(id1), 0);
 });
 
-test("a forbidden subscription reports to onError; resubscribe() after login delivers", { skip }, async () => {
+test("a forbidden subscription reports to onError; resubscribe() after login delivers", async () => {
   const a = open();
   const rec = new Recorder("counter");
   const errors = new Recorder("errors");
@@ -118,7 +99,7 @@ test("a forbidden subscription reports to onError; resubscribe() after login del
   assert.equal(trigger, "resubscribe");
 });
 
-test("subscribing to something that is not subscribable or does not exist fails", { skip }, async () => {
+test("subscribing to something that is not subscribable or does not exist fails", async () => {
   const a = await loggedIn();
   const errors = new Recorder("errors");
   a.subscribe("no_such_thing", [], () => assert.fail("no data"), { onError: errors.fn });

@@ -78,32 +78,34 @@ def _port_open(host, port, timeout=1.0):
         return False
 
 
+def _network_service(what, url, default_port, module, install_hint):
+    """*url* when its client library imports and its port accepts connections."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        missing_service(f"{what} client library {module} ({install_hint})")
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or default_port
+    if not _port_open(host, port):
+        missing_service(f"{what} at {host}:{port}")
+    return url
+
+
 @pytest.fixture(scope="session")
 def postgres_url():
     """SQLAlchemy URL of the local PostgreSQL (``SBIO_TEST_POSTGRES_URL`` overrides)."""
-    url = os.environ.get("SBIO_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
-    parts = urlsplit(url)
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        missing_service("PostgreSQL driver psycopg (pip install 'sbio[postgres]')")
-    if not _port_open(parts.hostname or "127.0.0.1", parts.port or 5432):
-        missing_service(f"PostgreSQL at {parts.hostname}:{parts.port or 5432}")
-    return url
+    return _network_service("PostgreSQL",
+                            os.environ.get("SBIO_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL),
+                            5432, "psycopg", "pip install 'sbio[postgres]'")
 
 
 @pytest.fixture(scope="session")
 def redis_url():
     """URL of the local Redis (``SBIO_TEST_REDIS_URL`` overrides; db 15 by default)."""
-    url = os.environ.get("SBIO_TEST_REDIS_URL", DEFAULT_REDIS_URL)
-    parts = urlsplit(url)
-    try:
-        import redis  # noqa: F401
-    except ImportError:
-        missing_service("Redis client library redis (pip install 'sbio[redis]')")
-    if not _port_open(parts.hostname or "127.0.0.1", parts.port or 6379):
-        missing_service(f"Redis at {parts.hostname}:{parts.port or 6379}")
-    return url
+    return _network_service("Redis", os.environ.get("SBIO_TEST_REDIS_URL", DEFAULT_REDIS_URL),
+                            6379, "redis", "pip install 'sbio[redis]'")
 
 
 @pytest.fixture(scope="session")

@@ -1,19 +1,18 @@
-"""Adapter from python-socketio's singleton namespaces to per-connection sbio namespaces.
+"""Per-connection dispatch: sbio's own routing of connections and events.
 
-:class:`SocketIOServer` subclasses ``socketio.Server`` and takes over three
-steps of its packet handling:
+python-socketio's class-based namespaces are singletons; sbio gives every
+connection its own :class:`~sbio.Namespace` instance. A
+:class:`NamespaceDispatcher` per namespace does that bookkeeping:
 
-* connect: unknown namespaces get ``CONNECT_ERROR {"message": "Invalid
-  namespace"}``; a known one creates an instance of the user's
-  :class:`~sbio.Namespace` subclass and runs ``on_connect`` — a refusal or a
-  crash always answers the client (python-socketio would leave it hanging);
-* events: every inbound event goes to :meth:`NamespaceDispatcher.handle_event`,
-  which validates the name, checks the ACL, checks the arguments, runs the
-  handler and answers with the envelope of the wire protocol
-  (``docs/protocol.md``); un-acked failures become an ``sbio:error`` push;
-* malformed packets are answered (or logged), never raised into Engine.IO.
+* connect: creates an instance of the user's :class:`~sbio.Namespace`
+  subclass and runs ``on_connect`` — a refusal or a crash always answers the
+  client (python-socketio would leave it hanging);
+* events: :meth:`NamespaceDispatcher.handle_event` validates the name, checks
+  the ACL, checks the arguments, runs the handler and returns the envelope of
+  the wire protocol (``docs/protocol.md``).
 
-The bookkeeping here is plain Python; all IO goes through python-socketio.
+It is plain Python: the glue to python-socketio's packet handling (which
+calls into this module) is :class:`sbio.adapter.SocketIOServer`.
 """
 import contextvars
 import inspect
@@ -23,12 +22,11 @@ import typing
 
 import gevent
 import socketio
-from socketio import packet as sio_packet
 
 from .errors import ConnectionRefused, RpcError, SbioTimeoutError
 from .namespace import RESERVED_HANDLERS
 
-__all__ = ["SocketIOServer", "NamespaceDispatcher", "CallContext", "current_call",
+__all__ = ["NamespaceDispatcher", "CallContext", "current_call",
            "ok_envelope", "error_envelope"]
 
 log = logging.getLogger(__name__)
@@ -315,146 +313,3 @@ class NamespaceDispatcher:
 def _base_exception_handler_decorator():
     from .namespace import Namespace
     return Namespace.exception_handler_decorator
-
-
-class SocketIOServer(socketio.Server):
-    """``socketio.Server`` with sbio's per-connection dispatch (see the module doc)."""
-
-    def __init__(self, sbio_server, **kwargs):
-        self.sbio_server = sbio_server
-        #: namespace name -> NamespaceDispatcher
-        self.dispatchers = {}
-        super().__init__(**kwargs)
-
-    def add_namespace_class(self, cls):
-        dispatcher = NamespaceDispatcher(self.sbio_server, cls)
-        self.dispatchers[cls.name] = dispatcher
-        if self.namespaces != "*" and cls.name not in self.namespaces:
-            self.namespaces = list(self.namespaces) + [cls.name]
-        return dispatcher
-
-    # -- overrides of python-socketio internals (pinned to python-socketio 5.x) --
-
-    def _handle_connect(self, eio_sid, namespace, data):
-        namespace = namespace or "/"
-        if namespace not in self.dispatchers and namespace not in self.handlers \
-                and namespace not in self.namespace_handlers:
-            log.info("connect to unknown namespace %s refused", _short(namespace))
-            self._send_packet(eio_sid, self.packet_class(
-                sio_packet.CONNECT_ERROR, data={"message": "Invalid namespace"},
-                namespace=namespace))
-            return
-        if self.manager.sid_from_eio_sid(eio_sid, namespace) is not None:
-            self._send_packet(eio_sid, self.packet_class(
-                sio_packet.CONNECT_ERROR, namespace=namespace,
-                data={"message": "Already connected to this namespace"}))
-            return
-        super()._handle_connect(eio_sid, namespace, data)
-
-    def _trigger_event(self, event, namespace, *args):
-        dispatcher = self.dispatchers.get(namespace)
-        if dispatcher is not None:
-            if event == "connect":
-                return dispatcher.connect(*args)
-            if event == "disconnect":
-                return dispatcher.disconnect(*args)
-        return super()._trigger_event(event, namespace, *args)
-
-    def _handle_event_internal(self, server, sid, eio_sid, data, namespace, id):
-        dispatcher = self.dispatchers.get(namespace)
-        if dispatcher is None:
-            return super()._handle_event_internal(server, sid, eio_sid, data, namespace, id)
-        event = data[0] if data else None
-        try:
-            envelope = dispatcher.handle_event(sid, event, data[1:])
-        except Exception:  # a bug in sbio itself: still answer
-            log.exception("dispatch failed (sid=%s namespace=%s event=%s)", sid, namespace, event)
-            envelope = error_envelope("internal", "internal server error")
-        if id is not None:
-            self._send_ack(eio_sid, namespace, id, envelope, sid, event)
-        elif not envelope["ok"]:
-            self.push_error(eio_sid, namespace, event, envelope["error"])
-
-    def _send_ack(self, eio_sid, namespace, id, envelope, sid, event):
-        pkt = self.packet_class(sio_packet.ACK, namespace=namespace, id=id, data=[envelope])
-        try:
-            encoded = pkt.encode()
-        except (TypeError, ValueError, OverflowError) as exc:
-            log.error("result of handler is not JSON-serializable (sid=%s namespace=%s "
-                      "event=%s): %s", sid, namespace, event, exc)
-            pkt = self.packet_class(
-                sio_packet.ACK, namespace=namespace, id=id,
-                data=[error_envelope("internal", "the handler returned a value that "
-                                     "cannot be sent as JSON")])
-            encoded = pkt.encode()
-        self._send_encoded(eio_sid, encoded)
-
-    def _send_encoded(self, eio_sid, encoded):
-        if isinstance(encoded, list):
-            for part in encoded:
-                self.eio.send(eio_sid, part)
-        else:
-            self.eio.send(eio_sid, encoded)
-
-    def push_error(self, eio_sid, namespace, event, error):
-        """Send ``sbio:error`` ``{"event", "code", "message"}`` to one connection."""
-        body = {"event": event if isinstance(event, str) else None}
-        body.update(error)
-        self._send_packet(eio_sid, self.packet_class(
-            sio_packet.EVENT, namespace=namespace, data=[ERROR_EVENT, body]))
-
-    def _handle_eio_message(self, eio_sid, data):
-        try:
-            super()._handle_eio_message(eio_sid, data)
-        except Exception as exc:
-            # Handlers never raise here (connect is wrapped; events run in their
-            # own greenlets): what does is a packet python-socketio cannot use.
-            self._bad_packet(eio_sid, data, exc)
-
-    def _handle_event(self, eio_sid, namespace, id, data):
-        if type(data) is not list or not data:
-            namespace = namespace or "/"
-            problem = {"code": "bad_request",
-                       "message": "malformed packet: an event is a non-empty JSON array"}
-            sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
-            log.warning("malformed event packet from %s (namespace %s)", sid or eio_sid,
-                        _short(namespace))
-            if sid is None or namespace not in self.dispatchers:
-                return
-            if id is not None:
-                self._send_ack(eio_sid, namespace, id, {"ok": False, "error": problem},
-                               sid, None)
-            else:
-                self.push_error(eio_sid, namespace, None, problem)
-            return
-        super()._handle_event(eio_sid, namespace, id, data)
-
-    def _handle_ack(self, eio_sid, namespace, id, data):
-        # python-socketio keeps its ack-id counter under id 0: a client ack
-        # with id 0 (or without an id) would corrupt it.
-        if not id or type(data) is not list:
-            log.warning("ignoring a malformed ack packet from %s (id %r)", eio_sid, id)
-            return
-        super()._handle_ack(eio_sid, namespace, id, data)
-
-    _PACKET_NAMESPACE = re.compile(r"\d(?:\d+-)?(/[^,]*),")
-
-    def _bad_packet(self, eio_sid, data, exc):
-        """A packet that does not decode: tell the client if we know its namespace."""
-        namespace = "/"
-        if isinstance(data, str):
-            match = self._PACKET_NAMESPACE.match(data)
-            if match:
-                namespace = match.group(1)
-        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
-        log.warning("malformed packet from %s (namespace %s): %s", sid or eio_sid,
-                    _short(namespace), exc)
-        if sid is not None and namespace in self.dispatchers:
-            self.push_error(eio_sid, namespace, None, {
-                "code": "bad_request", "message": f"malformed packet: {exc}"})
-
-    def _handle_eio_disconnect(self, eio_sid, reason):
-        try:
-            super()._handle_eio_disconnect(eio_sid, reason)
-        finally:
-            self.sbio_server._connection_sessions.pop(eio_sid, None)

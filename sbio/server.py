@@ -11,8 +11,6 @@ else::
 """
 import logging
 import secrets
-import socket
-import struct
 import time
 
 import gevent
@@ -20,189 +18,13 @@ import gevent.event
 import socketio
 from flask import Flask, render_template_string
 from gevent.pywsgi import LoggingLogAdapter, WSGIServer
-from geventwebsocket.handler import WebSocketHandler
-from geventwebsocket.websocket import Header, WebSocket
 
-from .dispatch import SocketIOServer
+from .adapter import SocketIOServer, close_transports, websocket_handler_class
 from .namespace import Namespace
 
 __all__ = ["Server"]
 
 log = logging.getLogger(__name__)
-
-
-#: First characters of Engine.IO v4 text packets (open ... noop).
-_EIO_PACKET_TYPES = frozenset("0123456")
-
-
-class MessageTooBig(Exception):
-    """An incoming websocket message is larger than the configured limit."""
-
-
-def _unmask(mask, payload):
-    """XOR *payload* with the 4-byte websocket *mask* (one big-integer XOR, not a byte loop)."""
-    length = len(payload)
-    key = (bytes(mask) * (length // 4 + 1))[:length]
-    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(
-        length, "little")
-
-
-class _LimitedWebSocket(WebSocket):
-    """gevent-websocket's WebSocket, with a size limit and the hot spots in C.
-
-    * gevent-websocket reads a whole frame before anyone can look at its
-      size; this checks the frame header first, so an oversize message is
-      refused before it is read, with close code 1009 ("message too big") and
-      a reason naming the limit.
-    * Unmasking is one big-integer XOR instead of a Python loop over bytes,
-      and UTF-8 is checked once by ``bytes.decode`` instead of gevent-websocket's
-      pure-Python validator (an invalid text message still closes with 1007).
-      Measured with ``bench/``: together about a fifth of the server's CPU per
-      small message.
-    * ``close(code)`` sends its code (gevent-websocket's drops it).
-    """
-
-    # WebSocket has __slots__: the limit is a class attribute of a per-server
-    # subclass, and the running byte count lives on the (per-connection) handler.
-    __slots__ = ()
-    max_message_size = None
-
-    def read_frame(self):
-        header = Header.decode_header(self.stream)
-        handler = self.handler
-        if header.opcode in (self.OPCODE_TEXT, self.OPCODE_BINARY):
-            handler.sbio_message_bytes = 0
-        if header.opcode in (self.OPCODE_TEXT, self.OPCODE_BINARY, self.OPCODE_CONTINUATION):
-            handler.sbio_message_bytes += header.length
-            if handler.sbio_message_bytes > self.max_message_size:
-                raise MessageTooBig(handler.sbio_message_bytes)
-        if header.flags:
-            from geventwebsocket.exceptions import ProtocolError
-            raise ProtocolError
-        if not header.length:
-            return header, b""
-        payload = self.raw_read(header.length)
-        if len(payload) != header.length:
-            from geventwebsocket.exceptions import WebSocketError
-            raise WebSocketError("Unexpected EOF reading frame payload")
-        if header.mask:
-            payload = _unmask(header.mask, payload)
-        return header, payload
-
-    def validate_utf8(self, payload):
-        """No per-frame check: ``_decode_bytes`` validates the whole message (in C)."""
-
-    def _decode_bytes(self, bytestring):
-        return bytestring.decode("utf-8") if bytestring else ""
-
-    def close(self, code=1000, message=b""):
-        if self.closed:
-            return
-        if isinstance(message, bytes):
-            message = message.decode("utf-8", "replace")
-        self.close_with(code, message or "")
-
-    def receive(self):
-        try:
-            message = super().receive()
-        except MessageTooBig as exc:
-            reason = f"message too big: {exc.args[0]} bytes, limit {self.max_message_size}"
-            log.info("closing websocket from %s: %s",
-                     self.environ.get("REMOTE_ADDR"), reason)
-            sock = getattr(self.handler, "socket", None)
-            self.close_with(1009, reason)
-            self._drain(sock)
-            return None
-        if isinstance(message, str) and (not message or message[0] not in _EIO_PACKET_TYPES):
-            # Engine.IO would raise on it outside its own error handling and
-            # leave the connection's namespaces alive until the ping timeout.
-            log.info("closing websocket from %s: not an Engine.IO packet: %r",
-                     self.environ.get("REMOTE_ADDR"), message[:40])
-            self.close_with(1002, "not an Engine.IO packet")
-            return None
-        return message
-
-    def _drain(self, sock, seconds=2.0, max_bytes=16 * 1024 * 1024):
-        """Read and discard what the client is still sending, briefly.
-
-        Closing a socket with unread input makes the kernel reset the
-        connection, and the client may lose the close frame (and its reason)
-        with it. A bounded lingering read, as HTTP servers do, avoids that.
-        """
-        if sock is None:
-            return
-        drained = 0
-        with gevent.Timeout(seconds, False):
-            while drained < max_bytes:
-                try:
-                    chunk = sock.recv(65536)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                drained += len(chunk)
-
-    def close_with(self, code, reason):
-        """Send a close frame with *code* and *reason*, then close.
-
-        (gevent-websocket's own ``close`` drops the code.)
-        """
-        from geventwebsocket.exceptions import WebSocketError
-
-        try:
-            payload = struct.pack("!H", code) + reason.encode("utf-8")[:123]
-            self.send_frame(payload, opcode=self.OPCODE_CLOSE)
-        except WebSocketError:
-            log.debug("could not send the close frame", exc_info=True)
-        finally:
-            self.closed = True
-            self.stream = None
-            self.raw_write = None
-            self.raw_read = None
-
-
-class _SbioWebSocketHandler(WebSocketHandler):
-    """gevent-websocket's handler, using :class:`_LimitedWebSocket`."""
-
-    #: a per-server subclass of _LimitedWebSocket carrying the limit
-    websocket_class = None
-    #: the Engine.IO server whose origin policy applies
-    engineio_server = None
-    #: set TCP_NODELAY on each accepted socket (``server.tcp_nodelay``)
-    tcp_nodelay = False
-    sbio_message_bytes = 0
-
-    def handle(self):
-        # Once per accepted connection. Without TCP_NODELAY, Nagle's algorithm
-        # holds a small write while an earlier one is unacknowledged, and the
-        # client delays its ACK (up to 40 ms): a connection that gets several
-        # messages in a row (broadcasts, an update after an ack) stalls.
-        if self.tcp_nodelay:
-            try:
-                self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:  # the peer is already gone; nothing to tune
-                pass
-        return super().handle()
-
-    def run_application(self):
-        # gevent-websocket upgrades before the application runs, so Engine.IO's
-        # origin check could only close the socket after a 101. Check first:
-        # without the Upgrade header the request reaches Engine.IO as plain
-        # HTTP and gets its "400 Not an accepted origin" answer.
-        environ = self.environ
-        origin = environ.get("HTTP_ORIGIN")
-        eio = self.engineio_server
-        if origin and eio is not None and environ.get("HTTP_UPGRADE", "").lower() == "websocket" \
-                and eio.cors_allowed_origins != []:
-            allowed = eio._cors_allowed_origins(environ)
-            if allowed is not None and origin not in allowed:
-                del environ["HTTP_UPGRADE"]
-        return super().run_application()
-
-    def run_websocket(self):
-        if self.websocket_class is not None and type(self.websocket) is WebSocket:
-            self.websocket.__class__ = self.websocket_class
-        return super().run_websocket()
 
 
 _INDEX = """<!doctype html>
@@ -488,11 +310,9 @@ class Server:
         if self._wsgi_server is not None:
             raise RuntimeError("this Server has been stopped and cannot be started again; "
                                "create a new Server")
-        websocket_class = type("SbioWebSocket", (_LimitedWebSocket,),
-                               {"__slots__": (), "max_message_size": self.max_message_size})
-        handler = type("SbioWebSocketHandler", (_SbioWebSocketHandler,),
-                       {"websocket_class": websocket_class, "engineio_server": self.sio.eio,
-                        "tcp_nodelay": bool(self.config["server"].get("tcp_nodelay", True))})
+        handler = websocket_handler_class(
+            self.max_message_size, self.sio.eio,
+            tcp_nodelay=bool(self.config["server"].get("tcp_nodelay", True)))
         self._wsgi_server = WSGIServer(
             (self.host, self._port), self.wsgi_app, handler_class=handler,
             log=LoggingLogAdapter(logging.getLogger("sbio.access"), logging.DEBUG),
@@ -567,16 +387,7 @@ class Server:
         clients never to reconnect. Not Engine.IO's ``disconnect()`` either: it
         waits without a bound for a long-polling client to fetch its CLOSE.
         """
-        eio = self.sio.eio
-        sockets, eio.sockets = list(eio.sockets.values()), {}
-        for sock in sockets:
-            try:
-                sock.close(wait=False, reason=eio.reason.SERVER_DISCONNECT)
-            except Exception:
-                log.exception("closing connection %s at shutdown failed", sock.sid)
-        with gevent.Timeout(timeout, False):
-            for sock in sockets:
-                sock.queue.join()
+        close_transports(self.sio, timeout)
 
     def serve_forever(self):
         """Start and block until :meth:`stop` is called (e.g. from a signal handler)."""

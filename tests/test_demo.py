@@ -1,12 +1,14 @@
 """The bundled demo application (namespaces/board): in-process, then through `sbio run`."""
 import functools
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 
+import gevent
 import pytest
 import requests
 
@@ -44,6 +46,16 @@ def login(sbio_client, db):
         client.call("login", user, "secret")
         return client
     return make
+
+
+@pytest.fixture(autouse=True)
+def failed_logins():
+    """The per-user table of failed logins, empty for each test and after it."""
+    from board.namespace import failed_logins
+
+    failed_logins.clear()
+    yield failed_logins
+    failed_logins.clear()
 
 
 # -- logging in ----------------------------------------------------------------------
@@ -84,6 +96,155 @@ def test_login_token_logs_a_new_connection_in(sbio_client, db):
     again.call("logout", me["token"])                                  # the token is gone
     assert again.call("whoami") is None
     assert sbio_client(BoardNamespace, auth={"token": me["token"]}).call("whoami") is None
+
+
+def test_logout_leaves_the_board_room_and_ends_subscriptions(login):
+    ann, bob, watcher = login("ann"), login("bob"), login("ann")
+    for client in (ann, bob, watcher):
+        client.call("open_board", "main")
+    watcher_cards = watcher.subscribe("cards", "main")
+    bob.subscribe("cards", "main")
+    bob.subscribe("stats")
+    broadcaster = bob.server.live.broadcaster("/board")
+    assert len(broadcaster.subscriptions_of(bob.sid)) == 2
+
+    assert bob.call("logout") is None
+    assert broadcaster.subscriptions_of(bob.sid) == {}
+    assert bob.call("whoami") is None
+    seen = len(bob.received())
+    ann.call("add_card", "main", "secret plans")
+    assert watcher.receive("activity") == [{"user": "ann", "text": "added “secret plans”"}]
+    assert [c["title"] for c in watcher_cards.wait_update()] == ["secret plans"]
+    assert bob.received()[seen:] == []                  # neither the activity nor the cards
+
+
+def test_login_tokens_expire(sbio_client, db, monkeypatch):
+    from datetime import timedelta
+
+    from sqlalchemy import select, update
+
+    from board.models import Login, utcnow
+
+    def issued_ago(token, **age):
+        with Session() as s:
+            s.execute(update(Login).filter_by(token=token)
+                      .values(created=utcnow() - timedelta(**age)))
+
+    def user_of(token):
+        return sbio_client(BoardNamespace, auth={"token": token}).call("whoami")
+
+    assert board.config["login.token_lifetime"] == 7 * 24 * 3600      # the default: a week
+    token = sbio_client(BoardNamespace).call("login", "ann", "secret")["token"]
+    issued_ago(token, days=6, hours=23)
+    assert user_of(token) == "ann"
+    monkeypatch.setitem(board.config, "login.token_lifetime", 24 * 3600)
+    assert user_of(token) is None                                     # older than a day
+    monkeypatch.undo()
+    issued_ago(token, days=7, minutes=1)
+    assert user_of(token) is None                                     # older than a week
+
+    sbio_client(BoardNamespace).call("login", "bob", "secret")        # a login forgets expired ones
+    with Session() as s:
+        assert token not in set(s.scalars(select(Login.token)))
+
+
+def test_logout_revokes_only_the_callers_own_token(sbio_client, db):
+    ann, bob = sbio_client(BoardNamespace), sbio_client(BoardNamespace)
+    ann_token = ann.call("login", "ann", "secret")["token"]
+    bob_token = bob.call("login", "bob", "secret")["token"]
+    with pytest.raises(CallError) as err:
+        ann.call("logout", bob_token)
+    assert err.value.code == "not_your_token"
+    assert "nothing was revoked" in err.value.message
+    assert ann.call("whoami") is None                      # ann is logged out all the same
+    assert sbio_client(BoardNamespace, auth={"token": bob_token}).call("whoami") == "bob"
+    with pytest.raises(CallError) as err:                  # an unknown token: the same answer
+        bob.call("logout", "A" * 43)
+    assert err.value.code == "not_your_token"
+
+    again = sbio_client(BoardNamespace, auth={"token": ann_token})
+    assert again.call("whoami") == "ann"
+    assert again.call("logout", ann_token) is None                     # one's own: revoked
+    assert sbio_client(BoardNamespace, auth={"token": ann_token}).call("whoami") is None
+
+
+MALFORMED_TOKENS = [["a" * 43], {"token": "a" * 43}, 43, 4.5, True,
+                    "a" * 65, "a" * 43 + "\n", "not a token!"]
+
+
+@pytest.mark.parametrize("token", MALFORMED_TOKENS, ids=repr)
+def test_a_malformed_token_is_a_bad_request(sbio_client, db, caplog, token):
+    from sbio import ConnectionRefused
+
+    with pytest.raises(ConnectionRefused) as refused:
+        sbio_client(BoardNamespace, auth={"token": token})
+    assert refused.value.data == {"code": "bad_request"}
+    ann = sbio_client(BoardNamespace)
+    ann.call("login", "ann", "secret")
+    with pytest.raises(CallError) as err:
+        ann.call("logout", token)
+    assert err.value.code == "bad_request"
+    assert ann.call("whoami") == "ann"                     # a bad request changes nothing
+    assert [r for r in caplog.records if r.exc_info or r.levelname in ("ERROR", "CRITICAL")] == []
+
+
+def test_login_attempts_are_throttled_per_user(sbio_client, db, failed_logins):
+    guesser = [sbio_client(BoardNamespace) for _ in range(5)]
+    for client in guesser:                                 # 5 failures from 5 connections
+        with pytest.raises(CallError) as err:
+            client.call("login", "ann", "guess")
+        assert err.value.code == "bad_credentials"
+    for client in [guesser[0], sbio_client(BoardNamespace)]:
+        with pytest.raises(CallError) as err:
+            client.call("login", "ann", "secret")                     # even the right password
+        assert err.value.code == "rate_limited"
+        assert re.fullmatch(r"Too many failed logins: try again in \d+ s\.", err.value.message)
+    assert sbio_client(BoardNamespace).call("login", "bob", "secret")["user"] == "bob"
+
+
+def test_login_attempts_are_throttled_per_connection(sbio_client, db, failed_logins):
+    sprayer = sbio_client(BoardNamespace)
+    for name in ["ann", "bob", "carol", "dave", "eve"]:               # one guess per user name
+        with pytest.raises(CallError) as err:
+            sprayer.call("login", name, "guess")
+        assert err.value.code == "bad_credentials"
+    with pytest.raises(CallError) as err:
+        sprayer.call("login", "bob", "secret")
+    assert err.value.code == "rate_limited"
+    assert sbio_client(BoardNamespace).call("login", "bob", "secret")["user"] == "bob"
+
+
+def test_a_login_resets_the_count_and_the_window_ends(sbio_client, db, failed_logins, monkeypatch):
+    c = sbio_client(BoardNamespace)
+    for _ in range(2):
+        for _ in range(4):
+            with pytest.raises(CallError) as err:
+                c.call("login", "ann", "guess")
+            assert err.value.code == "bad_credentials"
+        c.call("login", "ann", "secret")                              # resets both counts
+    monkeypatch.setitem(board.config, "login.window", 0.5)
+    for _ in range(5):
+        with pytest.raises(CallError):
+            c.call("login", "ann", "guess")
+    with pytest.raises(CallError) as err:
+        c.call("login", "ann", "secret")
+    assert err.value.code == "rate_limited"
+    gevent.sleep(0.6)                                                 # the window is over
+    assert c.call("login", "ann", "secret")["user"] == "ann"
+
+
+def test_failed_logins_are_remembered_for_a_bounded_number_of_users(
+        sbio_client, db, failed_logins, monkeypatch):
+    assert board.config["login.max_users"] == 10000                   # the default
+    monkeypatch.setitem(board.config, "login.max_users", 20)
+    for n in range(100):                                              # a spray over 100 user names
+        client = sbio_client(BoardNamespace)
+        with pytest.raises(CallError):
+            client.call("login", f"user{n}", "guess")
+        client.disconnect()
+    assert len(failed_logins) == 20
+    assert "user99" in failed_logins and failed_logins.retry_after("user99") == 0
+    assert "user0" not in failed_logins                               # the oldest went first
 
 
 # -- cards --------------------------------------------------------------------------

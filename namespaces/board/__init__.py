@@ -7,6 +7,7 @@ step in docs/tutorial.md:
 * ``models.py``       SQLAlchemy models and the session manager (:mod:`sbio.sa`);
 * ``namespace.py``    the ``/board`` namespace: login and ACL, live subscriptions,
                       per-board channels and rooms;
+* ``throttle.py``     counting failed logins per user name and per connection;
 * ``tasks.py``        a :class:`sbio.DaemonTask` refreshing the statistics;
 * ``pages.py``        the Flask blueprint serving the page, ``templates/board.html``
                       (with ``static/board.js`` and ``static/demo.css``).

@@ -2,9 +2,9 @@
 import re
 import secrets
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import Column, ForeignKey, String, select
+from sqlalchemy import Column, ForeignKey, String, delete, select
 from sqlalchemy.orm import relationship
 
 from sbio import RpcError
@@ -51,6 +51,19 @@ class Session(SessionManager):
             if board is None:
                 raise RpcError("no_such_board", f"there is no board {name!r}")
             return board
+
+        def login(self, token):
+            """The ``Login`` of *token*, or None if there is none or it expired."""
+            return self.scalars(select(Login).filter(Login.token == token,
+                                                     Login.created > token_cutoff())).first()
+
+        def forget_expired_logins(self):
+            self.execute(delete(Login).filter(Login.created <= token_cutoff()))
+
+
+def token_cutoff():
+    """When the oldest login token still valid was issued (``login.token_lifetime`` ago)."""
+    return utcnow() - timedelta(seconds=config["login.token_lifetime"])
 
 
 BOARD_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,29}$")

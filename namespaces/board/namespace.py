@@ -1,12 +1,15 @@
 """The ``/board`` namespace: everything a browser can ask the board for."""
+import math
+import re
 import uuid
 
 from sqlalchemy import delete, func, select
 
-from sbio import Namespace, RpcError, notifies, subscribes
+from sbio import ConnectionRefused, Namespace, RpcError, notifies, subscribes
 
 from . import config
 from .models import BOARD_NAME, Board, Card, Login, Session, seed
+from .throttle import Throttle
 
 #: user name -> password, from the configuration ("ann:secret" pairs).
 USERS = dict(pair.split(":", 1) for pair in config["board.users"])
@@ -17,6 +20,23 @@ COLUMNS = list(config["board.columns"])
 online = {}
 #: What tasks.refresh_stats computed last (read by on_stats).
 STATS = {}
+
+#: What a login token looks like (``secrets.token_urlsafe(32)`` makes 43 characters).
+TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def is_token(token):
+    return isinstance(token, str) and TOKEN.fullmatch(token) is not None
+
+
+def login_throttle(max_keys):
+    """A :class:`Throttle` of failed logins with the ``[login]`` limits."""
+    return Throttle(max_failures=lambda: config["login.max_failures"],
+                    window=lambda: config["login.window"], max_keys=max_keys)
+
+
+#: Failed logins per user name in this process; each connection counts its own too.
+failed_logins = login_throttle(max_keys=lambda: config["login.max_users"])
 
 
 class BoardNamespace(Namespace):
@@ -37,12 +57,15 @@ class BoardNamespace(Namespace):
         return ["on_login", "on_whoami"]     # everything else waits for the login
 
     def on_connect(self, auth):
+        self.session["failed_logins"] = login_throttle(max_keys=lambda: 1)
         # A browser that logged in before (and reconnects, or reloads the
         # page) sends its token in the handshake: no need to log in again.
         token = auth.get("token") if isinstance(auth, dict) else None
-        if token:
+        if token is not None and token != "":
+            if not is_token(token):
+                raise ConnectionRefused("malformed login token", {"code": "bad_request"})
             with Session() as s:
-                login = s.scalars(select(Login).filter_by(token=token)).first()
+                login = s.login(token)       # None if unknown or expired
             if login is not None:
                 self._logged_in(login.user)
 
@@ -50,9 +73,20 @@ class BoardNamespace(Namespace):
         online.pop(self.sid, None)
 
     def on_login(self, username: str, password: str):
+        user_key = username[:40]             # a user name has at most 40 characters
+        mine = self.session["failed_logins"]
+        wait = max(failed_logins.retry_after(user_key), mine.retry_after(None))
+        if wait:
+            raise RpcError("rate_limited",
+                           f"Too many failed logins: try again in {math.ceil(wait)} s.")
         if USERS.get(username) != password:
+            failed_logins.failed(user_key)
+            mine.failed(None)
             raise RpcError("bad_credentials", "Wrong user name or password.")
+        failed_logins.succeeded(user_key)
+        mine.succeeded(None)
         with Session() as s:
+            s.forget_expired_logins()
             login = Login(user=username)
             s.add(login)
         self._logged_in(username)
@@ -67,12 +101,24 @@ class BoardNamespace(Namespace):
         return self.session.get("user")
 
     def on_logout(self, token: str = ""):
-        if token:
-            with Session() as s:
-                s.execute(delete(Login).filter_by(token=token))
+        """Log this connection out, and revoke *token* if it is one of this user's."""
+        if token and not is_token(token):
+            raise RpcError("bad_request", "A login token is the string login() returned.")
+        user = self.session.get("user")
         self.session["user"] = None
         online.pop(self.sid, None)
         self.reset_acl()
+        for room in self.rooms():            # no more activity messages
+            if room != self.sid:
+                self.leave_room(room)
+        # and no more pushes: the page subscribes again after the next login
+        self.server.live.broadcaster(self.namespace).drop_connection(self.sid)
+        if token:
+            with Session() as s:
+                revoked = s.execute(delete(Login).filter_by(token=token, user=user)).rowcount
+            if not revoked:
+                raise RpcError("not_your_token", "You are logged out, but that token is not "
+                               "one of yours: nothing was revoked.")
 
     # -- boards ------------------------------------------------------------------------
 

@@ -50,4 +50,7 @@ class Chat(Namespace):
     def on_logout(self):
         self.session["user"] = None
         self.reset_acl()
+        for room in self.rooms():  # no more messages of any room
+            if room != self.sid:
+                self.leave_room(room)
         return None

@@ -247,6 +247,26 @@ def test_failed_logins_are_remembered_for_a_bounded_number_of_users(
     assert "user0" not in failed_logins                               # the oldest went first
 
 
+def test_chat_logout_leaves_every_room(sbio_server, live_client):
+    import chat                                           # namespaces/chat.py, over a real socket
+
+    server = sbio_server(chat.Chat)
+    ann, bob = live_client(server, "/chat"), live_client(server, "/chat")
+    for client, user in [(ann, "ann"), (bob, "bob")]:
+        client.call("login", user, "secret")
+        client.call("join", "lobby")
+        client.call("join", "ops")
+    assert bob.call("logout") is None
+    assert server.sio.rooms(bob.sid, namespace="/chat") == [bob.sid]
+    seen = len(bob.received())
+    ann.call("say", "lobby", "card titles and other secrets")
+    ann.call("say", "ops", "more of them")
+    assert ann.receive("message", count=2)[0]["text"] == "more of them"
+    ann.call("whoami")                                    # a round trip after the messages
+    bob.call_envelope("whoami")
+    assert bob.received()[seen:] == []
+
+
 # -- cards --------------------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ else::
     from gevent import monkey; monkey.patch_all()
     import sbio
 """
+import functools
 import logging
 import secrets
 import time
@@ -16,7 +17,7 @@ import time
 import gevent
 import gevent.event
 import socketio
-from flask import Flask, render_template_string
+from flask import Flask, abort, render_template_string, send_from_directory
 from gevent.pywsgi import LoggingLogAdapter, WSGIServer
 
 from .adapter import SocketIOServer, close_transports, websocket_handler_class
@@ -48,6 +49,39 @@ a { color: #2563eb; } .muted { color: #6b7280; }
 
 def _first_line(text):
     return (text or "").strip().split("\n")[0]
+
+
+#: Headers added to every HTTP answer that does not set them itself (``server.security_headers``).
+SECURITY_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Content-Security-Policy", "frame-ancestors 'none'"),
+    ("Referrer-Policy", "same-origin"),
+)
+
+#: Files the default app never serves from ``static_dir``, in any directory.
+_STATIC_REFUSED_FILES = frozenset({"package.json", "package-lock.json", "npm-shrinkwrap.json",
+                                   "yarn.lock", "pnpm-lock.yaml"})
+#: Directories the default app never serves from (``node_modules`` but its allow-list).
+_STATIC_REFUSED_DIRS = frozenset({"node_modules", "test", "tests"})
+
+
+def _static_allowed(path, node_modules=()):
+    """True when the default app serves *path* (relative to ``server.static_dir``).
+
+    Refused: any part starting with ``.`` (dotfiles, ``..``) or empty, package
+    manifests and lock files (:data:`_STATIC_REFUSED_FILES`), and everything in
+    a ``node_modules``, ``test`` or ``tests`` directory, except the files of
+    ``node_modules/`` listed in *node_modules* (``server.static_node_modules``,
+    paths relative to ``node_modules/``).
+    """
+    parts = path.split("/")
+    if any(not part or part.startswith(".") for part in parts):
+        return False
+    if parts[0] == "node_modules" and "/".join(parts[1:]) in node_modules:
+        return True
+    return parts[-1] not in _STATIC_REFUSED_FILES and \
+        not any(part in _STATIC_REFUSED_DIRS for part in parts[:-1])
 
 
 class Server:
@@ -162,8 +196,17 @@ class Server:
         server_cfg = self.config["server"]
         static_dir = os.path.abspath(server_cfg.get("static_dir") or "static")
         templates_dir = os.path.abspath(server_cfg.get("templates_dir") or "templates")
-        app = Flask("sbio", static_folder=static_dir, static_url_path="/static",
-                    template_folder=templates_dir)
+        app = Flask("sbio", static_folder=None, template_folder=templates_dir)
+        app.config.update(SESSION_COOKIE_SAMESITE="Lax", SESSION_COOKIE_HTTPONLY=True)
+        node_modules = frozenset(server_cfg.get("static_node_modules") or ())
+
+        @app.route("/static/<path:filename>", endpoint="static")
+        def static(filename):
+            # Pages need their scripts and styles, never the manifests, tests
+            # and node_modules/ that live next to them (see _static_allowed).
+            if not _static_allowed(filename, node_modules):
+                abort(404)
+            return send_from_directory(static_dir, filename)
 
         @app.route("/")
         def index():
@@ -238,13 +281,32 @@ class Server:
         """The :class:`~sbio.dispatch.NamespaceDispatcher` of namespace *name*."""
         return self.sio.dispatchers[name]
 
+    @functools.cached_property
+    def _security_headers(self):
+        """:data:`SECURITY_HEADERS`, or none with ``server.security_headers = false``."""
+        return SECURITY_HEADERS if self.config["server"].get("security_headers", True) else ()
+
+    def _add_security_headers(self, start_response):
+        """*start_response*, adding each of :attr:`_security_headers` the answer lacks."""
+        headers = self._security_headers
+        if not headers:
+            return start_response
+
+        def add(status, response_headers, exc_info=None):
+            present = {name.lower() for name, _ in response_headers}
+            missing = [h for h in headers if h[0].lower() not in present]
+            return start_response(status, list(response_headers) + missing, exc_info)
+        return add
+
     def wsgi_app(self, environ, start_response):
         """The WSGI application: socket.io at ``/socket.io/``, the Flask app elsewhere.
 
-        A long-polling POST larger than ``server.max_message_size`` is refused
-        here with 413 before Engine.IO sees it (Engine.IO would leave such a
-        request hanging).
+        Every answer gets :data:`SECURITY_HEADERS` that it does not set
+        itself. A long-polling POST larger than ``server.max_message_size`` is
+        refused here with 413 before Engine.IO sees it (Engine.IO would leave
+        such a request hanging).
         """
+        start_response = self._add_security_headers(start_response)
         if environ.get("REQUEST_METHOD") == "POST" and \
                 environ.get("PATH_INFO", "").startswith("/socket.io"):
             try:

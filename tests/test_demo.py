@@ -12,6 +12,7 @@ import gevent
 import pytest
 import requests
 
+from sbio import ConnectionRefused
 from sbio.config import parse_config
 from sbio.server import Server
 from sbio.tasks import lifecycle
@@ -174,8 +175,6 @@ MALFORMED_TOKENS = [["a" * 43], {"token": "a" * 43}, 43, 4.5, True,
 
 @pytest.mark.parametrize("token", MALFORMED_TOKENS, ids=repr)
 def test_a_malformed_token_is_a_bad_request(sbio_client, db, caplog, token):
-    from sbio import ConnectionRefused
-
     with pytest.raises(ConnectionRefused) as refused:
         sbio_client(BoardNamespace, auth={"token": token})
     assert refused.value.data == {"code": "bad_request"}
@@ -506,6 +505,15 @@ def test_sbio_run_serves_the_demo(tmp_path, static_node_modules):
                 break
         else:
             pytest.fail("the stats task never reported ann online")
+
+        with pytest.raises(ConnectionRefused) as refused:  # a malformed token, over the wire
+            LiveClient(url, "/board", auth={"token": {"$ne": ""}}, timeout=10)
+        assert refused.value.data == {"code": "bad_request"}
+        guesser = LiveClient(url, "/board", timeout=10)
+        clients.append(guesser)
+        codes = [guesser.call_envelope("login", "bob", f"guess{n}")["error"]["code"]
+                 for n in range(7)]
+        assert codes == ["bad_credentials"] * 5 + ["rate_limited"] * 2
     finally:
         for client in clients:
             client.disconnect()

@@ -83,6 +83,7 @@
       sessionStorage.setItem(TOKEN_KEY, token);
       $("password").value = "";
       loggedIn(me.user);
+      if (current) run(conn.call("open_board", current));   // logging out left its room
     } catch (err) {
       error.textContent = err.code === "bad_credentials" ? err.message : "Cannot log in: " + err.message;
       error.hidden = false;

@@ -252,3 +252,23 @@ def test_page_comes_back_after_a_graceful_restart(pages, demo):
     add_card(bob, "live again")
     column(ann, "To do").locator(".card", has_text="live again").wait_for()
     assert pages.problems == []
+
+
+def test_log_out_and_in_again_on_the_same_page(pages):
+    ann = pages.login("ann", "ann")
+    bob = pages.login("bob", "bob")
+    ann.click("#logout")
+    ann.wait_for_selector("#login-view:not([hidden])")
+    add_card(bob, "while ann was out")                      # the logged-out page gets nothing
+    column(bob, "To do").locator(".card", has_text="while ann was out").wait_for()
+
+    ann.fill("#username", "ann")
+    ann.fill("#password", "secret")
+    ann.click("#login-form button[type=submit]")
+    ann.wait_for_selector("#board-view:not([hidden])")
+    column(ann, "To do").locator(".card", has_text="while ann was out").wait_for()
+    add_card(bob, "ann is back")                            # subscriptions and room again
+    column(ann, "To do").locator(".card", has_text="ann is back").wait_for()
+    ann.wait_for_selector("#activity >> text=bob added “ann is back”")
+    assert ann.locator("#activity >> text=while ann was out").count() == 0
+    assert pages.problems == []

@@ -213,6 +213,16 @@ def test_login_attempts_are_throttled_per_connection(sbio_client, db, failed_log
     assert sbio_client(BoardNamespace).call("login", "bob", "secret")["user"] == "bob"
 
 
+def test_throttling_is_logged_once_not_per_guess(sbio_client, db, caplog):
+    c = sbio_client(BoardNamespace)
+    for _ in range(20):
+        with pytest.raises(CallError):
+            c.call("login", "ann", "guess")
+    warnings = [r.getMessage() for r in caplog.records if r.name == "board.namespace"]
+    assert warnings == ["5 failed logins as 'ann' within 60.0 s: throttled",
+                        f"5 failed logins on connection {c.sid} within 60.0 s: throttled"]
+
+
 def test_a_login_resets_the_count_and_the_window_ends(sbio_client, db, failed_logins, monkeypatch):
     c = sbio_client(BoardNamespace)
     for _ in range(2):
@@ -233,7 +243,7 @@ def test_a_login_resets_the_count_and_the_window_ends(sbio_client, db, failed_lo
 
 
 def test_failed_logins_are_remembered_for_a_bounded_number_of_users(
-        sbio_client, db, failed_logins, monkeypatch):
+        sbio_client, db, failed_logins, monkeypatch, caplog):
     assert board.config["login.max_users"] == 10000                   # the default
     monkeypatch.setitem(board.config, "login.max_users", 20)
     for n in range(100):                                              # a spray over 100 user names
@@ -244,6 +254,8 @@ def test_failed_logins_are_remembered_for_a_bounded_number_of_users(
     assert len(failed_logins) == 20
     assert "user99" in failed_logins and failed_logins.retry_after("user99") == 0
     assert "user0" not in failed_logins                               # the oldest went first
+    assert [r.getMessage() for r in caplog.records if r.name == "board.namespace"] == [
+        "failed logins of more than 20 user names: forgetting the oldest"]        # once
 
 
 def test_chat_logout_leaves_every_room(sbio_server, live_client):

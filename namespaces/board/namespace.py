@@ -1,4 +1,5 @@
 """The ``/board`` namespace: everything a browser can ask the board for."""
+import logging
 import math
 import re
 import uuid
@@ -10,6 +11,8 @@ from sbio import ConnectionRefused, Namespace, RpcError, notifies, subscribes
 from . import config
 from .models import BOARD_NAME, Board, Card, Login, Session, seed
 from .throttle import Throttle
+
+log = logging.getLogger(__name__)
 
 #: user name -> password, from the configuration ("ann:secret" pairs).
 USERS = dict(pair.split(":", 1) for pair in config["board.users"])
@@ -80,8 +83,7 @@ class BoardNamespace(Namespace):
             raise RpcError("rate_limited",
                            f"Too many failed logins: try again in {math.ceil(wait)} s.")
         if USERS.get(username) != password:
-            failed_logins.failed(user_key)
-            mine.failed(None)
+            self._failed_login(user_key)
             raise RpcError("bad_credentials", "Wrong user name or password.")
         failed_logins.succeeded(user_key)
         mine.succeeded(None)
@@ -91,6 +93,18 @@ class BoardNamespace(Namespace):
             s.add(login)
         self._logged_in(username)
         return {"user": username, "token": login.token}
+
+    def _failed_login(self, user_key):
+        """Count a failed login; log once when a user name or this connection has to wait."""
+        failures, window = config["login.max_failures"], config["login.window"]
+        if failed_logins.failed(user_key):
+            log.warning("%d failed logins as %r within %s s: throttled", failures, user_key, window)
+        if self.session["failed_logins"].failed(None):
+            log.warning("%d failed logins on connection %s within %s s: throttled",
+                        failures, self.sid, window)
+        if failed_logins.evicted == 1:
+            log.warning("failed logins of more than %d user names: forgetting the oldest",
+                        config["login.max_users"])
 
     def _logged_in(self, username):
         self.session["user"] = username

@@ -18,6 +18,8 @@ class Throttle:
         self.max_failures, self.window, self.max_keys = max_failures, window, max_keys
         self.clock = clock
         self._failures = OrderedDict()     # key -> [time of the first failure, count]
+        #: keys forgotten because the table was full
+        self.evicted = 0
 
     def __len__(self):
         return len(self._failures)
@@ -37,7 +39,7 @@ class Throttle:
         return left if entry[1] >= self.max_failures() else 0
 
     def failed(self, key):
-        """Count a failed attempt of *key*."""
+        """Count a failed attempt of *key*; True if this one makes it wait."""
         now = self.clock()
         entry = self._failures.pop(key, None)
         if entry is None or now - entry[0] >= self.window():
@@ -46,6 +48,8 @@ class Throttle:
         self._failures[key] = entry        # the most recent failure goes last
         while len(self._failures) > self.max_keys():
             self._failures.popitem(last=False)
+            self.evicted += 1
+        return entry[1] == self.max_failures()
 
     def succeeded(self, key):
         """Forget *key*'s failures."""
@@ -53,3 +57,4 @@ class Throttle:
 
     def clear(self):
         self._failures.clear()
+        self.evicted = 0

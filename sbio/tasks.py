@@ -9,7 +9,9 @@
 * :data:`stopped` -- a :class:`gevent.event.Event`, set while the server is not
   running;
 * :class:`Lifecycle` -- the object that owns all of the above; :data:`lifecycle`
-  is the process-wide instance the server starts and stops.
+  is the module-level instance where module-level declarations go, and that
+  a :class:`~sbio.Server` made without ``lifecycle=`` starts (unless it runs
+  already) and stops (only if that server started it).
 
 Rules this module keeps (see ``docs/tasks.md``):
 
@@ -24,6 +26,7 @@ Rules this module keeps (see ``docs/tasks.md``):
   ``print``); a failing task keeps running.
 """
 import contextlib
+import contextvars
 import itertools
 import logging
 import queue as _stdlib_queue
@@ -49,6 +52,7 @@ __all__ = [
     "on_shutdown",
     "stopped",
     "default_waiter",
+    "current_lifecycle",
     "DEFAULT_PRIORITY",
 ]
 
@@ -58,6 +62,22 @@ logger = logging.getLogger(__name__)
 DEFAULT_PRIORITY = 50
 
 _STOPPED, _STARTING, _RUNNING, _STOPPING = "stopped", "starting", "running", "stopping"
+
+# The Lifecycle whose task, caller or hook runs in this greenlet: set at the top
+# of each task/caller greenlet (a new greenlet starts with an empty context) and
+# around each hook call. sbio.live.notify() reads it to find its server(s).
+_current_lifecycle = contextvars.ContextVar("sbio_current_lifecycle", default=None)
+
+
+def current_lifecycle():
+    """The :class:`Lifecycle` whose task, caller or hook is running in this greenlet, or None."""
+    return _current_lifecycle.get()
+
+
+def _run_as(lifecycle, func, *args):
+    """Call *func* in this (new) greenlet with *lifecycle* as its current lifecycle."""
+    _current_lifecycle.set(lifecycle)
+    return func(*args)
 
 
 class LifecycleError(SbioError):
@@ -161,7 +181,7 @@ class _Service:
         self._state = _RUNNING
         self._on_start()
         for i in range(self.threads):
-            greenlet = self._group.spawn(self._run_greenlet)
+            greenlet = self._group.spawn(_run_as, self.lifecycle, self._run_greenlet)
             greenlet.name = f"{self.name}[{i}]" if self.threads > 1 else self.name
         logger.debug("%s %r started with %d greenlet(s)", self.kind, self.name, self.threads)
 
@@ -413,7 +433,7 @@ class DaemonTask(_Service):
         ttl = lease.ttl
         margin = min(1.0, ttl / 10)
         renew_every = ttl / 3
-        worker = self._group.spawn(self._loop, stop)
+        worker = self._group.spawn(_run_as, self.lifecycle, self._loop, stop)
         worker.name = f"{self.name}[singleton]"
         next_renew = time.monotonic() + renew_every
         renew_failing = False
@@ -798,6 +818,10 @@ class Lifecycle:
             if self._state == _RUNNING:
                 self._run_startup_hook(hook)
 
+    def has_hooks(self, key):
+        """Whether hooks registered with ``add_hooks(..., key=key)`` are here."""
+        return key in self._components
+
     def remove_hooks(self, key):
         """Forget the hooks registered with ``add_hooks(..., key=key)``; ``True`` if any were."""
         component = self._components.pop(key, None)
@@ -867,6 +891,7 @@ class Lifecycle:
 
     def _run_startup_hook(self, hook):
         logger.debug("%s: startup hook %s (priority %s)", self.name, hook.name, hook.priority)
+        token = _current_lifecycle.set(self)
         try:
             hook.func()
         except Exception as exc:
@@ -875,6 +900,8 @@ class Lifecycle:
                 f"{type(exc).__name__}: {exc}",
                 hook=hook.name,
             ) from exc
+        finally:
+            _current_lifecycle.reset(token)
         hook.component.started = True
 
     def _abort_start(self, exc):
@@ -953,6 +980,7 @@ class Lifecycle:
                 budget = max(budget, self.min_hook_timeout)
             timer = gevent.Timeout(budget)
             timer.start()
+            token = _current_lifecycle.set(self)
             try:
                 logger.debug("%s: shutdown hook %s (priority %s)", self.name, hook.name, hook.priority)
                 hook.func()
@@ -970,6 +998,7 @@ class Lifecycle:
                 errors.append((hook.name, exc))
                 fatal = fatal or exc
             finally:
+                _current_lifecycle.reset(token)
                 timer.close()
         if fatal is not None:
             raise fatal
@@ -1021,8 +1050,10 @@ class Lifecycle:
         )
 
 
-#: The process-wide lifecycle. The server starts and stops it; the
-#: registration functions below and every task and caller use it by default.
+#: The module-level lifecycle: the application's declarations. The
+#: registration functions below and every task and caller use it by default;
+#: a Server made without ``lifecycle=`` starts it (unless it runs already) and
+#: stops it only if that server was the one that started it.
 lifecycle = Lifecycle()
 
 #: Set while the server is not running (cleared on start, set when stop begins).

@@ -53,7 +53,7 @@ import gevent.queue
 import socketio
 
 from .errors import SbioError
-from .live import MANUAL_TRIGGER, Bus, channel_name, get_bus, set_bus
+from .live import MANUAL_TRIGGER, Bus, channel_name, live_data_on
 
 __all__ = ["Cluster", "RedisBus", "RedisLocks", "RedisManager", "configure", "notify_remote",
            "DEFAULT_PREFIX", "RESYNC_TRIGGER"]
@@ -201,16 +201,6 @@ class _Health:
             self.lost[what] += n
 
 
-_healths = {}
-
-
-def _health_for(url):
-    health = _healths.get(url)
-    if health is None:
-        health = _healths[url] = _Health(url)
-    return health
-
-
 def _backoff(attempt, cap, base=0.25):
     """Seconds to wait before reconnection attempt *attempt* (0-based): capped, jittered."""
     ceiling = min(cap, base * (2 ** min(attempt, 30)))
@@ -232,7 +222,7 @@ class _Subscriber:
     health_check_interval = 10
 
     def __init__(self, url, channels, part, on_message, on_connect=None, *,
-                 reconnect_max_delay=10.0, socket_timeout=5.0):
+                 reconnect_max_delay=10.0, socket_timeout=5.0, health=None):
         self.url = url
         self.channels = list(channels)
         self.part = part
@@ -240,7 +230,7 @@ class _Subscriber:
         self.on_connect = on_connect
         self.reconnect_max_delay = reconnect_max_delay
         self.socket_timeout = socket_timeout
-        self.health = _health_for(url)
+        self.health = _Health(url) if health is None else health
         self.connected = gevent.event.Event()
         self._greenlet = None
         self._stopping = False
@@ -339,18 +329,18 @@ class RedisManager(socketio.RedisManager):
     name = "sbio-redis"
 
     def __init__(self, url, channel=f"{DEFAULT_PREFIX}:socketio", *, reconnect_max_delay=10.0,
-                 socket_timeout=5.0, logger=None):
+                 socket_timeout=5.0, logger=None, health=None):
         check_url(url)
         super().__init__(url, channel=channel, logger=logger or logging.getLogger("sbio.socketio"))
         self.part = f"socket.io manager {self.host_id[:8]}"  # for the outage bookkeeping
         self.socket_timeout = socket_timeout
-        self.health = _health_for(url)
+        self.health = _Health(url) if health is None else health
         self._client = None
         self._inbox = None
         self._thread_greenlet = None
         self._subscriber = _Subscriber(url, [channel], self.part, self._on_message,
                                        reconnect_max_delay=reconnect_max_delay,
-                                       socket_timeout=socket_timeout)
+                                       socket_timeout=socket_timeout, health=self.health)
 
     def initialize(self):
         """Called by python-socketio before the first connection: start listening."""
@@ -423,13 +413,18 @@ class RedisBus(Bus):
     :param resync_on_reconnect: re-run every local subscription after a
         reconnection (updates published meanwhile by other processes were
         missed).
+
+    Each server with ``server.message_queue`` has its own RedisBus (made by
+    its :class:`Cluster`); two servers of one process on the same URL and
+    prefix reach each other through Redis, as two processes would.
     """
 
     #: notifications sent per Redis round trip
     batch_size = 500
 
     def __init__(self, url, channel=f"{DEFAULT_PREFIX}:live", *, max_pending=1000,
-                 reconnect_max_delay=10.0, socket_timeout=5.0, resync_on_reconnect=True):
+                 reconnect_max_delay=10.0, socket_timeout=5.0, resync_on_reconnect=True,
+                 health=None):
         super().__init__()
         check_url(url)
         self.url = url
@@ -440,7 +435,7 @@ class RedisBus(Bus):
         #: tags this bus's messages, so its own subscriber skips them
         self.origin = uuid.uuid4().hex
         self.part = f"live-data bus {self.origin[:8]}"  # for the outage bookkeeping
-        self.health = _health_for(url)
+        self.health = _Health(url) if health is None else health
         #: counters: ``published`` (notifications sent to Redis), ``received``
         #: (delivered from other processes), ``held`` (kept during an outage),
         #: ``republished``, ``resyncs``, ``malformed``
@@ -457,10 +452,15 @@ class RedisBus(Bus):
         self._subscriber = _Subscriber(url, [channel], self.part, self._on_message,
                                        self._on_connect,
                                        reconnect_max_delay=reconnect_max_delay,
-                                       socket_timeout=socket_timeout)
+                                       socket_timeout=socket_timeout, health=self.health)
 
     def __repr__(self):
         return f"<RedisBus {redact(self.url)} {self.channel}>"
+
+    @property
+    def reach_key(self):
+        """Buses on one URL and channel reach each other's subscribers (through Redis)."""
+        return ("redis", self.url, self.channel)
 
     @property
     def running(self):
@@ -637,40 +637,9 @@ class RedisBus(Bus):
 
     def resync_local(self, trigger=RESYNC_TRIGGER):
         """Re-run every subscription of this process once (pushes only what changed)."""
-        from . import live
-
         self.metrics["resyncs"] += 1
-        for data in live.live_data_on(self):
+        for data in live_data_on(self):
             data.resync(trigger)
-
-
-# One RedisBus per (url, channel) in a process, shared by the servers using it.
-_shared_buses = {}  # (url, channel) -> [bus, users, previous bus]
-
-
-def _acquire_bus(url, channel, **options):
-    key = (url, channel)
-    entry = _shared_buses.get(key)
-    if entry is None:
-        bus = RedisBus(url, channel, **options).start()
-        entry = _shared_buses[key] = [bus, 0, set_bus(bus)]
-    entry[1] += 1
-    return entry[0]
-
-
-def _release_bus(bus):
-    key = (bus.url, bus.channel)
-    entry = _shared_buses.get(key)
-    if entry is None or entry[0] is not bus:
-        return
-    entry[1] -= 1
-    if entry[1] > 0:
-        return
-    del _shared_buses[key]
-    previous = entry[2]
-    if get_bus() is bus:
-        set_bus(previous)
-    bus.close()
 
 
 # -- singleton tasks: the lock -------------------------------------------------------------
@@ -706,7 +675,7 @@ class RedisLocks:
         replaced within this time.
     """
 
-    def __init__(self, url, prefix=DEFAULT_PREFIX, ttl=15.0, socket_timeout=5.0):
+    def __init__(self, url, prefix=DEFAULT_PREFIX, ttl=15.0, socket_timeout=5.0, *, health=None):
         check_url(url)
         if ttl <= 0:
             raise ValueError(f"lock ttl must be > 0, got {ttl!r}")
@@ -715,7 +684,7 @@ class RedisLocks:
         self.prefix = prefix
         self.ttl = float(ttl)
         self.socket_timeout = min(socket_timeout, self.ttl / 3)
-        self.health = _health_for(url)
+        self.health = _Health(url) if health is None else health
         self._client = None
         self._scripts = None
 
@@ -802,9 +771,11 @@ class _Lease:
 class Cluster:
     """The Redis pieces of one :class:`~sbio.Server` (``server.cluster``).
 
-    Built by the server when ``server.message_queue`` is set; started before
-    the server's lifecycle (so singleton tasks find their lock) and stopped
-    after it.
+    Built by the server when ``server.message_queue`` is set (no I/O: nothing
+    connects before :meth:`start`); started before the server's lifecycle
+    (so singleton tasks find their lock) and stopped after it. Every piece
+    belongs to this server alone, including the outage bookkeeping (one
+    warning per outage for the whole cluster object).
 
     :param url: the Redis URL (``server.message_queue``).
     :param config: the ``[cluster]`` section (see :data:`DEFAULTS`).
@@ -817,16 +788,19 @@ class Cluster:
         self.url = url
         self.settings = settings
         self.prefix = settings["prefix"]
+        self.health = _Health(url)
         timeouts = {"reconnect_max_delay": float(settings["reconnect_max_delay"]),
                     "socket_timeout": float(settings["socket_timeout"])}
-        self._bus_options = dict(timeouts, max_pending=int(settings["max_pending"]))
         #: the python-socketio client manager
-        self.client_manager = RedisManager(url, channel=f"{self.prefix}:socketio", **timeouts)
+        self.client_manager = RedisManager(url, channel=f"{self.prefix}:socketio",
+                                           health=self.health, **timeouts)
         #: the lock backend of singleton tasks
         self.locks = RedisLocks(url, self.prefix, float(settings["lock_ttl"]),
-                                float(settings["socket_timeout"]))
-        #: the live-data bus while started (shared by the servers of this process)
-        self.bus = None
+                                float(settings["socket_timeout"]), health=self.health)
+        #: the live-data bus of this server (running between start and stop)
+        self.bus = RedisBus(url, self.bus_channel, max_pending=int(settings["max_pending"]),
+                            health=self.health, **timeouts)
+        self._started = False
         self._lifecycle = None
         self._previous_locks = None
 
@@ -838,16 +812,23 @@ class Cluster:
         return f"{self.prefix}:live"
 
     def start(self, server):
-        """Listen for socket.io messages, install the bus, give the lifecycle its lock."""
+        """Listen for socket.io messages, start the bus, give the lifecycle its lock.
+
+        The lock goes to the server's lifecycle only if it is not running yet
+        (this server is the one starting it); a lifecycle another server runs
+        keeps that server's lock.
+        """
         _require_monkey_patching()
-        if self.bus is not None:
+        if self._started:
             return
+        self._started = True
         server.sio.manager_initialized = True  # python-socketio would do it on first connect
         self.client_manager.start_listening()
-        self.bus = _acquire_bus(self.url, self.bus_channel, **self._bus_options)
-        self._lifecycle = server.lifecycle
-        self._previous_locks = self._lifecycle.lock_backend
-        self._lifecycle.lock_backend = self.locks
+        self.bus.start()
+        if not server.lifecycle.running:
+            self._lifecycle = server.lifecycle
+            self._previous_locks = self._lifecycle.lock_backend
+            self._lifecycle.lock_backend = self.locks
         # A process that starts listening before it is subscribed would miss
         # what the others publish meanwhile: wait (bounded) for Redis first.
         if self.wait_connected(float(self.settings["socket_timeout"])):
@@ -859,14 +840,14 @@ class Cluster:
 
     def stop(self):
         """Undo :meth:`start` (after the lifecycle stopped). Idempotent."""
-        if self.bus is None:
+        if not self._started:
             return
-        bus, self.bus = self.bus, None
+        self._started = False
         try:
             if self._lifecycle is not None and self._lifecycle.lock_backend is self.locks:
                 self._lifecycle.lock_backend = self._previous_locks
             self._lifecycle = None
-            _release_bus(bus)
+            self.bus.close()
         finally:
             self.client_manager.stop_listening()
             self.locks.close()
@@ -874,10 +855,7 @@ class Cluster:
     def wait_connected(self, timeout=None):
         """Block until the bus and the client manager are subscribed; False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        for event in (self.client_manager.connected_event,
-                      self.bus.connected_event if self.bus else None):
-            if event is None:
-                continue
+        for event in (self.client_manager.connected_event, self.bus.connected_event):
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not event.wait(left):
                 return False

@@ -10,7 +10,10 @@ result changed. See ``docs/live-data.md`` for the tutorial and the protocol.
 How a notification travels::
 
     notify("cards")            any greenlet or OS thread
-      -> Bus.publish()         LocalBus here; a Redis bus carries it to every process
+      -> its server(s)         the current call's, the current task's lifecycle's,
+                               or (outside both) every running server
+      -> Bus.publish()         each server's own bus: a LocalBus, or its cluster's
+                               Redis bus, which carries it to every process
       -> LiveData._on_notify   in the hub thread of the server
       -> Broadcaster.notify    per namespace: channel index lookup, O(matching)
       -> Broadcaster._loop     one greenlet per namespace: coalesce, then re-run
@@ -33,6 +36,7 @@ import json
 import logging
 import re
 import string
+import threading
 import time
 import weakref
 
@@ -43,9 +47,10 @@ from engineio import packet as eio_packet
 from gevent import monkey
 
 from .dispatch import _EVENT_NAME, _short, current_call, error_envelope, ok_envelope
+from .tasks import current_lifecycle
 
 __all__ = ["subscribes", "notifies", "notify", "channel_name", "LiveData", "Broadcaster",
-           "Subscription", "Bus", "LocalBus", "get_bus", "set_bus"]
+           "Subscription", "Bus", "LocalBus", "running_servers", "live_data_on"]
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +233,15 @@ def notifies(*channels):
 def notify(channels, delay=False, trigger=None):
     """Tell every subscription of *channels* to re-run (in every namespace and process).
 
+    Which servers of this process it reaches (each publishes on its own bus,
+    so with a cluster the other processes of that cluster get it too):
+
+    * in a handler, or a re-run: the server of the current call;
+    * in a :class:`~sbio.DaemonTask`, a Caller or a startup/shutdown hook:
+      the running server(s) whose lifecycle runs it;
+    * anywhere else (a plain greenlet, an OS thread, a script), or from a
+      lifecycle no running server uses: every running server of the process.
+
     Safe from any greenlet and from any OS thread.
 
     :param channels: a channel name or model class, or an iterable of them.
@@ -250,14 +264,65 @@ def _notify_names(names, delay, trigger):
             return
         if trigger is None:
             trigger = ctx.event
+        servers = (ctx.namespace.server,)
         if delay:
-            ctx.after_success.append(functools.partial(_publish, names, trigger))
+            ctx.after_success.append(functools.partial(_publish, servers, names, trigger))
             return
-    _publish(names, MANUAL_TRIGGER if trigger is None else trigger)
+    else:
+        servers = _context_servers()
+    _publish(servers, names, MANUAL_TRIGGER if trigger is None else trigger)
 
 
-def _publish(names, trigger):
-    _bus.publish(names, trigger)
+def _context_servers():
+    """The servers a notification made outside any handler call reaches."""
+    servers = running_servers()
+    lifecycle = current_lifecycle()
+    if lifecycle is not None:
+        own = [server for server in servers if server.lifecycle is lifecycle]
+        if own:
+            return own
+    return servers
+
+
+def _publish(servers, names, trigger):
+    # Buses with the same reach key (one Redis channel) reach each other's
+    # subscribers: publish once per key, or a server would get it twice.
+    reached = set()
+    for server in servers:
+        bus = server.live.bus
+        key = bus.reach_key
+        if key not in reached:
+            reached.add(key)
+            bus.publish(names, trigger)
+
+
+# -- the running servers ----------------------------------------------------------------
+
+# Weak references to the servers whose live data is open (started, or an
+# in-process test server with subscriptions): the servers a notification made
+# outside any handler or task reaches. A tuple replaced under the lock, never
+# mutated, so notify() reads it from any thread without locking.
+_running = ()
+_running_lock = monkey.get_original("_thread", "allocate_lock")()
+
+
+def running_servers():
+    """The servers of this process that :func:`notify` reaches from outside any context.
+
+    A server is in it from :meth:`sbio.Server.start` to :meth:`~sbio.Server.stop`
+    (an in-process test server from its first subscription to its ``stop()``).
+    Held weakly: a server dropped without ``stop()`` leaves it when collected.
+    """
+    return [server for server in (ref() for ref in _running) if server is not None]
+
+
+def _set_running(server, running):
+    global _running
+    with _running_lock:
+        refs = [ref for ref in _running if ref() is not None and ref() is not server]
+        if running:
+            refs.append(weakref.ref(server))
+        _running = tuple(refs)
 
 
 # -- the bus ----------------------------------------------------------------------------
@@ -325,6 +390,12 @@ class Bus:
     def subscriber_count(self):
         return len(self._subscribers)
 
+    @property
+    def reach_key(self):
+        """Buses with equal keys deliver to each other's subscribers (one Redis
+        channel): :func:`notify` publishes once per key. This bus itself by default."""
+        return self
+
     def deliver(self, channels, trigger):
         """Hand a notification to every subscriber; safe from any thread."""
         ident = _real_get_ident()
@@ -359,33 +430,14 @@ class LocalBus(Bus):
         self.deliver(tuple(channels), trigger)
 
 
-_bus = LocalBus()
-_live_instances = weakref.WeakSet()  # LiveData joined to a bus (re-homed by set_bus)
-
-
 def live_data_on(bus):
-    """The :class:`LiveData` instances (one per server) joined to *bus* now."""
-    return [live for live in list(_live_instances) if live._bus is bus]
-
-
-def get_bus():
-    """The process-wide :class:`Bus` that :func:`notify` publishes to."""
-    return _bus
-
-
-def set_bus(bus):
-    """Make *bus* the process-wide bus and return the previous one.
-
-    Every running :class:`LiveData` leaves the old bus and joins *bus*. Call
-    it from the thread running the servers (e.g. at start-up or in a test).
-    """
-    global _bus
-    if not isinstance(bus, Bus):
-        raise TypeError(f"set_bus() wants a sbio.live.Bus, got {bus!r}")
-    old, _bus = _bus, bus
-    for live in list(_live_instances):
-        live._rebind(old, bus)
-    return old
+    """The :class:`LiveData` instances (one per server) listening on *bus* now."""
+    found = []
+    for callback, _ in bus._subscribers:
+        live = callback.ref() if isinstance(callback, _BusListener) else None
+        if live is not None:
+            found.append(live)
+    return found
 
 
 # -- subscriptions ------------------------------------------------------------------------
@@ -638,7 +690,7 @@ class Broadcaster:
 
     def _ensure_running(self):
         if self._greenlet is None and not self._stopping:
-            self.live._reopen()
+            self.live.open()
             self._greenlet = gevent.spawn(self._loop)
             self._greenlet.name = f"sbio-broadcaster {self.namespace}"
             if self._pending or self._requests:  # left queued by a stop()
@@ -994,6 +1046,12 @@ class LiveData:
     :param server: the server.
     :param config: the ``[broadcaster]`` configuration: ``pool_size`` (re-runs
         in parallel per namespace) and ``timeout`` (seconds one re-run may take).
+    :param bus: the :class:`Bus` this server's notifications go through (a new
+        :class:`LocalBus` by default; the server passes its cluster's Redis bus).
+
+    Making one joins nothing: :meth:`open` (called by ``Server.start()``, or
+    by the first subscription of a server that was never started) joins the
+    bus and adds the server to :func:`running_servers`; :meth:`stop` undoes it.
     """
 
     #: Subscriptions one connection may hold in one namespace.
@@ -1002,7 +1060,7 @@ class LiveData:
     #: The broadcaster class, one per namespace.
     broadcaster_class = Broadcaster
 
-    def __init__(self, server, config=None):
+    def __init__(self, server, config=None, bus=None):
         config = config or {}
         self.server = server
         self.pool_size = int(config.get("pool_size", 100))
@@ -1010,9 +1068,9 @@ class LiveData:
         #: namespace name -> Broadcaster
         self.broadcasters = {}
         self._listener = _BusListener(self)
-        self._bus = None
+        self.bus = _check_bus(LocalBus() if bus is None else bus)
+        self._joined = False
         self._finalizer = None
-        self._reopen()
 
     def __repr__(self):
         return f"<LiveData namespaces={sorted(self.broadcasters)}>"
@@ -1054,35 +1112,51 @@ class LiveData:
             broadcaster.notify(channels, trigger)
 
     def _join(self, bus):
-        self._bus = self._listener.bus = bus
+        self._listener.bus = bus
         bus.subscribe(self._listener)
         # a server dropped without stop() leaves the bus when it is collected
         self._finalizer = weakref.finalize(self, bus.unsubscribe, self._listener)
 
     def _leave(self):
         self._finalizer.detach()
-        self._bus.unsubscribe(self._listener)
-        self._bus = self._listener.bus = None
+        self.bus.unsubscribe(self._listener)
+        self._listener.bus = None
 
-    def _reopen(self):
-        if self._bus is None:
-            self._join(_bus)
-            _live_instances.add(self)
+    def set_bus(self, bus):
+        """Use *bus* from now on and return the previous one (e.g. a spy in a test).
 
-    def _rebind(self, old, new):
-        if self._bus is old:
-            self._leave()
-            self._join(new)
+        Open live data leaves the old bus and joins *bus*. Call it from the
+        thread running the server.
+        """
+        _check_bus(bus)
+        old = self.bus
+        if bus is not old:
+            if self._joined:
+                self._leave()
+                self.bus = bus
+                self._join(bus)
+            else:
+                self.bus = bus
+        return old
+
+    def open(self):
+        """Join the bus and count the server among :func:`running_servers`. Idempotent."""
+        if not self._joined:
+            self._joined = True
+            self._join(self.bus)
+            _set_running(self.server, True)
 
     def stop(self, timeout=None):
         """Leave the bus and stop every broadcaster (joined, then killed). Idempotent.
 
-        Subscriptions stay registered; a later ``sbio:subscribe`` joins the
-        bus and starts the broadcaster again (a server may be restarted).
+        Subscriptions stay registered; a later ``sbio:subscribe`` opens the
+        live data again and starts the broadcaster (an in-process test
+        server may be used again after ``stop()``).
         """
-        if self._bus is not None:
+        if self._joined:
+            self._joined = False
             self._leave()
-            _live_instances.discard(self)
+            _set_running(self.server, False)
         deadline = None if timeout is None else time.monotonic() + timeout
         for broadcaster in list(self.broadcasters.values()):
             left = None if deadline is None else max(0, deadline - time.monotonic())
@@ -1090,3 +1164,9 @@ class LiveData:
                 broadcaster.stop(left)
             except Exception:
                 log.exception("stopping the broadcaster of %s failed", broadcaster.namespace)
+
+
+def _check_bus(bus):
+    if not isinstance(bus, Bus):
+        raise TypeError(f"a live-data bus must be a sbio.live.Bus, got {bus!r}")
+    return bus

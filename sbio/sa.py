@@ -66,8 +66,6 @@ __all__ = [
     "UTCDateTime",
     "ValidationError",
     "create_engine",
-    "set_change_notifier",
-    "get_change_notifier",
     "model_channel",
     "snake_case",
 ]
@@ -929,11 +927,13 @@ def declarative_base(cls=None, *, metadata=None, type_annotation_map=None):
 # change notifications
 # --------------------------------------------------------------------------
 
-_change_notifier = None
-
-
 def _live_notifier(channels):
-    """Default notifier: ``sbio.live.notify(channels, trigger="commit")``."""
+    """Default notifier: ``sbio.live.notify(channels, trigger="commit")``.
+
+    So a commit notifies like :func:`sbio.live.notify` does from where the
+    commit runs: in a handler, that handler's server; in a task, the
+    server(s) running its lifecycle; anywhere else, every running server.
+    """
     try:
         from sbio.live import notify
     except ImportError as e:
@@ -942,22 +942,6 @@ def _live_notifier(channels):
             return
         raise
     notify(channels, trigger="commit")
-
-
-def set_change_notifier(func):
-    """Set the process-wide function called with the sorted list of changed
-    channels after each commit (``None`` restores the default,
-    ``sbio.live.notify(channels, trigger="commit")``). Returns the previous one.
-    A ``SessionManager`` subclass with its own ``notifier`` attribute ignores it."""
-    global _change_notifier
-    previous = _change_notifier
-    _change_notifier = func
-    return previous
-
-
-def get_change_notifier():
-    """The process-wide change notifier (the default one when none was set)."""
-    return _change_notifier or _live_notifier
 
 
 _CHANGES_KEY = "_sbio_changes"
@@ -1038,7 +1022,7 @@ def _on_after_commit(session):
     manager = _manager_of(session)
     if not channels or manager is None or not manager.notify_changes:
         return
-    notifier = manager.notifier or get_change_notifier()
+    notifier = manager.notifier or _live_notifier
     try:
         notifier(sorted(channels))
     except Exception:
@@ -1119,8 +1103,9 @@ class SessionManager:
     ``notify_changes``
         ``False`` turns change notifications off for this manager.
     ``notifier``
-        A function ``notifier(channels)`` used instead of the process-wide one
-        (:func:`set_change_notifier`, default ``sbio.live.notify``).
+        A function ``notifier(channels)`` called after each commit instead of
+        the default, ``sbio.live.notify(channels, trigger="commit")`` (which
+        reaches the server(s) of the context the commit runs in).
     ``session_options``
         Extra ``sessionmaker`` arguments. sbio's defaults:
         ``expire_on_commit=False`` (objects stay usable after the ``with``

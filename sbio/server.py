@@ -84,49 +84,107 @@ def _static_allowed(path, node_modules=()):
         not any(part in _STATIC_REFUSED_DIRS for part in parts[:-1])
 
 
+#: Attributes a Server builds from its configuration, on first use (see Server._build).
+_BUILT_ATTRIBUTES = frozenset({"config", "host", "_port", "debug", "max_message_size", "sio",
+                               "cluster", "live", "app", "_socketio_app"})
+
+
 class Server:
     """An sbio server: socket.io namespaces and a Flask app on one gevent WSGIServer.
 
+    Making a Server does no I/O and touches nothing outside it: it binds no
+    port, joins no bus, connects to no Redis and registers nothing on the
+    lifecycle; :meth:`start` does all that. Without a *config* it does not
+    even read the configuration yet: that happens on first need (:meth:`start`,
+    :meth:`add_namespace`, or reading :attr:`sio`, :attr:`live`, :attr:`app`,
+    :attr:`config` ...).
+
     :param namespaces: :class:`~sbio.Namespace` subclasses to host.
     :param config: sbio's configuration (see ``docs/configuration.md``); by
-        default :func:`sbio.config.load_sbio_config` is read.
+        default :func:`sbio.config.load_sbio_config` is read (from the current
+        directory, the environment and ``/etc/sbio``) when first needed.
     :param app: a Flask app for pages; by default a small one serving the
         configured ``static_dir`` at ``/static`` and an index page listing
         the namespaces.
     :param host: overrides ``server.host``.
     :param port: overrides ``server.port`` (0 picks a free port; see :attr:`port`).
     :param lifecycle: the :class:`sbio.tasks.Lifecycle` whose hooks, DaemonTasks
-        and Callers start and stop with this server (the process-wide
-        ``sbio.tasks.lifecycle`` by default). A server stops the lifecycle
-        only if it was the one that started it.
+        and Callers start and stop with this server (by default the module-level
+        ``sbio.tasks.lifecycle``, where ``DaemonTask(...)`` and ``@on_startup``
+        declare themselves). :meth:`start` starts it unless it runs already
+        (started by another server of the process, which then keeps running
+        it: its tasks run once per process, not once per server); a server
+        stops the lifecycle only if it was the one that started it.
     :param blueprints: Flask :class:`~flask.Blueprint`\\ s to register on the
         app (see :meth:`add_blueprint`); ``sbio run`` passes the module-level
         ``blueprint`` of each namespace module.
+    :param bus: the live-data :class:`sbio.live.Bus` of this server (a new
+        :class:`~sbio.live.LocalBus` by default, or the cluster's Redis bus
+        with ``server.message_queue``); see :attr:`bus`.
     """
 
     #: The python-socketio server class; override to customize dispatch.
     socketio_server_class = SocketIOServer
 
     def __init__(self, namespaces=(), config=None, app=None, host=None, port=None,
-                 lifecycle=None, blueprints=()):
+                 lifecycle=None, blueprints=(), bus=None):
         if lifecycle is None:
             from .tasks import lifecycle
         self.lifecycle = lifecycle
         self._owns_lifecycle = False
-        if config is None:
-            from .config import load_sbio_config
-            config = load_sbio_config()
-        self.config = config
-        server_cfg = config["server"]
-        self.host = host if host is not None else server_cfg["host"]
-        self._port = port if port is not None else server_cfg["port"]
-        self.debug = bool(server_cfg["debug"])
-        self.max_message_size = int(server_cfg["max_message_size"])
+        self._hook_keys = []
+        self._options = {"config": config, "app": app, "host": host, "port": port, "bus": bus}
         self._connection_sessions = {}
         self._wsgi_server = None
         self._stopping = False
         self._stopped = gevent.event.Event()
         self._stopped.set()
+        self.namespaces = {}
+        self.blueprints = []
+        self._built = False
+        self._pending = (tuple(namespaces), tuple(blueprints))  # added by _build()
+        for cls in self._pending[0]:
+            self._check_namespace(cls)
+            self.namespaces[cls.name] = cls
+        if config is not None:
+            self._build()  # in memory only; without a config, on first need
+
+    def __getattr__(self, name):
+        # Only called for attributes not set yet: those _build() makes.
+        if name in _BUILT_ATTRIBUTES and not self.__dict__.get("_built", True):
+            self._build()
+            return getattr(self, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _build(self):
+        """Make what the configuration decides: socket.io server, live data, Flask app."""
+        if self._built:
+            return
+        self._built = True
+        try:
+            self._build_from(self._options)
+        except BaseException:
+            self._built = False
+            raise
+        namespaces, blueprints = self._pending
+        self._pending = ((), ())
+        for cls in namespaces:
+            self.add_namespace(cls)
+        for blueprint in blueprints:
+            self.add_blueprint(blueprint)
+
+    def _build_from(self, options):
+        config = options["config"]
+        if config is None:
+            from .config import load_sbio_config
+            config = load_sbio_config()
+        self.config = config
+        server_cfg = config["server"]
+        host, port = options["host"], options["port"]
+        self.host = host if host is not None else server_cfg["host"]
+        self._port = port if port is not None else server_cfg["port"]
+        self.debug = bool(server_cfg["debug"])
+        self.max_message_size = int(server_cfg["max_message_size"])
 
         self.sio = self.socketio_server_class(
             self,
@@ -142,18 +200,21 @@ class Server:
         )
         from .live import LiveData
 
+        bus = options["bus"]
+        if bus is None and self.cluster is not None:
+            bus = self.cluster.bus
         #: live data (subscriptions and their broadcasters), see :mod:`sbio.live`
-        self.live = LiveData(self, config["broadcaster"])
+        self.live = LiveData(self, config["broadcaster"], bus=bus)
+        app = options["app"]
         self.app = app if app is not None else self._default_app()
         if not self.app.secret_key:
             self.app.secret_key = self._secret_key()
         self._socketio_app = socketio.WSGIApp(self.sio, self.app)
-        self.namespaces = {}
-        self.blueprints = []
-        for cls in namespaces:
-            self.add_namespace(cls)
-        for blueprint in blueprints:
-            self.add_blueprint(blueprint)
+
+    @property
+    def bus(self):
+        """This server's live-data bus (``self.live.bus``): what its notifications go through."""
+        return self.live.bus
 
     # -- configuration helpers -----------------------------------------------------
 
@@ -246,6 +307,7 @@ class Server:
             raise RuntimeError(
                 f"Server.add_blueprint({blueprint.name}) called after start(): "
                 "register every blueprint before starting the server")
+        self._build()
         self.app.register_blueprint(blueprint, **options)
         self.blueprints.append(blueprint)
         return blueprint
@@ -258,6 +320,14 @@ class Server:
             raise RuntimeError(
                 f"Server.add_namespace({cls.__name__}) called after start(): "
                 "register every namespace before starting the server")
+        self._check_namespace(cls)
+        self._build()
+        self.namespaces[cls.name] = cls
+        dispatcher = self.sio.add_namespace_class(cls)
+        self.live.add_dispatcher(dispatcher)
+        return dispatcher
+
+    def _check_namespace(self, cls):
         if not (isinstance(cls, type) and issubclass(cls, Namespace)):
             raise TypeError(f"{cls!r} is not a subclass of sbio.Namespace")
         name = cls.name
@@ -267,15 +337,28 @@ class Server:
         if name in self.namespaces and self.namespaces[name] is not cls:
             raise ValueError(f"namespace {name} is served by both "
                              f"{self.namespaces[name].__name__} and {cls.__name__}")
-        self.namespaces[name] = cls
-        startup, shutdown = getattr(cls, "on_startup", None), getattr(cls, "on_shutdown", None)
-        if startup is not None or shutdown is not None:
-            # keyed by class: a second server hosting cls does not add them twice
-            self.lifecycle.add_hooks(startup=startup, shutdown=shutdown,
-                                     key=("sbio.namespace", cls), name=cls.__qualname__)
-        dispatcher = self.sio.add_namespace_class(cls)
-        self.live.add_dispatcher(dispatcher)
-        return dispatcher
+
+    def _add_namespace_hooks(self):
+        """Register the namespaces' ``on_startup`` / ``on_shutdown`` on the lifecycle (at start)."""
+        for cls in self.namespaces.values():
+            startup = getattr(cls, "on_startup", None)
+            shutdown = getattr(cls, "on_shutdown", None)
+            if startup is None and shutdown is None:
+                continue
+            key = ("sbio.namespace", cls)
+            if self.lifecycle.has_hooks(key):
+                continue  # keyed by class: another server hosting cls added them
+            self.lifecycle.add_hooks(startup=startup, shutdown=shutdown, key=key,
+                                     name=cls.__qualname__)
+            self._hook_keys.append(key)
+
+    def _remove_namespace_hooks(self):
+        """Forget the hooks :meth:`_add_namespace_hooks` added, once the lifecycle stopped."""
+        if self.lifecycle.running:
+            return  # another server runs it: the hooks are due at its stop
+        keys, self._hook_keys = self._hook_keys, []
+        for key in keys:
+            self.lifecycle.remove_hooks(key)
 
     def dispatcher(self, name):
         """The :class:`~sbio.dispatch.NamespaceDispatcher` of namespace *name*."""
@@ -372,6 +455,7 @@ class Server:
         if self._wsgi_server is not None:
             raise RuntimeError("this Server has been stopped and cannot be started again; "
                                "create a new Server")
+        self._build()
         handler = websocket_handler_class(
             self.max_message_size, self.sio.eio,
             tcp_nodelay=bool(self.config["server"].get("tcp_nodelay", True)))
@@ -382,15 +466,17 @@ class Server:
         )
         self._wsgi_server.init_socket()  # bind: a busy port fails here, before anything ran
         try:
+            self._add_namespace_hooks()
             if self.cluster is not None:
                 self.cluster.start(self)  # before the lifecycle: singleton tasks need the lock
+            self.live.open()  # before the lifecycle: a startup hook's notify() reaches us
             if not self.lifecycle.running:
                 self.lifecycle.start()
                 self._owns_lifecycle = True
             self._wsgi_server.start()
         except BaseException:
             self._wsgi_server.close()
-            self._stop_lifecycle(self.config["server"].get("shutdown_timeout", 10))
+            self._stop_lifecycle(float(self.config["server"].get("shutdown_timeout", 10)))
             raise
         self._stopping = False
         self._stopped.clear()
@@ -405,12 +491,16 @@ class Server:
         connection (``on_disconnect`` runs for each namespace; socket.io
         clients see "transport close" and reconnect, e.g. to the restarted
         server, instead of the "io server disconnect" that would stop them
-        for good), let requests in flight finish, then stop the live-data
-        broadcasters and the lifecycle (DaemonTasks, Callers, shutdown hooks)
-        with the time that is left. What is still running at the deadline is killed
-        and logged. Idempotent. On a server that was never started (the
-        in-process test server) it stops the live-data broadcasters.
+        for good), let requests in flight finish, then, with the time that is
+        left, stop the lifecycle if this server started it (DaemonTasks,
+        Callers, shutdown hooks), the live-data broadcasters (the server
+        leaves its bus and :func:`sbio.live.running_servers`) and the cluster.
+        What is still running at the deadline is killed and logged.
+        Idempotent. On a server that was never started (the in-process test
+        server) it stops the live-data broadcasters.
         """
+        if not self._built:
+            return  # never built: nothing was started or opened
         if timeout is None:
             timeout = float(self.config["server"].get("shutdown_timeout", 10))
         if not self.started:
@@ -428,19 +518,28 @@ class Server:
             self.sio.shutdown()  # Engine.IO's service task
             server.stop(timeout=max(0.0, (deadline - time.monotonic()) / 2))
         finally:
-            self.live.stop(timeout=max(0.5, (deadline - time.monotonic()) / 2))
             self._stop_lifecycle(max(0.5, deadline - time.monotonic()))
             self._stopped.set()
             log.info("sbio stopped")
 
     def _stop_lifecycle(self, timeout):
+        """Stop the lifecycle (if this server started it), then the live data and the cluster.
+
+        The live data stops after the lifecycle, so that what a stopping task
+        or a shutdown hook notifies still reaches this server (and only it).
+        """
+        deadline = time.monotonic() + timeout
         try:
             if self._owns_lifecycle:
                 self._owns_lifecycle = False
-                self.lifecycle.stop(timeout=timeout)
+                self.lifecycle.stop(timeout=max(0.5, timeout * 2 / 3))
         finally:
-            if self.cluster is not None:
-                self.cluster.stop()
+            try:
+                self._remove_namespace_hooks()
+                self.live.stop(timeout=max(0.5, deadline - time.monotonic()))
+            finally:
+                if self.cluster is not None:
+                    self.cluster.stop()
 
     def _close_connections(self, timeout):
         """Close every Engine.IO connection; give the CLOSE packets *timeout* s to go out.

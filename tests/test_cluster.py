@@ -107,7 +107,7 @@ import time
 
 import gevent
 from sbio import DaemonTask, Namespace
-from sbio.live import get_bus, notifies, subscribes
+from sbio.live import notifies, subscribes
 
 DATA = os.environ["CLUSTER_TEST_DATA"]
 RUNS = {"value": 0}
@@ -130,7 +130,7 @@ class ClusterNS(Namespace):
         return os.getpid()
 
     def on_status(self):
-        bus = get_bus()
+        bus = self.server.bus
         cluster = self.server.cluster
         return {"pid": os.getpid(), "bus": type(bus).__name__,
                 "metrics": dict(getattr(bus, "metrics", {})),
@@ -741,9 +741,9 @@ class Resynced(sbio.Namespace):
 def test_resync_reruns_every_local_subscription(buses, sbio_client):
     """After a reconnection a process re-runs its subscriptions (pushes only changes)."""
     bus = buses()
-    previous = live.set_bus(bus)
+    c = sbio_client(Resynced)
+    previous = c.server.live.set_bus(bus)  # its server joins the Redis bus
     try:
-        c = sbio_client(Resynced)  # its server joins the Redis bus
         cards, fixed = c.subscribe("cards"), c.subscribe("fixed")
         RESYNC_STATE["cards"] = 2  # changed while the notification was lost
         bus.resync_local()
@@ -757,7 +757,7 @@ def test_resync_reruns_every_local_subscription(buses, sbio_client):
         assert broadcaster.metrics["skipped_unchanged"] == 1
         assert fixed.pushes == []
     finally:
-        live.set_bus(previous)
+        c.server.live.set_bus(previous)
         RESYNC_STATE["cards"] = 1
 
 
@@ -777,38 +777,40 @@ def test_server_installs_the_cluster_and_restores_everything_on_stop(
     from sbio.cluster import RedisManager
     from sbio.server import Server
 
-    before = live.get_bus()
     server = Server(config=cluster_config(redis_url))
     assert isinstance(server.sio.manager, RedisManager)
     assert server.sio.manager.channel == f"{server.cluster.prefix}:socketio"
+    assert not server.bus.running  # built, not started: nothing connects yet
     server.start()
     try:
-        assert isinstance(live.get_bus(), RedisBus)
-        assert live.get_bus().channel == f"{server.cluster.prefix}:live"
+        assert isinstance(server.bus, RedisBus) and server.bus is server.cluster.bus
+        assert server.bus.channel == f"{server.cluster.prefix}:live"
+        assert server.bus.running and server in live.running_servers()
         assert isinstance(sbio_lifecycle.lock_backend, RedisLocks)
         assert server.cluster.wait_connected(5)
     finally:
         server.stop(timeout=5)
-    assert live.get_bus() is before
+    assert not server.bus.running and server not in live.running_servers()
     assert sbio_lifecycle.lock_backend is None
     assert not server.sio.manager.connected_event.is_set()
 
 
-def test_servers_of_one_process_share_one_bus(redis_url, sbio_lifecycle):
+def test_servers_of_one_process_have_their_own_bus(redis_url, sbio_lifecycle):
     from sbio.server import Server
 
-    before = live.get_bus()
     config = cluster_config(redis_url)
     one = Server(config=config, lifecycle=Lifecycle()).start()
     two = Server(config=config, lifecycle=Lifecycle()).start()
     try:
-        assert one.cluster.bus is two.cluster.bus is live.get_bus()
+        assert one.bus is one.cluster.bus and two.bus is two.cluster.bus
+        assert one.bus is not two.bus and one.bus.running and two.bus.running
         one.stop(timeout=5)
-        assert live.get_bus() is two.cluster.bus and two.cluster.bus.running
+        assert not one.bus.running and two.bus.running
+        assert live.running_servers().count(two) == 1 and one not in live.running_servers()
     finally:
         one.stop(timeout=5)
         two.stop(timeout=5)
-    assert live.get_bus() is before
+    assert not two.bus.running
 
 
 def test_server_without_message_queue_has_no_cluster(sbio_config):

@@ -16,7 +16,7 @@ from gevent import monkey
 
 import sbio.live as live
 from sbio import Namespace, RpcError, notifies, notify, subscribes
-from sbio.live import Bus, LocalBus, channel_name, get_bus, set_bus
+from sbio.live import Bus, LocalBus, channel_name
 from sbio.testing import CallError, LocalClient
 
 NS = "/board"
@@ -220,12 +220,16 @@ def env(sbio_client):
 
 
 @pytest.fixture
-def spy():
+def spy(env):
+    """A SpyBus as the bus of env's server (made now, open: notify() reaches it)."""
+    env.client()
     bus = SpyBus()
-    old = set_bus(bus)
+    live_data = env.server.live
+    old = live_data.set_bus(bus)
+    live_data.open()
     S.spy = bus
     yield bus
-    set_bus(old)
+    live_data.set_bus(old)
     bus.close()
 
 
@@ -678,7 +682,7 @@ def _live_subscription_objects(server):
 
 
 def _bus_listeners_of(server):
-    return sum(1 for callback, _ in get_bus()._subscribers
+    return sum(1 for callback, _ in server.bus._subscribers
                if getattr(callback, "ref", lambda: None)() is server.live)
 
 
@@ -725,7 +729,7 @@ def test_broadcaster_starts_lazily_and_stops(env):
     assert greenlet is not None and not greenlet.dead
     env.server.live.stop(timeout=5)
     assert greenlet.dead and b._greenlet is None
-    assert env.server.live._listener not in [cb for cb, _ in get_bus()._subscribers]
+    assert env.server.live._listener not in [cb for cb, _ in env.server.bus._subscribers]
     env.server.live.stop(timeout=5)  # idempotent
     # a new subscription starts it again, on the bus again
     sub2 = c.subscribe("messages", "r1")
@@ -752,7 +756,7 @@ def test_set_bus_moves_running_servers_to_the_new_bus(env):
     sub = c.subscribe("cards")
     listener = env.server.live._listener
     bus = SpyBus()
-    old = set_bus(bus)
+    old = env.server.live.set_bus(bus)
     try:
         assert listener not in [cb for cb, _ in old._subscribers]
         assert listener in [cb for cb, _ in bus._subscribers]
@@ -761,11 +765,11 @@ def test_set_bus_moves_running_servers_to_the_new_bus(env):
         assert bus.published == [(("cards",), "manual")]
         assert sub.wait_update() == ["a", "b", "c"]
     finally:
-        assert set_bus(old) is bus
+        assert env.server.live.set_bus(old) is bus
         bus.close()
-    assert listener in [cb for cb, _ in get_bus()._subscribers]
+    assert listener in [cb for cb, _ in env.server.bus._subscribers]
     with pytest.raises(TypeError):
-        set_bus(object())
+        env.server.live.set_bus(object())
 
 
 def test_a_bus_subclass_only_implements_publish():
@@ -845,9 +849,15 @@ def test_decorators_check_their_channels_when_decorating():
 def test_a_server_dropped_without_stop_leaves_the_bus(sbio_config):
     from sbio.server import Server
 
-    before = get_bus().subscriber_count
+    before = len(live.running_servers())
     server = Server([Board], config=sbio_config)
-    assert get_bus().subscriber_count == before + 1
+    bus = server.bus
+    assert bus.subscriber_count == 0  # making a server joins nothing
+    assert len(live.running_servers()) == before
+    server.live.open()
+    assert bus.subscriber_count == 1
+    assert len(live.running_servers()) == before + 1
     del server
     gc.collect()
-    assert get_bus().subscriber_count == before
+    assert bus.subscriber_count == 0
+    assert len(live.running_servers()) == before

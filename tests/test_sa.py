@@ -53,9 +53,7 @@ from sbio.sa import (  # noqa: E402
     ValidationError,
     create_engine,
     declarative_base,
-    get_change_notifier,
     model_channel,
-    set_change_notifier,
     snake_case,
 )
 
@@ -790,19 +788,6 @@ def test_default_notifier_is_sbio_live_notify(db, monkeypatch):
     with Session() as s:
         s.add(Website(url="https://l"))
     assert calls == [(["website"], False, "commit")]
-
-
-def test_set_change_notifier(db):
-    calls = []
-    previous = set_change_notifier(calls.append)
-    try:
-        assert get_change_notifier() == calls.append
-        with Session() as s:
-            s.add(Tag(name="x"))
-    finally:
-        set_change_notifier(previous)
-    assert calls == [["tag"]]
-    assert get_change_notifier() is not calls.append
 
 
 # --------------------------------------------------------------------------

@@ -36,7 +36,6 @@ import json
 import logging
 import re
 import string
-import threading
 import time
 import weakref
 

@@ -9,8 +9,13 @@ one of these libraries, this file is the one to read against its changes.
 * :class:`SocketIOServer` — ``socketio.Server`` whose connect / event / ack /
   disconnect handling routes sbio namespaces to their
   :class:`~sbio.dispatch.NamespaceDispatcher` (one Namespace instance per
-  connection) and answers malformed packets instead of raising them into
-  Engine.IO.
+  connection). Its inbound packet path is strict, like socket.io's reference
+  server: a packet that breaks the protocol closes the connection (logged
+  once); binary attachments are bounded in count and bytes; a connection
+  that joins no namespace within ``server.connect_timeout`` is closed.
+* :class:`_StrictEngineSocket` — python-engineio's Socket: a polling POST is
+  taken whole (a per-server packet limit derived from
+  ``server.max_message_size``) or refused with 400; a client PING closes.
 * :class:`_LimitedWebSocket`, :class:`_SbioWebSocketHandler`,
   :func:`websocket_handler_class` — gevent-websocket with a message size limit,
   faster unmasking and UTF-8 checks, close codes that are sent, the origin
@@ -22,16 +27,22 @@ import logging
 import re
 import socket
 import struct
+import time
+import urllib.parse
 
 import gevent
 import socketio
+from engineio import exceptions as eio_exceptions
+from engineio import packet as eio_packet
+from engineio import socket as eio_socket
 from geventwebsocket.handler import WebSocketHandler
 from geventwebsocket.websocket import Header, WebSocket
 from socketio import packet as sio_packet
 
 from .dispatch import ERROR_EVENT, NamespaceDispatcher, _short, error_envelope
 
-__all__ = ["SocketIOServer", "MessageTooBig", "websocket_handler_class", "close_transports"]
+__all__ = ["SocketIOServer", "ProtocolViolation", "MessageTooBig", "websocket_handler_class",
+           "close_transports"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +55,19 @@ class SocketIOServer(socketio.Server):
         #: namespace name -> NamespaceDispatcher
         self.dispatchers = {}
         super().__init__(**kwargs)
+        server_cfg = sbio_server.config["server"]
+        self.max_message_size = int(server_cfg["max_message_size"])
+        self.max_attachments = int(server_cfg["max_attachments"])
+        self.connect_timeout = float(server_cfg["connect_timeout"])
+        #: eio_sid -> _PendingBinary: a binary packet waiting for its attachments
+        self._pending_binary = {}
+        #: eio_sid -> monotonic deadline for its first CONNECT (insertion order = deadline order)
+        self._awaiting_connect = {}
+        self._connect_watch = None
+        #: the Engine.IO socket class of this server's connections (see _StrictEngineSocket)
+        self.engine_socket_class = type("SbioEngineSocket", (_StrictEngineSocket,), {
+            "sio": self, "max_post_packets": max(16, self.max_message_size // 10)})
+
 
     def add_namespace_class(self, cls):
         dispatcher = NamespaceDispatcher(self.sbio_server, cls)
@@ -62,8 +86,16 @@ class SocketIOServer(socketio.Server):
     # (clients expect {"message": ...}), and lets a second CONNECT to a joined
     # namespace make a second sid. Both get a CONNECT_ERROR with a message
     # here; the rest is upstream's.
+    # Also, once a namespace is joined, connect_timeout stops applying.
     def _handle_connect(self, eio_sid, namespace, data):
         namespace = namespace or "/"
+        try:
+            self._handle_connect_checked(eio_sid, namespace, data)
+        finally:
+            if eio_sid in self._awaiting_connect and self._joined(eio_sid, namespace):
+                del self._awaiting_connect[eio_sid]
+
+    def _handle_connect_checked(self, eio_sid, namespace, data):
         if namespace not in self.dispatchers and namespace not in self.handlers \
                 and namespace not in self.namespace_handlers:
             log.info("connect to unknown namespace %s refused", _short(namespace))
@@ -140,40 +172,190 @@ class SocketIOServer(socketio.Server):
         self._send_packet(eio_sid, self.packet_class(
             sio_packet.EVENT, namespace=namespace, data=[ERROR_EVENT, body]))
 
-    # Replaces socketio.Server._handle_eio_message (5.12-5.18): upstream lets a
-    # packet it cannot decode raise into Engine.IO, which logs a traceback and
-    # answers nothing. sbio logs it once and tells the client (_bad_packet).
+    # -- the inbound packet path: strict, like socket.io's reference server ----------
+
+    # Replaces socketio.Server._handle_eio_message (5.12-5.18) entirely.
+    # Upstream keeps every attachment a binary packet announces until the
+    # announced count arrives (any count up to 10 digits: one connection can
+    # pin gigabytes), lets a bad placeholder wedge the connection for good
+    # (the packet stays in _binary_packet), raises on packets it cannot decode
+    # and passes on events without a name, packets for namespaces never
+    # joined, CONNECT_ERRORs from the client. Here each packet is checked as
+    # socket.io's reference server checks it (socket.io-parser's decodeString,
+    # isPayloadValid and BinaryReconstructor; socket.io's Client.ondecoded):
+    # a violation closes the connection, logged once; attachments are bounded
+    # by server.max_attachments and, in bytes, by server.max_message_size.
+    # Upstream's _handle_connect/_handle_disconnect/_handle_event/_handle_ack
+    # (and sbio's overrides of them) still do the rest.
     def _handle_eio_message(self, eio_sid, data):
         try:
-            super()._handle_eio_message(eio_sid, data)
-        except Exception as exc:
-            # Handlers never raise here (connect is wrapped; events run in their
-            # own greenlets): what does is a packet python-socketio cannot use.
-            self._bad_packet(eio_sid, data, exc)
-
-    # Replaces socketio.Server._handle_event (5.12-5.18): upstream indexes
-    # ``data[0]`` and crashes on an EVENT whose payload is not a non-empty
-    # array; sbio answers bad_request (ack or sbio:error push).
-    def _handle_event(self, eio_sid, namespace, id, data):
-        if type(data) is not list or not data:
-            namespace = namespace or "/"
-            problem = {"code": "bad_request",
-                       "message": "malformed packet: an event is a non-empty JSON array"}
-            sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
-            log.warning("malformed event packet from %s (namespace %s)", sid or eio_sid,
-                        _short(namespace))
-            if sid is None or namespace not in self.dispatchers:
-                return
-            if id is not None:
-                self._send_ack(eio_sid, namespace, id, {"ok": False, "error": problem},
-                               sid, None)
+            pending = self._pending_binary.get(eio_sid)
+            if pending is not None:
+                self._take_attachment(eio_sid, pending, data)
+            elif isinstance(data, str):
+                self._handle_text_packet(eio_sid, data)
             else:
-                self.push_error(eio_sid, namespace, None, problem)
+                raise ProtocolViolation("a binary frame that no binary packet announced")
+        except ProtocolViolation as exc:
+            self.close_connection(eio_sid, f"protocol violation: {exc}")
+
+    def _handle_text_packet(self, eio_sid, data):
+        try:
+            pkt = self.packet_class(encoded_packet=data)
+        except Exception as exc:  # ValueError, RecursionError from the JSON decoder...
+            if data[:1] == "0":
+                self._refuse_malformed_connect(eio_sid, data, exc)
+            raise ProtocolViolation(f"malformed packet ({exc})") from None
+        kind = pkt.packet_type
+        namespace = pkt.namespace or "/"
+        payload = pkt.data
+        if kind == sio_packet.CONNECT:
+            # Any JSON value is taken as the auth, as python-socketio takes it
+            # (the reference server wants an object).
+            self._handle_connect(eio_sid, namespace, payload)
             return
-        super()._handle_event(eio_sid, namespace, id, data)
+        if kind not in _CLIENT_PACKETS:
+            raise ProtocolViolation(f"a packet of type {kind!r} from a client")
+        if not self._joined(eio_sid, namespace):
+            raise ProtocolViolation(f"{_packet_name(kind)} for namespace {_short(namespace)}, "
+                                    "which this connection has not joined")
+        if kind == sio_packet.DISCONNECT:
+            if payload is not None or pkt.id is not None:
+                raise ProtocolViolation("a DISCONNECT packet with a payload")
+            self._handle_disconnect(eio_sid, namespace, self.reason.CLIENT_DISCONNECT)
+            return
+        if type(payload) is not list:
+            raise ProtocolViolation(f"the payload of {_packet_name(kind)} is not an array")
+        if kind in (sio_packet.EVENT, sio_packet.BINARY_EVENT):
+            name = payload[0] if payload else None
+            if type(name) is not str and (type(name) not in (int, float)):
+                raise ProtocolViolation("an EVENT packet without an event name")
+        if kind in (sio_packet.BINARY_EVENT, sio_packet.BINARY_ACK):
+            count = pkt.attachment_count
+            if count < 1:
+                raise ProtocolViolation("a binary packet announcing no attachments")
+            if count > self.max_attachments:
+                raise ProtocolViolation(f"a binary packet announcing {count} attachments "
+                                        f"(server.max_attachments is {self.max_attachments})")
+            self._pending_binary[eio_sid] = _PendingBinary(pkt, len(data))
+            return
+        self._dispatch_packet(eio_sid, kind, namespace, pkt.id, payload)
+
+    def _take_attachment(self, eio_sid, pending, data):
+        if not isinstance(data, bytes):
+            raise ProtocolViolation(f"a text packet while {pending.missing} binary "
+                                    "attachment(s) are still expected")
+        pending.size += len(data)
+        if pending.size > self.max_message_size:
+            raise ProtocolViolation(f"binary attachments over {self.max_message_size} bytes in "
+                                    "total (server.max_message_size)")
+        pending.attachments.append(data)
+        if pending.missing:
+            return
+        del self._pending_binary[eio_sid]
+        pkt = pending.packet
+        try:
+            payload = _reconstruct(pkt.data, pending.attachments)
+        except RecursionError:
+            raise ProtocolViolation("a binary packet nested too deeply") from None
+        namespace = pkt.namespace or "/"
+        if not self._joined(eio_sid, namespace):
+            raise ProtocolViolation(f"a binary packet for namespace {_short(namespace)}, which "
+                                    "this connection has left")
+        kind = sio_packet.EVENT if pkt.packet_type == sio_packet.BINARY_EVENT else sio_packet.ACK
+        self._dispatch_packet(eio_sid, kind, namespace, pkt.id, payload)
+
+    def _dispatch_packet(self, eio_sid, kind, namespace, id, payload):
+        if kind == sio_packet.EVENT:
+            self._handle_event(eio_sid, namespace, id, payload)
+        else:
+            self._handle_ack(eio_sid, namespace, id, payload)
+
+    _CONNECT_NAMESPACE = re.compile(r"0(/[^,]*),")
+
+    def _refuse_malformed_connect(self, eio_sid, data, problem):
+        """Answer a CONNECT that does not decode with CONNECT_ERROR (the connection then closes)."""
+        match = self._CONNECT_NAMESPACE.match(data)
+        namespace = match.group(1).split("?", 1)[0] if match else "/"
+        self._send_packet(eio_sid, self.packet_class(
+            sio_packet.CONNECT_ERROR, namespace=namespace,
+            data={"message": f"malformed CONNECT packet: {problem}"}))
+
+    def _joined(self, eio_sid, namespace):
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        return sid is not None and self.manager.is_connected(sid, namespace)
+
+    def close_connection(self, eio_sid, why):
+        """Close the Engine.IO connection *eio_sid* (logged once, with *why*).
+
+        The client gets the Engine.IO CLOSE packet (on a websocket, then a
+        close frame); its namespaces disconnect with reason "transport error".
+        Not ``eio.disconnect()``: it waits without a bound for a polling
+        client to fetch the CLOSE packet. Uses engineio.Server.sockets and
+        ``Socket.close(wait=False, abort=False, reason=)`` (python-engineio
+        4.11-4.15), as :func:`close_transports`. Packets that still arrive on
+        the closed connection are dropped by :class:`_StrictEngineSocket`.
+        """
+        sock = self.eio.sockets.get(eio_sid)
+        if sock is None:
+            # not a real transport: the in-process test client (its router
+            # takes eio.disconnect), or a connection that is already gone
+            log.info("closing connection %s: %s", eio_sid, why)
+            self.eio.disconnect(eio_sid)
+            return
+        if sock.closed or sock.closing:
+            return
+        log.info("closing connection %s from %s: %s", eio_sid,
+                 (self.environ.get(eio_sid) or {}).get("REMOTE_ADDR"), why)
+        sock.close(wait=False, abort=False, reason=self.eio.reason.TRANSPORT_ERROR)
+
+    # -- connect_timeout: a connection must join a namespace in time ------------------
+
+    # Replaces socketio.Server._handle_eio_connect (5.12-5.18), which only
+    # records the environ: also gives the Engine.IO socket sbio's strict class
+    # and starts its connect_timeout (the reference server's connectTimeout,
+    # socket.io's Client.setup).
+    def _handle_eio_connect(self, eio_sid, environ):
+        super()._handle_eio_connect(eio_sid, environ)
+        sock = self.eio.sockets.get(eio_sid)
+        if sock is None:  # the in-process test client: no transport to time out
+            return
+        # engineio.Server._handle_connect builds a plain engineio.socket.Socket
+        # and gives no way to choose its class; this is the first moment sbio
+        # sees it, before any packet of the client is read.
+        if type(sock) is eio_socket.Socket:
+            sock.__class__ = self.engine_socket_class
+        self._awaiting_connect[eio_sid] = time.monotonic() + self.connect_timeout
+        if self._connect_watch is None or self._connect_watch.dead:
+            self._connect_watch = gevent.spawn(self._watch_connect_deadlines)
+
+    def _watch_connect_deadlines(self):
+        """Close connections that joined no namespace within ``server.connect_timeout``.
+
+        One greenlet per server, alive while connections wait for their
+        first CONNECT; deadlines come in insertion order (one timeout for all).
+        """
+        while self._awaiting_connect:
+            eio_sid, deadline = next(iter(self._awaiting_connect.items()))
+            wait = deadline - time.monotonic()
+            if wait > 0:
+                gevent.sleep(wait)
+                continue
+            del self._awaiting_connect[eio_sid]
+            self.close_connection(
+                eio_sid, f"no CONNECT within server.connect_timeout ({self.connect_timeout:g} s)")
+
+    # Extends socketio.Server.shutdown (public): also stops the connect_timeout
+    # watcher, which this server owns.
+    def shutdown(self):
+        if self._connect_watch is not None:
+            self._connect_watch.kill(block=False)
+        self._awaiting_connect.clear()
+        super().shutdown()
 
     # Replaces socketio.Server._handle_ack (5.12-5.18): drops acks without an
-    # id or with a non-array payload before upstream's callback lookup.
+    # id before upstream's callback lookup (a non-array payload never gets
+    # here: _handle_eio_message closes the connection).
     def _handle_ack(self, eio_sid, namespace, id, data):
         # python-socketio keeps its ack-id counter under id 0: a client ack
         # with id 0 (or without an id) would corrupt it.
@@ -182,30 +364,145 @@ class SocketIOServer(socketio.Server):
             return
         super()._handle_ack(eio_sid, namespace, id, data)
 
-    _PACKET_NAMESPACE = re.compile(r"\d(?:\d+-)?(/[^,]*),")
-
-    def _bad_packet(self, eio_sid, data, exc):
-        """A packet that does not decode: tell the client if we know its namespace."""
-        namespace = "/"
-        if isinstance(data, str):
-            match = self._PACKET_NAMESPACE.match(data)
-            if match:
-                namespace = match.group(1)
-        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
-        log.warning("malformed packet from %s (namespace %s): %s", sid or eio_sid,
-                    _short(namespace), exc)
-        if sid is not None and namespace in self.dispatchers:
-            self.push_error(eio_sid, namespace, None, {
-                "code": "bad_request", "message": f"malformed packet: {exc}"})
-
     # Replaces socketio.Server._handle_eio_disconnect (5.12-5.18; the
     # ``reason`` argument is new in 5.12): also drops sbio's connection_session
-    # of that Engine.IO socket, whatever upstream raised.
+    # of that Engine.IO socket, a binary packet still waiting for attachments
+    # and its connect deadline, whatever upstream raised.
     def _handle_eio_disconnect(self, eio_sid, reason):
         try:
             super()._handle_eio_disconnect(eio_sid, reason)
         finally:
             self.sbio_server._connection_sessions.pop(eio_sid, None)
+            self._pending_binary.pop(eio_sid, None)
+            self._awaiting_connect.pop(eio_sid, None)
+
+
+class ProtocolViolation(Exception):
+    """A packet that breaks the Engine.IO / Socket.IO protocol: the connection is closed."""
+
+
+#: socket.io packet types a client may send besides CONNECT
+_CLIENT_PACKETS = frozenset((sio_packet.DISCONNECT, sio_packet.EVENT, sio_packet.ACK,
+                             sio_packet.BINARY_EVENT, sio_packet.BINARY_ACK))
+
+
+def _packet_name(kind):
+    name = sio_packet.packet_names[kind]
+    return f"{'an' if name[0] in 'AEIOU' else 'a'} {name} packet"
+
+
+class _PendingBinary:
+    """A binary packet whose attachments are arriving, and the bytes taken so far."""
+
+    __slots__ = ("packet", "attachments", "size")
+
+    def __init__(self, packet, size):
+        self.packet = packet
+        self.attachments = []
+        self.size = size
+
+    @property
+    def missing(self):
+        return self.packet.attachment_count - len(self.attachments)
+
+
+def _reconstruct(data, attachments):
+    """*data* with each placeholder replaced by its attachment (socket.io-parser's rules).
+
+    Replaces socketio.packet.Packet.reconstruct_binary, which takes any truthy
+    ``_placeholder`` and any ``num`` Python can index with (``-1``, ``True``)
+    and raises IndexError/TypeError on the others.
+    """
+    if isinstance(data, list):
+        return [_reconstruct(item, attachments) for item in data]
+    if isinstance(data, dict):
+        if data.get("_placeholder") is True:
+            num = data.get("num")
+            if type(num) is int and 0 <= num < len(attachments):
+                return attachments[num]
+            raise ProtocolViolation(f"a placeholder for attachment {_short(num)} of "
+                                    f"{len(attachments)}")
+        return {key: _reconstruct(value, attachments) for key, value in data.items()}
+    return data
+
+
+class _StrictEngineSocket(eio_socket.Socket):
+    """python-engineio's Socket, strict on what a client sends (per-server subclass).
+
+    ``sio`` (the :class:`SocketIOServer`) and ``max_post_packets`` are class
+    attributes of the subclass each server makes.
+    """
+
+    sio = None
+    max_post_packets = 16
+
+    def receive(self, pkt):
+        # Replaces engineio.socket.Socket.receive (python-engineio 4.11-4.15)
+        # for three cases: after the server closed the connection, what is
+        # still in flight is dropped here (python-engineio would hand it on, and every packet
+        # would be another violation to log); a PING from an Engine.IO v4
+        # client is "invalid heartbeat direction" to the reference server,
+        # which closes, where python-engineio ignores it on a websocket; OPEN
+        # and NOOP are ignored (the reference server ignores them too;
+        # python-engineio raises, which over polling ends in a hanging close).
+        if self.closed or self.closing:
+            return
+        kind = pkt.packet_type
+        if kind == eio_packet.PING:
+            self.sio.close_connection(self.sid, "protocol violation: a PING from the client "
+                                      "(invalid heartbeat direction)")
+            return
+        if kind in (eio_packet.OPEN, eio_packet.NOOP):
+            return
+        super().receive(pkt)
+
+    def handle_post_request(self, environ):
+        # Replaces engineio.socket.Socket.handle_post_request (python-engineio
+        # 4.11-4.15), which decodes the body with engineio.payload.Payload: a
+        # process-wide limit of 16
+        # packets per POST (more and the whole body is dropped, yet the POST
+        # is answered 200), and a packet that does not decode drops the body
+        # the same way. Here a POST is taken whole, up to max_post_packets
+        # (server.max_message_size / 10: no real packet is shorter than 10
+        # bytes on average), or refused: the connection is closed and
+        # python-engineio answers 400, so the client reconnects.
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        if length > self.server.max_http_buffer_size:
+            self._refuse(f"a {length}-byte POST (server.max_message_size is "
+                         f"{self.server.max_http_buffer_size})")
+        try:
+            body = environ["wsgi.input"].read(length).decode("utf-8")
+        except UnicodeDecodeError:
+            self._refuse("a POST body that is not UTF-8")
+        if body.startswith("d="):  # JSONP, as engineio.payload.Payload.decode
+            body = urllib.parse.parse_qs(body).get("d", [""])[0]
+        count = body.count("\x1e") + 1
+        if count > self.max_post_packets:
+            self._refuse(f"a POST of {count} packets (at most {self.max_post_packets})")
+        pieces = body.split("\x1e")
+        for piece in pieces:
+            if not piece or piece[0] not in "0123456b":
+                self._refuse(f"a POST carrying something that is not an Engine.IO packet: "
+                             f"{piece[:20]!r}")
+        for piece in pieces:
+            try:
+                pkt = eio_packet.Packet(encoded_packet=piece)
+            except Exception as exc:  # a bad base64 attachment
+                self._refuse(f"a packet that does not decode ({exc})")
+            self.receive(pkt)
+            if self.closed:
+                # the client's own CLOSE is taken; a violation closed it: 400
+                if pkt.packet_type != eio_packet.CLOSE:
+                    raise _PostRefused()
+                break
+
+    def _refuse(self, why):
+        self.sio.close_connection(self.sid, f"protocol violation: {why}")
+        raise _PostRefused()
+
+
+class _PostRefused(eio_exceptions.EngineIOError):
+    """python-engineio answers 400 to a POST that raises an EngineIOError."""
 
 
 #: First characters of Engine.IO v4 text packets (open ... noop).

@@ -447,6 +447,8 @@ def test_load_sbio_config_defaults(tmp_path, monkeypatch):
         "message_queue": "",
         "tcp_nodelay": True,
         "shutdown_timeout": 10.0,
+        "max_attachments": 10,
+        "connect_timeout": 45.0,
     }
     assert dict(config["broadcaster"]) == {"pool_size": 100, "timeout": 10.0}
     assert dict(config["db"]) == {"url": "sqlite:///sbio.db", "pool_size": 20}

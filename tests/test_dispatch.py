@@ -156,12 +156,14 @@ def test_unacked_failure_pushes_sbio_error(sbio_client):
     assert len(c.received("sbio:error")) == 3
 
 
-def test_malformed_packet_answers_bad_request_and_keeps_serving(sbio_client):
-    c = sbio_client(Things)
+def test_malformed_packet_closes_the_connection_and_others_keep_serving(sbio_client):
+    # issue 11 item 7: a packet that does not decode is a protocol violation
+    # (socket.io's reference server closes); it used to get sbio:error
+    c, other = sbio_client(Things), sbio_client(Things)
     c.send_raw('2/things,["echo", {bad json')
-    error = c.receive("sbio:error")[0]
-    assert error["code"] == "bad_request" and error["event"] is None
-    assert c.call("echo", 1) == [1]
+    assert not c.connected
+    assert c.sid not in c.server.dispatcher("/things").instances
+    assert other.call("echo", 1) == [1]
 
 
 def test_connect_refusals(sbio_client):
@@ -257,30 +259,27 @@ def test_exception_handler_decorator_wraps_handlers_and_jobs(sbio_client):
     assert c.call("add", 1) == 2
 
 
-@pytest.mark.parametrize("packet, via", [
-    ('2/things,[]', "sbio:error"),
-    ('2/things,{"a": 1}', "sbio:error"),
-    ('2/things,7[]', "ack"),
-    ('2/things,"just a string"', "sbio:error"),
+@pytest.mark.parametrize("packet", [
+    '2/things,[]', '2/things,{"a": 1}', '2/things,7[]', '2/things,"just a string"',
+    "4", "4/things,", "9", "3/things,5{}",
 ])
-def test_decodable_but_malformed_events_get_bad_request(sbio_client, caplog, packet, via):
-    c = sbio_client(Things)
+def test_decodable_but_malformed_packets_close_the_connection(sbio_client, caplog, packet):
+    # issue 11 item 7: events without a name or with a non-array payload, a
+    # CONNECT_ERROR or an unknown packet type from a client, an ACK whose
+    # payload is not an array all break the protocol; the reference server
+    # closes on each (they used to get bad_request or be dropped)
+    c, other = sbio_client(Things), sbio_client(Things)
     with caplog.at_level(logging.WARNING):
-        waiter = c._acks[7] = gevent.event.AsyncResult()  # the raw packet's ack id
         c.send_raw(packet)
-        if via == "ack":
-            envelope = waiter.get(timeout=5)
-            assert envelope["error"]["code"] == "bad_request"
-        else:
-            assert c.receive("sbio:error")[0]["code"] == "bad_request"
-    assert c.call("echo", 1) == [1]
+    assert not c.connected
+    assert other.call("echo", 1) == [1]
     assert not [r for r in caplog.records if r.exc_info]
 
 
-def test_other_malformed_packets_are_dropped_with_a_warning(sbio_client, caplog):
+def test_acks_nobody_waits_for_are_dropped_with_a_warning(sbio_client, caplog):
     c = sbio_client(Things)
     with caplog.at_level(logging.WARNING):
-        for raw in ("4", "4/things,", "9", "3/things,0[1]", "3/things,[1]", "3/things,5{}"):
+        for raw in ("3/things,0[1]", "3/things,[1]", "3/things,12345[1]"):
             c.send_raw(raw)
     assert not [r for r in caplog.records if r.exc_info]
     assert c.call("echo", 2) == [2]

@@ -68,7 +68,6 @@ class SocketIOServer(socketio.Server):
         self.engine_socket_class = type("SbioEngineSocket", (_StrictEngineSocket,), {
             "sio": self, "max_post_packets": max(16, self.max_message_size // 10)})
 
-
     def add_namespace_class(self, cls):
         dispatcher = NamespaceDispatcher(self.sbio_server, cls)
         self.dispatchers[cls.name] = dispatcher
@@ -198,6 +197,8 @@ class SocketIOServer(socketio.Server):
                 raise ProtocolViolation("a binary frame that no binary packet announced")
         except ProtocolViolation as exc:
             self.close_connection(eio_sid, f"protocol violation: {exc}")
+        except Exception:  # a bug in sbio or a handler it calls in line: log, keep serving
+            log.exception("handling a packet of connection %s failed", eio_sid)
 
     def _handle_text_packet(self, eio_sid, data):
         try:

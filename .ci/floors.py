@@ -66,7 +66,7 @@ def floors(pyproject):
         name = canonicalize_name(requirement.name)
         floor = floor_of(requirement)
         if name in found and found[name][0] != floor:
-            other_floor, other_where, other = found[name]
+            _, other_where, other = found[name]
             raise FloorError(f"{name} has two floors: {other} in {other_where}, "
                              f"{requirement} in {where}")
         found.setdefault(name, (floor, where, requirement))

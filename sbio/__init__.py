@@ -43,11 +43,11 @@ _EXPORTS = {
     "on_startup": "sbio.tasks",
     "on_shutdown": "sbio.tasks",
     "stopped": "sbio.tasks",
-    "LifecycleError": "sbio.tasks",
-    "QueueFull": "sbio.tasks",
+    "LifecycleError": "sbio.errors",
+    "QueueFull": "sbio.errors",
     "notify_remote": "sbio.cluster",
     "parse_config": "sbio.config",
-    "ConfigurationError": "sbio.config",
+    "ConfigurationError": "sbio.errors",
 }
 
 __all__ = sorted(_EXPORTS)

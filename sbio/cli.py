@@ -16,13 +16,11 @@ import os
 import signal
 import sys
 
+from .errors import NamespaceLoadError
+
 log = logging.getLogger("sbio.cli")
 
 __all__ = ["main", "load_namespaces", "load_blueprints", "NamespaceLoadError"]
-
-
-class NamespaceLoadError(Exception):
-    """A namespace module could not be imported; the message names the file."""
 
 
 def _module_entries(directory):

@@ -52,7 +52,7 @@ import gevent.event
 import gevent.queue
 import socketio
 
-from .errors import SbioError
+from .errors import SbioError, SbioTimeoutError
 from .live import MANUAL_TRIGGER, Bus, channel_name, live_data_on
 
 __all__ = ["Cluster", "RedisBus", "RedisLocks", "RedisManager", "configure", "notify_remote",
@@ -296,7 +296,7 @@ class _Subscriber:
         while pending:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise TimeoutError("Redis did not confirm the subscriptions")
+                raise SbioTimeoutError("Redis did not confirm the subscriptions")
             message = pubsub.get_message(timeout=left)
             if message is None:
                 continue

@@ -31,7 +31,7 @@ try:  # configobj >= 5.0.8 ships validate inside the package
 except ImportError:  # pragma: no cover - older configobj
     import validate as _validate
 
-from sbio.errors import SbioError
+from sbio.errors import ConfigurationError, SbioError  # noqa: F401  (old location)
 
 __all__ = ["Config", "ConfigurationError", "parse_config", "load_sbio_config", "SBIO_CONFIGSPEC"]
 
@@ -73,20 +73,6 @@ _EXPECTED = {
 
 _INTERPOLATION = re.compile(r"%(?:(%)|\(([^)]*)\)s)")
 _AT_LINE = re.compile(r"\s*at line \d+\.?$")
-
-
-class ConfigurationError(SbioError, ValueError):
-    """The configuration cannot be read or does not validate.
-
-    The message lists every problem, one per line, as ``section.key: problem``
-    (with where the value came from), or names the file and line of a syntax
-    error. :attr:`errors` holds the same problems as ``(where, problem)`` pairs,
-    *where* being a dotted key or ``"<file>, line <n>"``.
-    """
-
-    def __init__(self, message, errors=()):
-        super().__init__(message)
-        self.errors = list(errors)
 
 
 # --------------------------------------------------------------------------

@@ -3,9 +3,27 @@
 Handlers raise :class:`RpcError` to answer a call with an application error
 code, and :class:`ConnectionRefused` from ``on_connect`` to refuse a
 connection with a message and a payload the client receives.
+
+::
+
+    SbioError
+    ├── RpcError                  (sbio.sa.ValidationError, sbio.testing.CallError)
+    ├── ConnectionRefused
+    ├── SbioTimeoutError          also a TimeoutError
+    ├── ConfigurationError        also a ValueError
+    ├── LifecycleError
+    ├── QueueFull                 also a queue.Full
+    └── NamespaceLoadError
+
+The old import locations (``sbio.config.ConfigurationError``,
+``sbio.tasks.LifecycleError``, ``sbio.tasks.QueueFull``,
+``sbio.cli.NamespaceLoadError``) still work.
 """
 
-__all__ = ["SbioError", "RpcError", "ConnectionRefused", "SbioTimeoutError"]
+import queue as _stdlib_queue
+
+__all__ = ["SbioError", "RpcError", "ConnectionRefused", "SbioTimeoutError",
+           "ConfigurationError", "LifecycleError", "QueueFull", "NamespaceLoadError"]
 
 
 class SbioError(Exception):
@@ -55,3 +73,46 @@ class ConnectionRefused(SbioError):
 
 class SbioTimeoutError(SbioError, TimeoutError):
     """A wait that sbio bounds ran out of time (e.g. ``Namespace.call``)."""
+
+
+class ConfigurationError(SbioError, ValueError):
+    """The configuration cannot be read or does not validate.
+
+    The message lists every problem, one per line, as ``section.key: problem``
+    (with where the value came from), or names the file and line of a syntax
+    error. :attr:`errors` holds the same problems as ``(where, problem)`` pairs,
+    *where* being a dotted key or ``"<file>, line <n>"``.
+    """
+
+    def __init__(self, message, errors=()):
+        super().__init__(message)
+        self.errors = list(errors)
+
+
+class LifecycleError(SbioError):
+    """Start-up failed, or the lifecycle was used in a way it cannot honour.
+
+    When a startup hook raises, :meth:`sbio.tasks.Lifecycle.start` raises this
+    error with the hook's exception chained (``__cause__``).
+
+    :ivar hook: qualified name of the startup hook that failed (or ``None``).
+    :ivar shutdown_errors: ``(hook name, exception)`` pairs for the shutdown
+        hooks that also failed while start-up was being rolled back.
+    """
+
+    def __init__(self, message, hook=None, shutdown_errors=()):
+        super().__init__(message)
+        self.hook = hook
+        self.shutdown_errors = list(shutdown_errors)
+
+
+class QueueFull(SbioError, _stdlib_queue.Full):
+    """:meth:`sbio.tasks.Caller.defer` was called while the caller's queue was full.
+
+    Also a :class:`queue.Full`, so code written for the standard library's
+    queues catches it.
+    """
+
+
+class NamespaceLoadError(SbioError):
+    """A namespace module could not be imported; the message names the file."""

@@ -29,7 +29,6 @@ import contextlib
 import contextvars
 import itertools
 import logging
-import queue as _stdlib_queue
 import time
 
 import gevent
@@ -38,7 +37,7 @@ from gevent.lock import RLock
 from gevent.pool import Group
 from gevent.queue import Queue
 
-from sbio.errors import SbioError, SbioTimeoutError
+from sbio.errors import LifecycleError, QueueFull, SbioError, SbioTimeoutError  # noqa: F401
 
 __all__ = [
     "DaemonTask",
@@ -78,31 +77,6 @@ def _run_as(lifecycle, func, *args):
     """Call *func* in this (new) greenlet with *lifecycle* as its current lifecycle."""
     _current_lifecycle.set(lifecycle)
     return func(*args)
-
-
-class LifecycleError(SbioError):
-    """Start-up failed, or the lifecycle was used in a way it cannot honour.
-
-    When a startup hook raises, :meth:`Lifecycle.start` raises this error with
-    the hook's exception chained (``__cause__``).
-
-    :ivar hook: qualified name of the startup hook that failed (or ``None``).
-    :ivar shutdown_errors: ``(hook name, exception)`` pairs for the shutdown
-        hooks that also failed while start-up was being rolled back.
-    """
-
-    def __init__(self, message, hook=None, shutdown_errors=()):
-        super().__init__(message)
-        self.hook = hook
-        self.shutdown_errors = list(shutdown_errors)
-
-
-class QueueFull(SbioError, _stdlib_queue.Full):
-    """:meth:`Caller.defer` was called while the caller's queue was full.
-
-    Also a :class:`queue.Full`, so code written for the standard library's
-    queues catches it.
-    """
 
 
 def default_waiter(event, timeout):

@@ -47,7 +47,7 @@ from socketio import packet as sio_packet  # noqa: E402
 from ._fixtures_config import config_patcher  # noqa: E402,F401
 from ._fixtures_db import *  # noqa: E402,F401,F403
 from ._fixtures_tasks import *  # noqa: E402,F401,F403
-from .errors import ConnectionRefused, RpcError, SbioError  # noqa: E402
+from .errors import ConnectionRefused, RpcError, SbioError, SbioTimeoutError  # noqa: E402
 
 __all__ = ["CallError", "LocalClient", "LiveClient", "Subscription", "missing_service"]
 
@@ -163,10 +163,11 @@ class _ClientBase:
     def receive(self, event, timeout=None, count=1):
         """Wait until *count* ``event`` events have been received; return the last's args.
 
-        Raises :class:`TimeoutError` after *timeout* seconds (the client's default).
+        Raises :class:`~sbio.SbioTimeoutError` (a :class:`TimeoutError`) after
+        *timeout* seconds (the client's default).
         """
         timeout = self.timeout if timeout is None else timeout
-        with gevent.Timeout(timeout, TimeoutError(
+        with gevent.Timeout(timeout, SbioTimeoutError(
                 f"{count} {event!r} event(s) not received within {timeout}s "
                 f"(got: {[name for name, _ in self.events]})")):
             while True:
@@ -368,7 +369,7 @@ class LocalClient(_ClientBase):
             envelope = waiter.get(timeout=timeout)
         except gevent.Timeout:
             self._acks.pop(ack_id, None)
-            raise TimeoutError(f"no ack for {event!r} within {timeout}s") from None
+            raise SbioTimeoutError(f"no ack for {event!r} within {timeout}s") from None
         cause = None
         if self.raise_server_errors and self.instance is not None:
             cause = _ErrorCapture.of(self.server).take(self.sid, event)
@@ -522,7 +523,7 @@ class LiveClient(_ClientBase):
             return self.client.call(event, tuple(args), namespace=self.namespace,
                                     timeout=timeout), None
         except socketio.exceptions.TimeoutError:
-            raise TimeoutError(f"no ack for {event!r} within {timeout}s") from None
+            raise SbioTimeoutError(f"no ack for {event!r} within {timeout}s") from None
 
     def emit(self, event, *args):
         """Emit *event* without an ack."""
@@ -575,11 +576,12 @@ class Subscription:
 
         An error push raises :class:`CallError` (with the server's exception
         as ``__cause__`` for an in-process client, when known). Raises
-        :class:`TimeoutError` after *timeout* seconds (the client's default).
+        :class:`~sbio.SbioTimeoutError` (a :class:`TimeoutError`) after *timeout*
+        seconds (the client's default).
         """
         client = self.client
         timeout = client.timeout if timeout is None else timeout
-        with gevent.Timeout(timeout, TimeoutError(
+        with gevent.Timeout(timeout, SbioTimeoutError(
                 f"no sbio:update for subscription {self.id!r} ({self.event}) within "
                 f"{timeout}s ({len(self.pushes)} received, {self._seen} already seen)")):
             while len(self.pushes) <= self._seen:

@@ -22,6 +22,13 @@ one of these libraries, this file is the one to read against its changes.
   check before the upgrade, TCP_NODELAY.
 * :func:`close_transports` — close every Engine.IO connection at shutdown
   without telling socket.io clients not to reconnect.
+* :func:`send_text`, :func:`text_sender` — send already-encoded socket.io
+  packets (the live-data fan-out, see :class:`sbio.protocol.UpdateEncoder`).
+* :func:`feed_connect`, :func:`feed_message`, :func:`feed_disconnect` —
+  drive a server's packet handling without a socket (``sbio.testing``).
+* :class:`RedisManagerBase` — python-socketio's Redis manager with its
+  transport (publish / listen) handed to public-named methods that
+  :class:`sbio.cluster.RedisManager` implements.
 """
 import logging
 import re
@@ -39,10 +46,13 @@ from geventwebsocket.handler import WebSocketHandler
 from geventwebsocket.websocket import Header, WebSocket
 from socketio import packet as sio_packet
 
-from .dispatch import ERROR_EVENT, NamespaceDispatcher, _short, error_envelope
+from .dispatch import NamespaceDispatcher
+from .protocol import error_envelope, error_push_packet
+from .protocol import short_repr as _short
 
 __all__ = ["SocketIOServer", "ProtocolViolation", "MessageTooBig", "websocket_handler_class",
-           "close_transports"]
+           "close_transports", "send_text", "text_sender", "feed_connect", "feed_message",
+           "feed_disconnect", "RedisManagerBase"]
 
 log = logging.getLogger(__name__)
 
@@ -166,10 +176,7 @@ class SocketIOServer(socketio.Server):
 
     def push_error(self, eio_sid, namespace, event, error):
         """Send ``sbio:error`` ``{"event", "code", "message"}`` to one connection."""
-        body = {"event": event if isinstance(event, str) else None}
-        body.update(error)
-        self._send_packet(eio_sid, self.packet_class(
-            sio_packet.EVENT, namespace=namespace, data=[ERROR_EVENT, body]))
+        self._send_packet(eio_sid, error_push_packet(namespace, event, error, self.packet_class))
 
     # -- the inbound packet path: strict, like socket.io's reference server ----------
 
@@ -733,3 +740,100 @@ def close_transports(sio, timeout):
     with gevent.Timeout(timeout, False):
         for sock in sockets:
             sock.queue.join()
+
+
+# -- sending already-encoded packets ----------------------------------------------------------
+
+
+def send_text(sio, eio_sid, text):
+    """Send socket.io packet *text* to Engine.IO connection *eio_sid* (see :func:`text_sender`)."""
+    sio.eio.send_packet(eio_sid, eio_packet.Packet(eio_packet.MESSAGE, text))
+
+
+def text_sender(sio):
+    """A ``send(eio_sid, text)`` sending socket.io packet *text* as one Engine.IO MESSAGE.
+
+    Bound once per fan-out: the hot loop of the live-data broadcaster calls
+    it for every subscriber. Uses engineio.Server.send_packet (public) with
+    an ``engineio.packet.Packet``; python-socketio's own path
+    (socketio.Server._send_eio_packet) is one call deeper.
+    """
+    send_packet = sio.eio.send_packet
+    packet, message = eio_packet.Packet, eio_packet.MESSAGE
+
+    def send(eio_sid, text):
+        send_packet(eio_sid, packet(message, text))
+
+    return send
+
+
+# -- driving the packet handling without a socket (the in-process test client) -----------------
+
+
+def feed_connect(sio, eio_sid, environ):
+    """Open Engine.IO connection *eio_sid* as if a client had connected with *environ*.
+
+    Calls socketio.Server._handle_eio_connect (5.12-5.18), the handler
+    Engine.IO's "connect" event runs: there is no public way to open a
+    connection without a transport.
+    """
+    sio._handle_eio_connect(eio_sid, environ)
+
+
+def feed_message(sio, eio_sid, text):
+    """Hand socket.io packet *text* (or a binary attachment) to *sio* as received from *eio_sid*.
+
+    Calls socketio.Server._handle_eio_message (5.12-5.18; overridden by
+    :class:`SocketIOServer`), the handler of Engine.IO's "message" event.
+    """
+    sio._handle_eio_message(eio_sid, text)
+
+
+def feed_disconnect(sio, eio_sid, reason="client disconnect"):
+    """Close Engine.IO connection *eio_sid* as if the client had gone.
+
+    Calls socketio.Server._handle_eio_disconnect (its *reason* argument
+    exists from python-socketio 5.12).
+    """
+    sio._handle_eio_disconnect(eio_sid, reason)
+
+
+# -- the Redis client manager ----------------------------------------------------------------
+
+
+class RedisManagerBase(socketio.RedisManager):
+    """``socketio.RedisManager`` whose transport is :meth:`publish_message` / :meth:`listen_messages`.
+
+    python-socketio's PubSubManager does the socket.io part (encoding emits,
+    rooms, disconnects for other processes, applying theirs); its Redis
+    connection handling is replaced by the subclass
+    (:class:`sbio.cluster.RedisManager`), which implements the two methods.
+    """
+
+    def publish_message(self, data):
+        """Send *data* (a dict built by python-socketio) to the other processes."""
+        raise NotImplementedError
+
+    def listen_messages(self):
+        """Yield the messages the other processes published (raw Redis payloads)."""
+        raise NotImplementedError
+
+    def spawn_dispatch(self):
+        """Start the greenlet applying :meth:`listen_messages` to this process.
+
+        Runs socketio.PubSubManager._thread (5.12-5.18), the loop that
+        decodes each message and applies it; upstream starts it in
+        ``initialize()`` through the server, which sbio's manager replaces
+        to start and stop it itself.
+        """
+        return gevent.spawn(self._thread)
+
+    # Replaces socketio.RedisManager._publish (5.12-5.18), which reconnects
+    # (and logs) on every emit while Redis is down.
+    def _publish(self, data):
+        return self.publish_message(data)
+
+    # Replaces socketio.RedisManager._listen (5.12-5.18): upstream owns a
+    # pub/sub connection that cannot be stopped; sbio's subscriber can.
+    def _listen(self):
+        return self.listen_messages()

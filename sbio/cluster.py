@@ -50,10 +50,11 @@ from urllib.parse import urlsplit, urlunsplit
 import gevent
 import gevent.event
 import gevent.queue
-import socketio
 
+from .adapter import RedisManagerBase
+from .channels import channel_names
 from .errors import SbioError, SbioTimeoutError
-from .live import MANUAL_TRIGGER, Bus, channel_name, live_data_on
+from .live import MANUAL_TRIGGER, Bus, live_data_on
 
 __all__ = ["Cluster", "RedisBus", "RedisLocks", "RedisManager", "configure", "notify_remote",
            "DEFAULT_PREFIX", "RESYNC_TRIGGER"]
@@ -79,6 +80,38 @@ DEFAULTS = {
 }
 
 _WIRE_VERSION = 1
+
+
+def encode_bus_message(origin, channels, trigger, resync=False):
+    """The text of one live-data bus message (``<prefix>:live``).
+
+    ``{"v": 1, "o": origin, "c": [channel, ...], "t": trigger}``, plus
+    ``"resync": true`` for a request to re-run everything. Every publisher
+    (:class:`RedisBus`, :func:`notify_remote`) encodes with this.
+    """
+    message = {"v": _WIRE_VERSION, "o": origin, "c": list(channels), "t": trigger}
+    if resync:
+        message["resync"] = True
+    return json.dumps(message, separators=(",", ":"))
+
+
+def decode_bus_message(data):
+    """``(origin, channels, trigger, resync)`` of a bus message (see :func:`encode_bus_message`).
+
+    *trigger* is None when the message has none.
+
+    :raises ValueError: *data* is not such a message.
+    """
+    try:
+        message = json.loads(data)
+        origin = message["o"]
+        names = message["c"]
+        trigger = message.get("t")
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ValueError(f"not a bus message: {exc}") from None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError("channels must be a list of strings")
+    return origin, names, trigger, bool(message.get("resync"))
 
 
 # -- connections --------------------------------------------------------------------------
@@ -315,7 +348,7 @@ class _Subscriber:
 # -- socket.io: the client manager ---------------------------------------------------------
 
 
-class RedisManager(socketio.RedisManager):
+class RedisManager(RedisManagerBase):
     """python-socketio's :class:`socketio.RedisManager`, with sbio's outage handling.
 
     Emits, room broadcasts and disconnects are applied to this process's
@@ -351,7 +384,7 @@ class RedisManager(socketio.RedisManager):
         _require_monkey_patching()
         if self._thread_greenlet is None or self._thread_greenlet.dead:
             self._inbox = gevent.queue.Queue()
-            self._thread_greenlet = gevent.spawn(self._thread)  # python-socketio's dispatch
+            self._thread_greenlet = self.spawn_dispatch()  # python-socketio's dispatch
             self._thread_greenlet.name = "sbio.cluster socket.io dispatch"
         self._subscriber.start()
 
@@ -373,12 +406,12 @@ class RedisManager(socketio.RedisManager):
     def _on_message(self, channel, data):
         self._inbox.put(data)
 
-    def _listen(self):
+    def listen_messages(self):
         inbox = self._inbox
         while True:
             yield inbox.get()
 
-    def _publish(self, data):
+    def publish_message(self, data):
         if self.health.is_down(self.part):
             self.health.count("socket.io messages not sent to other processes")
             return
@@ -553,16 +586,12 @@ class RedisBus(Bus):
                     self._client = make_client(self.url, self.socket_timeout)
                 pipe = self._client.pipeline(transaction=False)
                 for channels, trigger in batch:
-                    pipe.publish(self.channel, self._encode(list(channels), trigger))
+                    pipe.publish(self.channel, encode_bus_message(self.origin, channels, trigger))
                 pipe.execute()
                 self.metrics["published"] += len(batch)
             except Exception as exc:
                 self.health.failed(self.part, exc)
                 self._hold(batch)
-
-    def _encode(self, channels, trigger, **extra):
-        return json.dumps({"v": _WIRE_VERSION, "o": self.origin, "c": channels, "t": trigger,
-                           **extra}, separators=(",", ":"))
 
     def _hold(self, batch):
         """Remember notifications that could not be sent, coalesced by channel."""
@@ -606,7 +635,8 @@ class RedisBus(Bus):
         try:
             if self._client is None:
                 self._client = make_client(self.url, self.socket_timeout)
-            self._client.publish(self.channel, self._encode([], RESYNC_TRIGGER, resync=True))
+            self._client.publish(self.channel, encode_bus_message(self.origin, [], RESYNC_TRIGGER,
+                                                                  resync=True))
         except Exception as exc:
             self.health.failed(self.part, exc)
             self._held_overflow = True
@@ -615,20 +645,15 @@ class RedisBus(Bus):
 
     def _on_message(self, channel, data):
         try:
-            message = json.loads(data)
-            origin = message["o"]
-            names = message["c"]
-            trigger = message.get("t")
-            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-                raise ValueError("channels must be a list of strings")
-        except (ValueError, TypeError, KeyError) as exc:
+            origin, names, trigger, resync = decode_bus_message(data)
+        except ValueError as exc:
             self.metrics["malformed"] += 1
             log.warning("RedisBus %s: ignoring a malformed message (%s): %.200r", self.channel,
                         exc, data)
             return
         if origin == self.origin:
             return  # delivered here when it was published
-        if message.get("resync"):
+        if resync:
             self.resync_local()
             return
         if names:
@@ -899,9 +924,7 @@ def notify_remote(url, channels, trigger=None, *, prefix=DEFAULT_PREFIX, timeout
     :raises redis.exceptions.ConnectionError: Redis is unreachable (nothing
         is sent; retrying is up to the caller).
     """
-    if isinstance(channels, (str, type)):
-        channels = [channels]
-    names = list(dict.fromkeys(channel_name(c) for c in channels))
+    names = channel_names(channels)
     if not names:
         return 0
     key = (url, timeout)
@@ -909,7 +932,6 @@ def notify_remote(url, channels, trigger=None, *, prefix=DEFAULT_PREFIX, timeout
         client = _remote_clients.get(key)
         if client is None:
             client = _remote_clients[key] = make_client(url, timeout)
-    message = json.dumps({"v": _WIRE_VERSION, "o": "remote:" + uuid.uuid4().hex, "c": names,
-                          "t": MANUAL_TRIGGER if trigger is None else str(trigger)},
-                         separators=(",", ":"))
+    message = encode_bus_message("remote:" + uuid.uuid4().hex, names,
+                                 MANUAL_TRIGGER if trigger is None else str(trigger))
     return client.publish(f"{prefix}:live", message)

@@ -14,78 +14,29 @@ connection its own :class:`~sbio.Namespace` instance. A
 It is plain Python: the glue to python-socketio's packet handling (which
 calls into this module) is :class:`sbio.adapter.SocketIOServer`.
 """
-import contextvars
 import inspect
 import logging
-import re
 import typing
 
 import gevent
 import socketio
 
+from .context import CallContext, _current_call, current_call
 from .errors import ConnectionRefused, RpcError, SbioTimeoutError
 from .namespace import RESERVED_HANDLERS
+from .protocol import ERROR_EVENT  # noqa: F401  (old location)
+from .protocol import EVENT_NAME_RE, error_envelope, error_envelope_of, ok_envelope, short_repr
 
 __all__ = ["NamespaceDispatcher", "CallContext", "current_call",
            "ok_envelope", "error_envelope"]
 
 log = logging.getLogger(__name__)
 
-_EVENT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
 _SIMPLE_TYPES = (int, float, str, bool, list, dict)
-_MAX_NAME_IN_MESSAGE = 64
 
-#: Event name of the push that reports a failed event sent without an ack.
-ERROR_EVENT = "sbio:error"
-
-
-def ok_envelope(data):
-    """The success envelope of an ack: ``{"ok": True, "data": data}``."""
-    return {"ok": True, "data": data}
-
-
-def error_envelope(code, message):
-    """The failure envelope of an ack: ``{"ok": False, "error": {...}}``."""
-    return {"ok": False, "error": {"code": code, "message": message}}
-
-
-def _short(name):
-    text = repr(name)
-    return text if len(text) <= _MAX_NAME_IN_MESSAGE else text[:_MAX_NAME_IN_MESSAGE] + "...'"
-
-
-class CallContext:
-    """The handler call in progress in this greenlet (see :func:`current_call`).
-
-    ``after_success`` holds callables run once the handler has returned
-    normally (``@notifies``, ``notify(delay=True)``); they are dropped when
-    it raised. ``subscription`` is the :class:`sbio.live.Subscription` being
-    computed when ``purpose`` is ``"subscribe"`` or ``"rerun"``, else None.
-    """
-
-    __slots__ = ("namespace", "event", "args", "after_success", "finished", "purpose",
-                 "subscription")
-
-    def __init__(self, namespace, event, args, purpose="call", subscription=None):
-        self.namespace = namespace
-        self.event = event
-        self.args = args
-        self.after_success = []
-        self.finished = False
-        #: "call" for a client call, "subscribe" / "rerun" for live data.
-        self.purpose = purpose
-        self.subscription = subscription
-
-
-_current_call = contextvars.ContextVar("sbio_current_call", default=None)
-
-
-def current_call():
-    """The :class:`CallContext` of the handler running in this greenlet, or None."""
-    ctx = _current_call.get()
-    if ctx is not None and ctx.finished:
-        return None
-    return ctx
+# Old names, kept for code that imported them from here.
+_EVENT_NAME = EVENT_NAME_RE
+_short = short_repr
 
 
 class _HandlerSpec:
@@ -287,7 +238,7 @@ class NamespaceDispatcher:
             else:
                 result = spec.func(instance, *args)
         except RpcError as exc:
-            return {"ok": False, "error": exc.to_dict()}
+            return error_envelope_of(exc.to_dict())
         except (SbioTimeoutError, gevent.Timeout) as exc:
             log.warning("handler timed out (sid=%s namespace=%s event=%s): %s",
                         instance.sid, self.name, event, exc)
@@ -307,7 +258,7 @@ class NamespaceDispatcher:
             except Exception:
                 log.exception("after-success callback failed (sid=%s namespace=%s event=%s)",
                               instance.sid, self.name, event)
-        return {"ok": True, "data": result}
+        return ok_envelope(result)
 
 
 def _base_exception_handler_decorator():

@@ -42,10 +42,15 @@ import weakref
 import gevent
 import gevent.event
 import gevent.pool
-from engineio import packet as eio_packet
 from gevent import monkey
 
-from .dispatch import _EVENT_NAME, _short, current_call, error_envelope, ok_envelope
+from .adapter import send_text, text_sender
+from .channels import channel_name  # noqa: F401  (public here too)
+from .channels import channel_names as _channel_names
+from .context import current_call
+from .protocol import (SUBSCRIBE_EVENT, UNSUBSCRIBE_EVENT, UPDATE_EVENT, UpdateEncoder,  # noqa: F401
+                       error_envelope, error_envelope_of, is_valid_event_name, ok_envelope)
+from .protocol import short_repr as _short
 from .tasks import current_lifecycle
 
 __all__ = ["subscribes", "notifies", "notify", "channel_name", "LiveData", "Broadcaster",
@@ -53,12 +58,7 @@ __all__ = ["subscribes", "notifies", "notify", "channel_name", "LiveData", "Broa
 
 log = logging.getLogger(__name__)
 
-#: Event the client sends to subscribe: ``{"id": S, "event": E, "args": [...]}``.
-SUBSCRIBE_EVENT = "sbio:subscribe"
-#: Event the client sends to unsubscribe: ``{"id": S}`` or ``{"ids": [...]}``.
-UNSUBSCRIBE_EVENT = "sbio:unsubscribe"
-#: Event the server pushes: ``{"id", "data", "trigger"}`` or ``{"id", "error"}``.
-UPDATE_EVENT = "sbio:update"
+# SUBSCRIBE_EVENT, UNSUBSCRIBE_EVENT, UPDATE_EVENT: see sbio.protocol (imported above).
 
 #: Trigger of notifications sent outside any handler without a trigger.
 MANUAL_TRIGGER = "manual"
@@ -71,49 +71,7 @@ _FINGERPRINT_TEXT_MAX = 512
 _real_get_ident = monkey.get_original("_thread", "get_ident")
 
 
-# -- channels ---------------------------------------------------------------------------
-
-_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
-
-
-def channel_name(obj):
-    """The channel name of *obj*.
-
-    A string is a channel name as it is. A class (for instance an SQLAlchemy
-    model) is named by its table: ``__table__.name``, else ``__tablename__``,
-    else its name in snake_case (``WebsiteURL`` -> ``"website_url"``). An
-    instance of a mapped model is named like its class.
-
-    :raises TypeError: for anything else.
-    :raises ValueError: for an empty name.
-    """
-    if isinstance(obj, str):
-        name = obj
-    else:
-        cls = obj if isinstance(obj, type) else type(obj)
-        if not isinstance(obj, type) and getattr(cls, "__table__", None) is None \
-                and not getattr(cls, "__tablename__", None):
-            raise TypeError(f"a channel must be a string or a class, got {obj!r}")
-        table = getattr(cls, "__table__", None)
-        name = getattr(table, "name", None) or getattr(cls, "__tablename__", None) \
-            or _CAMEL.sub("_", cls.__name__).lower()
-        if not isinstance(name, str):
-            raise TypeError(f"cannot name a channel after {obj!r}")
-    if not name:
-        raise ValueError("a channel name cannot be empty")
-    return name
-
-
-def _channel_names(channels):
-    """A tuple of distinct channel names from one channel or an iterable of them."""
-    if isinstance(channels, (str, type)):
-        return (channel_name(channels),)
-    try:
-        items = iter(channels)
-    except TypeError:
-        return (channel_name(channels),)
-    return tuple(dict.fromkeys(channel_name(c) for c in items))
-
+# -- channels (naming: sbio.channels) ----------------------------------------------------
 
 _FORMATTER = string.Formatter()
 _FIELD_ROOT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -474,7 +432,7 @@ class Subscription(_Target):
         self.sid = instance.sid
         self.eio_sid = eio_sid
         self.id = sub_id
-        self.id_json = json.dumps(sub_id)
+        self.id_json = UpdateEncoder.id_json(sub_id)
         self.event = event
         self.args = args
         self.shared = shared
@@ -563,8 +521,7 @@ class Broadcaster:
         self._greenlet = None
         self._stopping = False
         self.pool = gevent.pool.Pool(live.pool_size)
-        ns = "" if self.namespace == "/" else self.namespace + ","
-        self._update_prefix = "2" + ns + '["' + UPDATE_EVENT + '",{"id":'
+        self._push = UpdateEncoder(self.namespace)
 
     def __repr__(self):
         return f"<Broadcaster {self.namespace} subscriptions={self.subscription_count()}>"
@@ -795,7 +752,7 @@ class Broadcaster:
                 text = _encode(envelope["data"])
             except (TypeError, ValueError, OverflowError) as exc:
                 self._unjsonable(runner, exc)
-                envelope = {"ok": False, "error": _UNJSONABLE}
+                envelope = error_envelope_of(_UNJSONABLE)
         elif envelope["error"]["code"] == "forbidden" and runner.alive:
             # the runner's ACL changed during the run: drop it, run again for the others
             self._forbid(runner, method, envelope["error"])
@@ -814,9 +771,8 @@ class Broadcaster:
         # concatenation and one Engine.IO packet per subscriber.
         fingerprint = _fingerprint(text)
         tail = self._update_tail(trigger, text)
-        prefix = self._update_prefix
-        send = self.sio._send_eio_packet
-        packet, message = eio_packet.Packet, eio_packet.MESSAGE
+        update = self._push.update
+        send = text_sender(self.sio)
         pushed = skipped = 0
         for member in list(group.members):  # a copy: _forbid removes members
             if not member.ready:
@@ -827,7 +783,7 @@ class Broadcaster:
                 skipped += 1
             else:
                 member.last = fingerprint
-                send(member.eio_sid, packet(message, prefix + member.id_json + tail))
+                send(member.eio_sid, update(member.id_json, tail))
                 pushed += 1
         self.metrics["pushes"] += pushed
         self.metrics["skipped_unchanged"] += skipped
@@ -846,9 +802,7 @@ class Broadcaster:
         self._send_error(sub, error)
         self._remove(sub)
 
-    @staticmethod
-    def _update_tail(trigger, text):
-        return ',"trigger":' + json.dumps(trigger) + ',"data":' + text + "}]"
+    _update_tail = staticmethod(UpdateEncoder.data_tail)
 
     def _deliver_data(self, sub, text, fingerprint, tail):
         if sub.last == fingerprint:
@@ -856,7 +810,7 @@ class Broadcaster:
             return
         sub.last = fingerprint
         self.metrics["pushes"] += 1
-        self._send(sub, self._update_prefix + sub.id_json + tail)
+        self._send(sub, self._push.update(sub.id_json, tail))
 
     def _deliver_error(self, sub, error):
         code = error.get("code")
@@ -876,11 +830,10 @@ class Broadcaster:
 
     def _send_error(self, sub, error):
         self.metrics["pushes"] += 1
-        self._send(sub, self._update_prefix + sub.id_json + ',"error":' +
-                   json.dumps(error, separators=(",", ":")) + "}]")
+        self._send(sub, self._push.error(sub.id_json, error))
 
     def _send(self, sub, text):
-        self.sio._send_eio_packet(sub.eio_sid, eio_packet.Packet(eio_packet.MESSAGE, text))
+        send_text(self.sio, sub.eio_sid, text)
 
     # -- the sbio:subscribe / sbio:unsubscribe events -----------------------------------
 
@@ -899,7 +852,7 @@ class Broadcaster:
         if problem:
             return error_envelope("bad_request", problem)
         event = payload.get("event")
-        if not isinstance(event, str) or not _EVENT_NAME.match(event):
+        if not is_valid_event_name(event):
             return error_envelope("bad_request", f"sbio:subscribe: invalid event name "
                                   f"{_short(event)}")
         call_args = payload.get("args", [])
@@ -950,7 +903,7 @@ class Broadcaster:
                 sub.last = _fingerprint(_encode(envelope["data"]))
             except (TypeError, ValueError, OverflowError) as exc:
                 self._unjsonable(sub, exc)
-                envelope = {"ok": False, "error": dict(_UNJSONABLE)}
+                envelope = error_envelope_of(dict(_UNJSONABLE))
         if not envelope["ok"]:
             self._remove(sub)  # a failed subscribe leaves nothing behind
             return envelope

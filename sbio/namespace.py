@@ -15,6 +15,7 @@ import logging
 import gevent
 from gevent.pool import Group
 
+from .context import current_call
 from .errors import SbioTimeoutError
 
 __all__ = ["Namespace"]
@@ -76,8 +77,6 @@ class Namespace:
         result or a re-run); ``self.subscription.data`` is a dict kept across
         the re-runs of that one subscription.
         """
-        from .dispatch import current_call
-
         ctx = current_call()
         if ctx is None or ctx.namespace is not self:
             return None

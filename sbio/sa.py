@@ -31,7 +31,6 @@ import enum
 import inspect as _pyinspect
 import json
 import logging
-import re
 import sys
 import threading
 import uuid
@@ -54,6 +53,7 @@ from sqlalchemy.orm import Session as _SASession
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.schema import Column, UniqueConstraint
 
+from sbio.channels import model_channel, snake_case  # noqa: F401  (public here too)
 from sbio.errors import RpcError
 
 __all__ = [
@@ -77,28 +77,7 @@ log = logging.getLogger(__name__)
 # small helpers
 # --------------------------------------------------------------------------
 
-_CAMEL_RE = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
-
-
-def snake_case(name):
-    """``"WebsiteURL"`` -> ``"website_url"``, ``"HTTPRequest"`` -> ``"http_request"``."""
-    return _CAMEL_RE.sub("_", name).lower()
-
-
-def model_channel(model):
-    """The live-data channel of a model class or instance: its table's name.
-
-    Equal to ``__tablename__`` for ordinary models; a single-table-inheritance
-    subclass shares its parent's table and therefore its parent's channel.
-    """
-    cls = model if isinstance(model, type) else type(model)
-    table = getattr(cls, "__table__", None)
-    if table is not None:
-        return table.name
-    name = getattr(cls, "__tablename__", None)
-    if not name:
-        raise TypeError(f"{cls!r} is not a mapped model")
-    return name
+# snake_case and model_channel: the channel naming rule lives in sbio.channels.
 
 
 class ValidationError(RpcError, ValueError):

@@ -47,6 +47,7 @@ from socketio import packet as sio_packet  # noqa: E402
 from ._fixtures_config import config_patcher  # noqa: E402,F401
 from ._fixtures_db import *  # noqa: E402,F401,F403
 from ._fixtures_tasks import *  # noqa: E402,F401,F403
+from .adapter import feed_connect, feed_disconnect, feed_message  # noqa: E402
 from .errors import ConnectionRefused, RpcError, SbioError, SbioTimeoutError  # noqa: E402
 
 __all__ = ["CallError", "LocalClient", "LiveClient", "Subscription", "missing_service"]
@@ -287,12 +288,12 @@ class LocalClient(_ClientBase):
         self._connect_result = gevent.event.AsyncResult()
         self._environ = environ or self._default_environ()
         _Router.of(server).add(self)
-        self.sio._handle_eio_connect(self.eio_sid, self._environ)
+        feed_connect(self.sio, self.eio_sid, self._environ)
         self._feed(sio_packet.Packet(sio_packet.CONNECT, data=auth, namespace=namespace))
         ok, payload = self._connect_result.get(timeout=timeout)
         if not ok:
             _Router.of(server).remove(self)
-            self.sio._handle_eio_disconnect(self.eio_sid, "client disconnect")
+            feed_disconnect(self.sio, self.eio_sid, "client disconnect")
             payload = payload or {}
             raise ConnectionRefused(payload.get("message", "Connection refused"),
                                     payload.get("data"))
@@ -319,7 +320,7 @@ class LocalClient(_ClientBase):
     def _feed(self, pkt):
         encoded = pkt.encode()
         for part in encoded if isinstance(encoded, list) else [encoded]:
-            self.sio._handle_eio_message(self.eio_sid, part)
+            feed_message(self.sio, self.eio_sid, part)
 
     def _deliver(self, text):
         """A packet the server sent to this client."""
@@ -383,7 +384,7 @@ class LocalClient(_ClientBase):
 
     def send_raw(self, text):
         """Feed a raw socket.io packet string (for malformed-input tests)."""
-        self.sio._handle_eio_message(self.eio_sid, text)
+        feed_message(self.sio, self.eio_sid, text)
 
     def _take_server_error(self, event):
         if not self.raise_server_errors or self.sid is None:
@@ -400,7 +401,7 @@ class LocalClient(_ClientBase):
             return
         if self.connected:
             self._feed(sio_packet.Packet(sio_packet.DISCONNECT, namespace=self.namespace))
-        self.sio._handle_eio_disconnect(self.eio_sid, "client disconnect")
+        feed_disconnect(self.sio, self.eio_sid, "client disconnect")
         _Router.of(self.server).remove(self)
         self.connected = False
         self.eio_sid = None

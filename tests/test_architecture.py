@@ -1,10 +1,50 @@
 """The rules of sbio's layout, checked on its source (see docs/architecture.md)."""
 import ast
 import pathlib
+import re
 
 import sbio
 
 PACKAGE = pathlib.Path(sbio.__file__).resolve().parent
+
+# Private names of python-socketio, python-engineio and gevent-websocket that
+# sbio overrides or calls: only sbio/adapter.py may name them.
+_PRIVATE_UPSTREAM = re.compile(
+    r"\._(handle_|send_|trigger_|cors_|thread\b|listen\b|publish\b|binary_packet|get_socket)"
+    r"|\beio\.sockets\b|\bread_frame\b|\bvalidate_utf8\b|\b_decode_bytes\b|__class__\b"
+    r"|\brun_websocket\b|\bupgrade_connection\b")
+
+# sbio's own private names that the pattern above would also match.
+_OWN = re.compile(r"\._send_(queued|resync_request|error|ack|encoded)\b|\._handle_(request)\b")
+
+
+def _sources():
+    return sorted(p for p in PACKAGE.rglob("*.py") if p.name != "adapter.py")
+
+
+def test_only_the_adapter_names_private_upstream_internals():
+    hits = []
+    for path in _sources():
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if _PRIVATE_UPSTREAM.search(_OWN.sub("", code)):
+                hits.append(f"{path.relative_to(PACKAGE.parent)}:{number}: {line.strip()}")
+    assert not hits, ("private python-socketio/engineio/gevent-websocket names outside "
+                      "sbio/adapter.py:\n" + "\n".join(hits))
+
+
+def test_no_module_builds_socketio_packets_by_hand():
+    # A packet string starts with its type digit and, often, a namespace:
+    # '2["...', '2/ns,[...', '42...'. Only the protocol module encodes them.
+    pattern = re.compile(r"""["']4?[0-6](/|\[)""")
+    hits = []
+    for path in _sources():
+        if path.name == "protocol.py":
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if pattern.search(line.split("#", 1)[0]):
+                hits.append(f"{path.relative_to(PACKAGE.parent)}:{number}: {line.strip()}")
+    assert not hits, "hand-built socket.io packets:\n" + "\n".join(hits)
 
 
 # -- one exception tree ---------------------------------------------------------------------
@@ -55,3 +95,109 @@ def _base_name(node):
     if isinstance(node, ast.Name):
         return node.id
     return ""
+
+
+# -- no import cycles -------------------------------------------------------------------------
+
+
+def _module_name(path):
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _resolve(module, level, current, is_package):
+    if not level:
+        return module
+    base = current.split(".")
+    base = base if is_package else base[:-1]
+    base = base[:len(base) - (level - 1)]
+    return ".".join(base + ([module] if module else []))
+
+
+def import_graph():
+    """sbio module -> the sbio modules it imports (at module level or in functions)."""
+    paths = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {}
+    for name, path in paths.items():
+        is_package = path.name == "__init__.py"
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = _resolve(node.module, node.level, name, is_package)
+                found = [base] + [f"{base}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for target in found:
+                # "from . import live" names a module; "from .x import y" a name in x
+                while target and target not in paths:
+                    target = target.rpartition(".")[0]
+                if target and target != name and target != "sbio":
+                    targets.add(target)
+        graph[name] = targets
+    return graph
+
+
+def _cycles(graph):
+    """The strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on_stack, result = {}, {}, [], set(), []
+    counter = [0]
+
+    def visit(node):
+        index[node] = low[node] = counter[0]
+        counter[0] += 1
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                result.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return result
+
+
+def test_the_import_graph_has_no_cycle():
+    graph = import_graph()
+    cycles = _cycles(graph)
+    detail = []
+    for component in cycles:
+        members = set(component)
+        detail.append(" <-> ".join(component) + ": " + "; ".join(
+            f"{m} imports {', '.join(sorted(graph[m] & members))}" for m in component))
+    assert not cycles, "import cycles in sbio:\n" + "\n".join(detail)
+
+
+def test_the_cycle_check_finds_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+# -- one version --------------------------------------------------------------------------------
+
+
+def test_the_js_client_carries_the_python_version():
+    # sbio/__init__.py's __version__ is the one source (pyproject.toml reads it);
+    # the JS client's package.json and its VERSION constant must follow it.
+    import json
+
+    root = PACKAGE.parent
+    package = json.loads((root / "static" / "package.json").read_text())
+    assert package["version"] == sbio.__version__
+    assert f'var VERSION = "{sbio.__version__}";' in (root / "static" / "sbio.js").read_text()

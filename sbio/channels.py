@@ -1,0 +1,76 @@
+"""Channel names of live data: the one rule for sbio.live, sbio.sa and notify_remote.
+
+A channel is a string. Code may name one by a string, by a class (an
+SQLAlchemy model: its table) or by an instance of a mapped model; every
+module turns those into the string with :func:`channel_name`, so a commit
+(sbio.sa), a ``notify()`` and a ``notify_remote()`` of the same model reach
+the same subscriptions. Pure functions, no imports of sbio.
+"""
+import re
+
+__all__ = ["channel_name", "channel_names", "model_channel", "snake_case"]
+
+_CAMEL_RE = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+
+
+def snake_case(name):
+    """``"WebsiteURL"`` -> ``"website_url"``, ``"HTTPRequest"`` -> ``"http_request"``."""
+    return _CAMEL_RE.sub("_", name).lower()
+
+
+def _table_name(cls):
+    """``__table__.name``, else ``__tablename__``, else None."""
+    table = getattr(cls, "__table__", None)
+    return getattr(table, "name", None) or getattr(cls, "__tablename__", None) or None
+
+
+def model_channel(model):
+    """The channel of a mapped model class or instance: its table's name.
+
+    Equal to ``__tablename__`` for ordinary models; a single-table-inheritance
+    subclass shares its parent's table and therefore its parent's channel.
+
+    :raises TypeError: *model* is not a mapped model.
+    """
+    cls = model if isinstance(model, type) else type(model)
+    name = _table_name(cls)
+    if not name:
+        raise TypeError(f"{cls!r} is not a mapped model")
+    return name
+
+
+def channel_name(obj):
+    """The channel name of *obj*.
+
+    A string is a channel name as it is. A class (for instance an SQLAlchemy
+    model) is named by its table: ``__table__.name``, else ``__tablename__``,
+    else its name in snake_case (``WebsiteURL`` -> ``"website_url"``). An
+    instance of a mapped model is named like its class.
+
+    :raises TypeError: for anything else.
+    :raises ValueError: for an empty name.
+    """
+    if isinstance(obj, str):
+        name = obj
+    else:
+        cls = obj if isinstance(obj, type) else type(obj)
+        if not isinstance(obj, type) and getattr(cls, "__table__", None) is None \
+                and not getattr(cls, "__tablename__", None):
+            raise TypeError(f"a channel must be a string or a class, got {obj!r}")
+        name = _table_name(cls) or snake_case(cls.__name__)
+        if not isinstance(name, str):
+            raise TypeError(f"cannot name a channel after {obj!r}")
+    if not name:
+        raise ValueError("a channel name cannot be empty")
+    return name
+
+
+def channel_names(channels):
+    """A tuple of distinct channel names from one channel or an iterable of them."""
+    if isinstance(channels, (str, type)):
+        return (channel_name(channels),)
+    try:
+        items = iter(channels)
+    except TypeError:
+        return (channel_name(channels),)
+    return tuple(dict.fromkeys(channel_name(c) for c in items))

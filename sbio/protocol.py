@@ -1,0 +1,143 @@
+"""sbio's wire protocol over socket.io, in one place (``docs/protocol.md``).
+
+* the ack envelopes: :func:`ok_envelope`, :func:`error_envelope`;
+* the error codes (:data:`FORBIDDEN`, :data:`NOT_FOUND`, ...);
+* the event-name rule: :data:`EVENT_NAME_RE`, :func:`is_valid_event_name`;
+* the names of sbio's own events (``sbio:subscribe``, ``sbio:unsubscribe``,
+  ``sbio:update``, ``sbio:error``);
+* the encoding of every sbio push: :func:`error_push_packet` (``sbio:error``)
+  and :class:`UpdateEncoder` (``sbio:update``, framed once per namespace by
+  python-socketio's packet encoder, then completed per subscriber by
+  concatenation, so a shared fan-out encodes the data once).
+
+It imports nothing of sbio: every module may import it.
+"""
+import json
+import re
+
+from socketio import packet as sio_packet
+
+__all__ = [
+    "ok_envelope", "error_envelope", "short_repr", "is_valid_event_name", "EVENT_NAME_RE",
+    "FORBIDDEN", "NOT_FOUND", "BAD_REQUEST", "INTERNAL", "TIMEOUT", "RATE_LIMITED",
+    "ERROR_EVENT", "UPDATE_EVENT", "SUBSCRIBE_EVENT", "UNSUBSCRIBE_EVENT",
+    "error_push_packet", "UpdateEncoder",
+]
+
+# -- error codes (the ``code`` of an error envelope) ---------------------------------------
+
+#: The ACL does not allow this handler for this connection.
+FORBIDDEN = "forbidden"
+#: No handler of that name.
+NOT_FOUND = "not_found"
+#: Malformed event, name or arguments.
+BAD_REQUEST = "bad_request"
+#: The handler raised (details are logged on the server, never sent).
+INTERNAL = "internal"
+#: The handler timed out.
+TIMEOUT = "timeout"
+#: The client sends faster than the server allows.
+RATE_LIMITED = "rate_limited"
+
+# -- sbio's own events -------------------------------------------------------------------------
+
+#: Push reporting a failed event sent without an ack: ``{"event", "code", "message"}``.
+ERROR_EVENT = "sbio:error"
+#: Push of a live-data update: ``{"id", "data", "trigger"}`` or ``{"id", "error"}``.
+UPDATE_EVENT = "sbio:update"
+#: Event the client sends to subscribe: ``{"id": S, "event": E, "args": [...]}``.
+SUBSCRIBE_EVENT = "sbio:subscribe"
+#: Event the client sends to unsubscribe: ``{"id": S}`` or ``{"ids": [...]}``.
+UNSUBSCRIBE_EVENT = "sbio:unsubscribe"
+
+# -- envelopes -------------------------------------------------------------------------------
+
+
+def ok_envelope(data):
+    """The success envelope of an ack: ``{"ok": True, "data": data}``."""
+    return {"ok": True, "data": data}
+
+
+def error_envelope(code, message):
+    """The failure envelope of an ack: ``{"ok": False, "error": {...}}``."""
+    return {"ok": False, "error": {"code": code, "message": message}}
+
+
+def error_envelope_of(error):
+    """The failure envelope carrying an ``error`` object as it is (e.g. ``RpcError.to_dict()``)."""
+    return {"ok": False, "error": error}
+
+
+# -- event names -----------------------------------------------------------------------------
+
+#: A client event name: letters, digits and ``_``, starting with a letter.
+EVENT_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
+
+_MAX_NAME_IN_MESSAGE = 64
+
+
+def is_valid_event_name(name):
+    """True when *name* is a string a client may use as an event name."""
+    return isinstance(name, str) and EVENT_NAME_RE.match(name) is not None
+
+
+def short_repr(name):
+    """``repr(name)``, cut to a length fit for an error message or a log line."""
+    text = repr(name)
+    return text if len(text) <= _MAX_NAME_IN_MESSAGE else text[:_MAX_NAME_IN_MESSAGE] + "...'"
+
+
+# -- pushes ------------------------------------------------------------------------------------
+
+
+def error_push_packet(namespace, event, error, packet_class=sio_packet.Packet):
+    """The ``sbio:error`` push (a socket.io EVENT packet) for a failed un-acked *event*."""
+    body = {"event": event if isinstance(event, str) else None}
+    body.update(error)
+    return packet_class(sio_packet.EVENT, namespace=namespace, data=[ERROR_EVENT, body])
+
+
+def _json(value):
+    return json.dumps(value, separators=(",", ":"))
+
+
+class UpdateEncoder:
+    """Encodes the ``sbio:update`` pushes of one namespace as socket.io packet text.
+
+    The framing (packet type, namespace, event name) comes from
+    python-socketio's packet encoder, once; each push is then the framing,
+    the subscription id's JSON and a *tail* holding the data, so a fan-out
+    to many subscribers encodes the data once (:meth:`data_tail`) and pays
+    one concatenation per subscriber (:meth:`update`).
+    """
+
+    __slots__ = ("prefix",)
+
+    _MARK = "sbio-update-id"
+
+    def __init__(self, namespace, packet_class=sio_packet.Packet):
+        framed = packet_class(sio_packet.EVENT, namespace=namespace,
+                              data=[UPDATE_EVENT, {"id": self._MARK}]).encode()
+        mark = _json(self._MARK) + "}]"
+        if not isinstance(framed, str) or not framed.endswith(mark):
+            raise RuntimeError(f"unexpected socket.io packet encoding: {framed!r}")
+        #: ``2/ns,["sbio:update",{"id":`` -- everything before the id.
+        self.prefix = framed[:-len(mark)]
+
+    @staticmethod
+    def id_json(sub_id):
+        """The JSON of a subscription id, computed once per subscription."""
+        return json.dumps(sub_id)
+
+    @staticmethod
+    def data_tail(trigger, text):
+        """The part after the id of a data push; *text* is the data's JSON."""
+        return ',"trigger":' + json.dumps(trigger) + ',"data":' + text + "}]"
+
+    def update(self, id_json, tail):
+        """The packet text of one push: ``{"id": ..., <tail>``."""
+        return self.prefix + id_json + tail
+
+    def error(self, id_json, error):
+        """The packet text of an error push ``{"id": ..., "error": error}``."""
+        return self.prefix + id_json + ',"error":' + _json(error) + "}]"

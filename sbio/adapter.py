@@ -802,12 +802,12 @@ def feed_disconnect(sio, eio_sid, reason="client disconnect"):
 
 
 class RedisManagerBase(socketio.RedisManager):
-    """``socketio.RedisManager`` whose transport is :meth:`publish_message` / :meth:`listen_messages`.
+    """``socketio.RedisManager`` whose transport is two public-named methods.
 
     python-socketio's PubSubManager does the socket.io part (encoding emits,
-    rooms, disconnects for other processes, applying theirs); its Redis
-    connection handling is replaced by the subclass
-    (:class:`sbio.cluster.RedisManager`), which implements the two methods.
+    rooms, disconnects for other processes, applying theirs); the Redis
+    connection handling is the subclass's (:class:`sbio.cluster.RedisManager`),
+    which implements :meth:`publish_message` and :meth:`listen_messages`.
     """
 
     def publish_message(self, data):

@@ -22,10 +22,11 @@ one of these libraries, this file is the one to read against its changes.
   check before the upgrade, TCP_NODELAY.
 * :func:`close_transports` — close every Engine.IO connection at shutdown
   without telling socket.io clients not to reconnect.
-* :func:`send_text`, :func:`text_sender` — send already-encoded socket.io
-  packets (the live-data fan-out, see :class:`sbio.protocol.UpdateEncoder`).
-* :func:`feed_connect`, :func:`feed_message`, :func:`feed_disconnect` —
-  drive a server's packet handling without a socket (``sbio.testing``).
+* :func:`send_text`, :func:`text_sender` — send already-encoded socket.io packets (the
+  live-data fan-out, see :class:`sbio.protocol.UpdateEncoder`).
+* :func:`feed_connect`, :func:`feed_message`, :func:`feed_disconnect`,
+  :func:`capture_output` — drive a server's packet handling without a
+  socket, and catch what it sends (``sbio.testing``).
 * :class:`RedisManagerBase` — python-socketio's Redis manager with its
   transport (publish / listen) handed to public-named methods that
   :class:`sbio.cluster.RedisManager` implements.
@@ -52,7 +53,7 @@ from .protocol import short_repr as _short
 
 __all__ = ["SocketIOServer", "ProtocolViolation", "MessageTooBig", "websocket_handler_class",
            "close_transports", "send_text", "text_sender", "feed_connect", "feed_message",
-           "feed_disconnect", "RedisManagerBase"]
+           "feed_disconnect", "capture_output", "RedisManagerBase"]
 
 log = logging.getLogger(__name__)
 
@@ -796,6 +797,23 @@ def feed_disconnect(sio, eio_sid, reason="client disconnect"):
     exists from python-socketio 5.12).
     """
     sio._handle_eio_disconnect(eio_sid, reason)
+
+
+def capture_output(sio, send_packet, disconnect):
+    """Route what *sio* sends to callables instead of transports (an unstarted test server).
+
+    ``send_packet(eio_sid, engineio_packet)`` receives every packet (``send``
+    wraps its data in a MESSAGE packet, as Engine.IO's does) and
+    ``disconnect(eio_sid=None, reason=None)`` every disconnect. Replaces, on
+    this one ``engineio.Server`` instance, its public methods send_packet,
+    send and disconnect (python-engineio 4.11-4.15); python-socketio calls
+    them for all its output, so nothing of it reaches a socket.
+    """
+    eio = sio.eio
+    eio.send_packet = send_packet
+    eio.send = lambda eio_sid, data: send_packet(
+        eio_sid, eio_packet.Packet(eio_packet.MESSAGE, data=data))
+    eio.disconnect = disconnect
 
 
 # -- the Redis client manager ----------------------------------------------------------------

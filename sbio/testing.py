@@ -47,7 +47,7 @@ from socketio import packet as sio_packet  # noqa: E402
 from ._fixtures_config import config_patcher  # noqa: E402,F401
 from ._fixtures_db import *  # noqa: E402,F401,F403
 from ._fixtures_tasks import *  # noqa: E402,F401,F403
-from .adapter import feed_connect, feed_disconnect, feed_message  # noqa: E402
+from .adapter import capture_output, feed_connect, feed_disconnect, feed_message  # noqa: E402
 from .errors import ConnectionRefused, RpcError, SbioError, SbioTimeoutError  # noqa: E402
 
 __all__ = ["CallError", "LocalClient", "LiveClient", "Subscription", "missing_service"]
@@ -415,11 +415,7 @@ class _Router:
 
     def __init__(self, server):
         self.clients = {}
-        eio = server.sio.eio
-        eio.send_packet = self.send_packet
-        eio.send = lambda eio_sid, data: self.send_packet(
-            eio_sid, eio_packet.Packet(eio_packet.MESSAGE, data=data))
-        eio.disconnect = self.disconnect
+        capture_output(server.sio, self.send_packet, self.disconnect)
         server._sbio_router = self
 
     @classmethod

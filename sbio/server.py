@@ -20,6 +20,7 @@ import socketio
 from flask import Flask, abort, render_template_string, send_from_directory
 from gevent.pywsgi import LoggingLogAdapter, WSGIServer
 
+from . import client_assets
 from .adapter import SocketIOServer, close_transports, websocket_handler_class
 from .namespace import Namespace
 
@@ -207,6 +208,7 @@ class Server:
         self.live = LiveData(self, config["broadcaster"], bus=bus)
         app = options["app"]
         self.app = app if app is not None else self._default_app()
+        client_assets.install(self.app)  # /sbio/sbio.js, /sbio/socket.io.min.js
         if not self.app.secret_key:
             self.app.secret_key = self._secret_key()
         self._socketio_app = socketio.WSGIApp(self.sio, self.app)

@@ -1,4 +1,4 @@
-"""The ``config_patcher`` pytest fixture (re-exported by the sbio pytest plugin)."""
+"""The ``sbio_config_patcher`` pytest fixture (re-exported by the sbio pytest plugin)."""
 from collections.abc import Mapping
 
 import pytest
@@ -6,23 +6,23 @@ from configobj import Section
 
 from sbio.config import _has, _raw, _resolve
 
-__all__ = ["config_patcher"]
+__all__ = ["sbio_config_patcher"]
 
 _MISSING = object()
 
 
 @pytest.fixture
-def config_patcher():
+def sbio_config_patcher():
     """Set configuration values for one test; they are restored afterwards.
 
-    ``config_patcher(value, *path, config)``: *path* names the key, dotted
+    ``sbio_config_patcher(value, *path, config)``: *path* names the key, dotted
     (``"server.port"``) or in parts (``"server", "port"``); *config* is the
     mapping to patch (a :class:`sbio.config.Config` or any nested dict) and
     must be passed by keyword::
 
-        def test_port(config_patcher):
+        def test_port(sbio_config_patcher):
             config = load_sbio_config()
-            config_patcher(9000, "server.port", config=config)
+            sbio_config_patcher(9000, "server.port", config=config)
             assert config["server.port"] == 9000
 
     The sections must exist (a typo raises ``KeyError``); a key that did not
@@ -34,7 +34,7 @@ def config_patcher():
 
     def patch(value, *path, config):
         if not path:
-            raise TypeError("config_patcher() needs the key to patch, e.g. 'server.port'")
+            raise TypeError("sbio_config_patcher() needs the key to patch, e.g. 'server.port'")
         container = config
         for part in path[:-1]:
             container, leaf = _resolve(container, part)

@@ -10,22 +10,22 @@ your ``conftest.py``::
     def sbio_session_manager():
         return Session
 
-Then every test that asks for ``db`` gets a fresh, empty database with the
+Then every test that asks for ``sbio_db`` gets a fresh, empty database with the
 tables created, and ``Session`` bound to it for the duration of the test::
 
-    def test_add(db):
-        db.add(Website(url="https://example.org"))
+    def test_add(sbio_db):
+        sbio_db.add(Website(url="https://example.org"))
         with Session() as s:
             assert s.scalars(select(Website)).one().url == "https://example.org"
 
 The backend is SQLite in the test's temporary directory by default;
 ``SBIO_TEST_DB=postgres`` (or parametrizing ``sbio_db_backend``) runs against
-PostgreSQL (``postgres_url``), each test in its own throw-away schema.
+PostgreSQL (``sbio_postgres_url``), each test in its own throw-away schema.
 
-Seed data for a whole module by overriding ``db_seed`` there::
+Seed data for a whole module by overriding ``sbio_db_seed`` there::
 
     @pytest.fixture
-    def db_seed():
+    def sbio_db_seed():
         def seed(session):
             session.add_all([Website(url="a"), Website(url="b")])
         return seed
@@ -39,8 +39,8 @@ import pytest
 __all__ = [
     "sbio_session_manager",
     "sbio_db_backend",
-    "db_seed",
-    "db",
+    "sbio_db_seed",
+    "sbio_db",
     "DbFixture",
     "temporary_database",
     "DB_BACKEND_ENV",
@@ -69,7 +69,7 @@ def _normalize_backend(name):
 
 
 class DbFixture:
-    """What the ``db`` fixture returns: a fresh database the manager is bound to.
+    """What the ``sbio_db`` fixture returns: a fresh database the manager is bound to.
 
     Attributes: ``Session`` (the SessionManager subclass), ``engine``,
     ``url`` (a ``sqlalchemy.engine.URL``), ``backend`` (``"sqlite"`` or
@@ -224,7 +224,7 @@ def temporary_database(manager, backend="sqlite", *, directory=None, postgres_ur
 def sbio_session_manager():
     """The application's ``SessionManager`` subclass. Override it in conftest.py."""
     pytest.fail(
-        "the db fixture needs your SessionManager: define in conftest.py\n"
+        "the sbio_db fixture needs your SessionManager: define in conftest.py\n"
         "    @pytest.fixture\n"
         "    def sbio_session_manager():\n"
         "        return Session",
@@ -242,24 +242,25 @@ def sbio_db_backend(request):
 
 
 @pytest.fixture
-def db_seed():
+def sbio_db_seed():
     """A ``seed(session)`` function (or a list of them) run in every fresh
-    ``db`` before the test. Override it in a test module to seed that module."""
+    ``sbio_db`` before the test. Override it in a test module to seed that module."""
     return None
 
 
 @pytest.fixture
-def db(request, sbio_session_manager, sbio_db_backend, db_seed, tmp_path):
-    """A fresh database for this test: tables created, ``db_seed`` applied,
+def sbio_db(request, sbio_session_manager, sbio_db_backend, sbio_db_seed, tmp_path):
+    """A fresh database for this test: tables created, ``sbio_db_seed`` applied,
     the SessionManager rebound to it and restored afterwards. Returns a
     :class:`DbFixture`."""
     postgres_url = None
     if _normalize_backend(sbio_db_backend) == "postgresql":
-        postgres_url = request.getfixturevalue("postgres_url")
+        postgres_url = request.getfixturevalue("sbio_postgres_url")
     with temporary_database(
         sbio_session_manager, sbio_db_backend, directory=tmp_path, postgres_url=postgres_url
     ) as database:
-        if db_seed is not None:
-            seeders = db_seed if isinstance(db_seed, (list, tuple)) else [db_seed]
+        if sbio_db_seed is not None:
+            seeders = sbio_db_seed if isinstance(sbio_db_seed, (list, tuple)) \
+                else [sbio_db_seed]
             database.seed(*seeders)
         yield database

@@ -9,8 +9,8 @@
 ``sbio_clock``
     A :class:`FakeClock` installed as ``sbio_lifecycle``'s waiter: the tasks'
     intervals pass only when the test calls ``sbio_clock.advance(seconds)``.
-``run_task_once``
-    ``run_task_once(task)`` calls a :class:`~sbio.tasks.DaemonTask`'s function
+``sbio_run_task_once``
+    ``sbio_run_task_once(task)`` calls a :class:`~sbio.tasks.DaemonTask`'s function
     once in the test's greenlet, re-raising its exception
     (``raise_errors=False`` returns it instead, after logging it as the loop would).
 """
@@ -24,7 +24,7 @@ from gevent.event import Event
 from sbio.errors import SbioTimeoutError
 from sbio.tasks import lifecycle as _global_lifecycle
 
-__all__ = ["FakeClock", "sbio_lifecycle", "sbio_clock", "run_task_once"]
+__all__ = ["FakeClock", "sbio_lifecycle", "sbio_clock", "sbio_run_task_once"]
 
 
 class _Sleeper:
@@ -177,13 +177,13 @@ def sbio_clock(sbio_lifecycle):
 
 
 @pytest.fixture
-def run_task_once():
-    """``run_task_once(task, raise_errors=True)``: call a DaemonTask's function once, here."""
+def sbio_run_task_once():
+    """``sbio_run_task_once(task, raise_errors=True)``: call a DaemonTask's function once, here."""
 
     def run(task, raise_errors=True):
         if task.running:
             raise RuntimeError(
-                f"{task!r} is running; stop it before run_task_once (its loop would run concurrently)"
+                f"{task!r} is running; stop it before sbio_run_task_once (its loop would run concurrently)"
             )
         error = task.run_once()
         if error is not None and raise_errors:

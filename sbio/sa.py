@@ -1074,7 +1074,7 @@ class SessionManager:
     ``engine``
         The SQLAlchemy engine (may be assigned later, e.g. after reading the
         configuration; it is looked up each time a session is opened, which
-        is how the ``db`` test fixture rebinds it).
+        is how the ``sbio_db`` test fixture rebinds it).
     ``base``
         The declarative base whose tables ``initialize_db`` creates. Optional:
         by default the base made by :func:`declarative_base` in the same

@@ -314,7 +314,7 @@ class DaemonTask(_Service):
         """Call *func* once in the current greenlet, exactly as the loop does.
 
         An exception is logged with the task's name and returned (not raised);
-        ``None`` means the call succeeded. The ``run_task_once`` fixture wraps
+        ``None`` means the call succeeded. The ``sbio_run_task_once`` fixture wraps
         this and re-raises by default.
         """
         try:

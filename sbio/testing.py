@@ -1,10 +1,20 @@
-r"""pytest plugin for sbio applications (registered as the ``sbio`` pytest11 entry point).
+r"""The sbio pytest plugin: fixtures and the in-process namespace client.
 
-Loading the plugin monkey-patches gevent first thing (``gevent.monkey.patch_all()``),
-as ``sbio run`` does; set ``SBIO_MONKEY_PATCH=0`` to opt out.
+Opt in, per project: installing sbio loads nothing into pytest (there is no
+``pytest11`` entry point), so other projects in the same environment are
+unaffected. Load the plugin with ``-p sbio.testing`` in your pytest
+configuration (``addopts = -p sbio.testing`` in ``pytest.ini``: loaded
+first, the best place) or with ``pytest_plugins = ["sbio.testing"]`` in your
+top-level ``conftest.py``.
 
-Fixtures
---------
+Importing this module *is* loading the plugin, and it has one side effect:
+it monkey-patches gevent first thing (``gevent.monkey.patch_all()``), as
+``sbio run`` does, unless the socket module is patched already; set
+``SBIO_MONKEY_PATCH=0`` to opt out. Import it from test code only.
+
+Fixtures (every name starts with ``sbio_``, so none collides with another
+plugin's, e.g. pytest-django's ``db`` or pytest-redislite's ``redis_url``)
+--------------------------------------------------------------------------
 ``sbio_client``
     factory of :class:`LocalClient`: an in-process client for a Namespace
     class that goes through the same dispatch code as a real connection,
@@ -12,13 +22,19 @@ Fixtures
 ``sbio_server``
     factory of real :class:`sbio.Server`\ s on a free loopback port, stopped
     after the test.
-``live_client``
+``sbio_live_client``
     factory of :class:`LiveClient`: a python-socketio client connected to a
     server over a real socket (websocket or polling).
 ``sbio_config``
     the configuration the two factories use (sbio's defaults, host 127.0.0.1,
     port 0); override it in your conftest to change settings.
-``postgres_url`` / ``redis_url`` / ``chromium_executable``
+``sbio_config_patcher``
+    set configuration values for one test (``sbio._fixtures_config``).
+``sbio_db``, ``sbio_db_seed``, ``sbio_db_backend``, ``sbio_session_manager``
+    a fresh database per test for :mod:`sbio.sa` applications (``sbio._fixtures_db``).
+``sbio_lifecycle``, ``sbio_clock``, ``sbio_run_task_once``
+    background tasks under test control (``sbio._fixtures_tasks``).
+``sbio_postgres_url`` / ``sbio_redis_url`` / ``sbio_chromium``
     The local service to test against. When the service is not reachable
     the test is skipped with a message naming what is missing; with the
     environment variable ``SBIO_REQUIRE_SERVICES=1`` (set by ``.ci/run``)
@@ -44,7 +60,7 @@ import pytest  # noqa: E402
 from engineio import packet as eio_packet  # noqa: E402
 from socketio import packet as sio_packet  # noqa: E402
 
-from ._fixtures_config import config_patcher  # noqa: E402,F401
+from ._fixtures_config import sbio_config_patcher  # noqa: E402,F401
 from ._fixtures_db import *  # noqa: E402,F401,F403
 from ._fixtures_tasks import *  # noqa: E402,F401,F403
 from .adapter import capture_output, feed_connect, feed_disconnect, feed_message  # noqa: E402
@@ -95,7 +111,7 @@ def _network_service(what, url, default_port, module, install_hint):
 
 
 @pytest.fixture(scope="session")
-def postgres_url():
+def sbio_postgres_url():
     """SQLAlchemy URL of the local PostgreSQL (``SBIO_TEST_POSTGRES_URL`` overrides)."""
     return _network_service("PostgreSQL",
                             os.environ.get("SBIO_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL),
@@ -103,14 +119,14 @@ def postgres_url():
 
 
 @pytest.fixture(scope="session")
-def redis_url():
+def sbio_redis_url():
     """URL of the local Redis (``SBIO_TEST_REDIS_URL`` overrides; db 15 by default)."""
     return _network_service("Redis", os.environ.get("SBIO_TEST_REDIS_URL", DEFAULT_REDIS_URL),
                             6379, "redis", "pip install 'sbio[redis]'")
 
 
 @pytest.fixture(scope="session")
-def chromium_executable():
+def sbio_chromium():
     """Path of a Chromium binary for Playwright (``SBIO_CHROMIUM`` overrides)."""
     path = os.environ.get("SBIO_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
     if not os.path.exists(path):
@@ -664,8 +680,8 @@ def sbio_server(sbio_config):
 
 
 @pytest.fixture
-def live_client():
-    """Factory: ``live_client(server, "/ns", auth=None, transports=("websocket",))``.
+def sbio_live_client():
+    """Factory: ``sbio_live_client(server, "/ns", auth=None, transports=("websocket",))``.
 
     Returns a connected :class:`LiveClient`; disconnected after the test.
     """

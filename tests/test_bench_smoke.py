@@ -134,7 +134,7 @@ def test_runner_cli_end_to_end(node_ready, tmp_path):
 
 @pytest.mark.parametrize("server", ["sbio-redis", "sbio-redis-x2"])
 def test_cluster_fanout_every_receiver_on_every_process_gets_every_broadcast_once(
-        server, redis_url, node_ready, tmp_path):
+        server, sbio_redis_url, node_ready, tmp_path):
     """Receivers split over two sbio processes sharing Redis (and, for reference,
     one process with the same message queue): the driver's broadcasts on the
     first process reach every receiver of both, each exactly once."""
@@ -143,7 +143,7 @@ def test_cluster_fanout_every_receiver_on_every_process_gets_every_broadcast_onc
         pytest.skip(f"sbio server not benchmarkable yet: {why}")
     receivers = 6
     r = _run(server, "smoke-cluster-fanout", "fanout", {"receivers": receivers, "window": 2, "count": 20},
-             tmp_path, redis_url=redis_url)
+             tmp_path, redis_url=sbio_redis_url)
     processes = bench.SERVERS[server].processes
     assert r["processes"] == processes and len(r["ports"]) == processes
     checks = r["loadgen"]["checks"]

@@ -65,11 +65,11 @@ def demo(tmp_path, static_node_modules):
 
 
 @pytest.fixture(scope="module")
-def browser(chromium_executable):
+def browser(sbio_chromium):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=chromium_executable,
+        chromium = playwright.chromium.launch(executable_path=sbio_chromium,
                                               args=CHROMIUM_ARGS, timeout=30_000)
         yield chromium
         chromium.close()

@@ -90,7 +90,7 @@ class RedisProcess:
 
 
 @pytest.fixture
-def own_redis(tmp_path, redis_url):
+def own_redis(tmp_path, sbio_redis_url):
     if shutil.which("redis-server") is None:
         missing_service("redis-server (apt-get install redis-server)")
     server = RedisProcess(tmp_path)
@@ -282,8 +282,8 @@ def assert_no_more(sub, count, settle=1.0):
 
 
 def test_notify_on_one_process_updates_subscribers_of_every_process_once(
-        redis_url, sbio_cluster, clients):
-    a, b, c = sbio_cluster(3, redis_url)
+        sbio_redis_url, sbio_cluster, clients):
+    a, b, c = sbio_cluster(3, sbio_redis_url)
     assert len({a.pid, b.pid, c.pid}) == 3
     subs = {}
     for name, proc in (("a", a), ("b", b), ("c", c)):
@@ -315,8 +315,8 @@ def test_notify_on_one_process_updates_subscribers_of_every_process_once(
         assert_no_more(sub, 2, settle=0.5)
 
 
-def test_room_broadcast_and_disconnect_cross_processes(redis_url, sbio_cluster, clients):
-    a, b, c = sbio_cluster(3, redis_url)
+def test_room_broadcast_and_disconnect_cross_processes(sbio_redis_url, sbio_cluster, clients):
+    a, b, c = sbio_cluster(3, sbio_redis_url)
     members = {name: clients(proc) for name, proc in (("a", a), ("b", b), ("c", c))}
     for client in members.values():
         assert client.call("join", "r1") is True
@@ -332,7 +332,7 @@ def test_room_broadcast_and_disconnect_cross_processes(redis_url, sbio_cluster, 
     assert outsider.received("shout") == []
 
     # a program that is not a server emits through the cluster's socket.io channel
-    emitter = socketio.RedisManager(redis_url, channel=f"{sbio_cluster.prefix}:socketio",
+    emitter = socketio.RedisManager(sbio_redis_url, channel=f"{sbio_cluster.prefix}:socketio",
                                     write_only=True)
     emitter.emit("shout", ("from outside", 0), namespace="/cluster", room="r1")
     for client in members.values():
@@ -344,10 +344,10 @@ def test_room_broadcast_and_disconnect_cross_processes(redis_url, sbio_cluster, 
     wait_until(lambda: not victim.connected, 10, "the client on A disconnected")
 
 
-def test_notify_remote_reaches_every_process(redis_url, sbio_cluster, clients):
-    a, b = sbio_cluster(2, redis_url)
+def test_notify_remote_reaches_every_process(sbio_redis_url, sbio_cluster, clients):
+    a, b = sbio_cluster(2, sbio_redis_url)
     subs = [clients(a).subscribe("value"), clients(b).subscribe("value")]
-    receivers = notify_remote(redis_url, ["value"], trigger="cron", prefix=sbio_cluster.prefix)
+    receivers = notify_remote(sbio_redis_url, ["value"], trigger="cron", prefix=sbio_cluster.prefix)
     assert receivers == 2  # one bus subscriber per process
     for sub in subs:
         sub.wait_update(timeout=10)
@@ -372,10 +372,10 @@ def read_runs(path):
 
 
 def test_singleton_task_runs_on_one_process_and_moves_when_it_dies(
-        redis_url, sbio_cluster, tmp_path):
+        sbio_redis_url, sbio_cluster, tmp_path):
     ttl = 2.0
     runs_file = str(tmp_path / "runs")
-    procs = sbio_cluster(3, redis_url, SBIO_CLUSTER__LOCK_TTL=ttl, CLUSTER_TEST_RUNS=runs_file)
+    procs = sbio_cluster(3, sbio_redis_url, SBIO_CLUSTER__LOCK_TTL=ttl, CLUSTER_TEST_RUNS=runs_file)
     by_pid = {p.pid: p for p in procs}
 
     wait_until(lambda: len(read_runs(runs_file)) >= 5, 15, "five runs")
@@ -466,11 +466,11 @@ def channel():
 
 
 @pytest.fixture
-def buses(redis_url, channel):
+def buses(sbio_redis_url, channel):
     made = []
 
     def make(url=None, **kwargs):
-        bus = RedisBus(url or redis_url, channel, **kwargs).start()
+        bus = RedisBus(url or sbio_redis_url, channel, **kwargs).start()
         made.append(bus)
         assert bus.connected_event.wait(5)
         return bus
@@ -508,22 +508,22 @@ def test_bus_publish_from_an_os_thread(buses):
     wait_until(lambda: got_two == [(("t",), "thread")], 5, "delivery of a thread's publish")
 
 
-def test_bus_ignores_malformed_messages(buses, redis_url, channel, caplog):
+def test_bus_ignores_malformed_messages(buses, sbio_redis_url, channel, caplog):
     bus = buses()
     got = recorder(bus)
     import redis
 
-    client = redis.Redis.from_url(redis_url)
+    client = redis.Redis.from_url(sbio_redis_url)
     client.publish(channel, b"not json")
     client.publish(channel, b'{"o": "x", "c": "not a list"}')
-    notify_remote(redis_url, "ok", prefix=channel.rsplit(":", 1)[0])
+    notify_remote(sbio_redis_url, "ok", prefix=channel.rsplit(":", 1)[0])
     wait_until(lambda: got, 5, "the valid message")
     assert got == [(("ok",), "manual")]
     assert bus.metrics["malformed"] == 2
     client.close()
 
 
-def test_notify_remote_accepts_models_and_counts_receivers(buses, redis_url, channel):
+def test_notify_remote_accepts_models_and_counts_receivers(buses, sbio_redis_url, channel):
     bus = buses()
     got = recorder(bus)
 
@@ -531,10 +531,10 @@ def test_notify_remote_accepts_models_and_counts_receivers(buses, redis_url, cha
         pass
 
     prefix = channel.rsplit(":", 1)[0]
-    assert notify_remote(redis_url, [WebsiteURL, "cards", "cards"], prefix=prefix) == 1
+    assert notify_remote(sbio_redis_url, [WebsiteURL, "cards", "cards"], prefix=prefix) == 1
     wait_until(lambda: got, 5, "delivery")
     assert got == [(("website_url", "cards"), "manual")]
-    assert notify_remote(redis_url, [], prefix=prefix) == 0
+    assert notify_remote(sbio_redis_url, [], prefix=prefix) == 0
 
 
 class Proxy:
@@ -684,7 +684,7 @@ def test_bus_asks_for_a_full_resync_when_too_much_was_held(own_redis):
 
 
 def test_a_server_cut_off_from_redis_reruns_its_subscriptions_when_back(
-        own_redis, sbio_lifecycle, live_client):
+        own_redis, sbio_lifecycle, sbio_live_client):
     """What other processes notified while a server was cut off reaches its clients."""
     from sbio.server import Server
 
@@ -702,7 +702,7 @@ def test_a_server_cut_off_from_redis_reruns_its_subscriptions_when_back(
     config = cluster_config(proxy.url, reconnect_max_delay=0.5, socket_timeout=1)
     server = Server([Counter], config=config).start()
     try:
-        sub = live_client(server, "/counter").subscribe("value")
+        sub = sbio_live_client(server, "/counter").subscribe("value")
         prefix = server.cluster.prefix
         state["value"] = 1
         notify_remote(own_redis.url, "value", prefix=prefix)
@@ -773,11 +773,11 @@ def cluster_config(url, **cluster):
 
 
 def test_server_installs_the_cluster_and_restores_everything_on_stop(
-        redis_url, sbio_lifecycle):
+        sbio_redis_url, sbio_lifecycle):
     from sbio.cluster import RedisManager
     from sbio.server import Server
 
-    server = Server(config=cluster_config(redis_url))
+    server = Server(config=cluster_config(sbio_redis_url))
     assert isinstance(server.sio.manager, RedisManager)
     assert server.sio.manager.channel == f"{server.cluster.prefix}:socketio"
     assert not server.bus.running  # built, not started: nothing connects yet
@@ -795,10 +795,10 @@ def test_server_installs_the_cluster_and_restores_everything_on_stop(
     assert not server.sio.manager.connected_event.is_set()
 
 
-def test_servers_of_one_process_have_their_own_bus(redis_url, sbio_lifecycle):
+def test_servers_of_one_process_have_their_own_bus(sbio_redis_url, sbio_lifecycle):
     from sbio.server import Server
 
-    config = cluster_config(redis_url)
+    config = cluster_config(sbio_redis_url)
     one = Server(config=config, lifecycle=Lifecycle()).start()
     two = Server(config=config, lifecycle=Lifecycle()).start()
     try:
@@ -843,12 +843,12 @@ def test_a_missing_client_library_is_named(sbio_config):
         Server(config=sbio_config)
 
 
-def test_a_server_refuses_a_message_queue_without_monkey_patching(redis_url, tmp_path):
+def test_a_server_refuses_a_message_queue_without_monkey_patching(sbio_redis_url, tmp_path):
     script = textwrap.dedent(f"""
         import sbio
         from sbio.config import load_sbio_config
         config = load_sbio_config(overrides={{"server.port": 0, "server.secret_key": "t",
-                                             "server.message_queue": {redis_url!r}}})
+                                             "server.message_queue": {sbio_redis_url!r}}})
         try:
             sbio.Server(config=config).start()
         except sbio.SbioError as exc:
@@ -862,11 +862,11 @@ def test_a_server_refuses_a_message_queue_without_monkey_patching(redis_url, tmp
         result.stdout + result.stderr
 
 
-def test_configure_gives_a_lifecycle_its_lock(redis_url):
+def test_configure_gives_a_lifecycle_its_lock(sbio_redis_url):
     from sbio.cluster import configure
 
     lifecycle = Lifecycle()
-    locks = configure(redis_url, lifecycle, prefix="p", lock_ttl=3)
+    locks = configure(sbio_redis_url, lifecycle, prefix="p", lock_ttl=3)
     assert lifecycle.lock_backend is locks and locks.ttl == 3 and locks.key("t") == "p:lock:t"
 
 
@@ -897,11 +897,11 @@ def lifecycles():
         lifecycle.stop(timeout=5)
 
 
-def test_singleton_runs_on_one_lifecycle_and_moves_on_stop(redis_url, prefix, lifecycles):
+def test_singleton_runs_on_one_lifecycle_and_moves_on_stop(sbio_redis_url, prefix, lifecycles):
     runs = []
     nodes = []
     for i in range(3):
-        lifecycle = lifecycles(RedisLocks(redis_url, prefix, ttl=2))
+        lifecycle = lifecycles(RedisLocks(sbio_redis_url, prefix, ttl=2))
         DaemonTask(lambda i=i: runs.append(i), interval=0.02, singleton=True, name="job",
                    lifecycle=lifecycle)
         nodes.append(lifecycle)
@@ -917,16 +917,16 @@ def test_singleton_runs_on_one_lifecycle_and_moves_on_stop(redis_url, prefix, li
     assert len(set(runs)) == 1 and holder not in runs
 
 
-def test_singleton_holder_that_loses_its_lock_stops_running(redis_url, prefix, lifecycles,
+def test_singleton_holder_that_loses_its_lock_stops_running(sbio_redis_url, prefix, lifecycles,
                                                              caplog):
-    locks = RedisLocks(redis_url, prefix, ttl=1.5)
+    locks = RedisLocks(sbio_redis_url, prefix, ttl=1.5)
     runs = []
     DaemonTask(lambda: runs.append(time.monotonic()), interval=0.02, singleton=True,
                name="job", lifecycle=lifecycles(locks)).lifecycle.start()
     wait_until(lambda: runs, 5, "the first run")
     import redis
 
-    client = redis.Redis.from_url(redis_url)
+    client = redis.Redis.from_url(sbio_redis_url)
     client.set(locks.key("job"), "someone-else", px=10000)  # stolen
     stolen_at = time.monotonic()
     wait_until(lambda: any("lost its cluster lock" in r.getMessage() for r in caplog.records),

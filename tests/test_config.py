@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from sbio._fixtures_config import config_patcher  # noqa: F401  (the fixture under test)
+from sbio._fixtures_config import sbio_config_patcher  # noqa: F401  (the fixture under test)
 from sbio.config import (
     SBIO_CONFIGSPEC,
     Config,
@@ -500,35 +500,35 @@ def test_single_value_for_a_list_in_a_file(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------
 # config_patcher
 
-def test_config_patcher_sets_values(config_patcher, tmp_path, monkeypatch):
+def test_config_patcher_sets_values(sbio_config_patcher, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = load_sbio_config()
-    assert config_patcher(9000, "server.port", config=config) == 8282
-    config_patcher(True, "server", "debug", config=config)
+    assert sbio_config_patcher(9000, "server.port", config=config) == 8282
+    sbio_config_patcher(True, "server", "debug", config=config)
     assert config["server.port"] == 9000 and config["server"]["debug"] is True
     plain = {"a": {"b": 1}}
-    config_patcher(2, "a.b", config=plain)
+    sbio_config_patcher(2, "a.b", config=plain)
     assert plain == {"a": {"b": 2}}
     with pytest.raises(KeyError):
-        config_patcher(1, "nosection.key", config=config)
+        sbio_config_patcher(1, "nosection.key", config=config)
     with pytest.raises(KeyError):
-        config_patcher(1, "nosection", "key", config=config)
+        sbio_config_patcher(1, "nosection", "key", config=config)
 
 
-def test_config_patcher_restores_after_the_test(tmp_path):
+def test_sbio_config_patcher_restores_after_the_test(tmp_path):
     """Runs a small test session: values come back after each test."""
     write(tmp_path / "test_patched.py", """
-        from sbio._fixtures_config import config_patcher
+        from sbio._fixtures_config import sbio_config_patcher
         from sbio.config import load_sbio_config
 
         CONFIG = load_sbio_config()
         PLAIN = {"a": {"b": 1}}
 
-        def test_patch(config_patcher):
-            config_patcher(1, "server.port", config=CONFIG)
-            config_patcher(2, "server.port", config=CONFIG)
-            config_patcher("x", "server.new_key", config=CONFIG)
-            config_patcher(5, "a", "b", config=PLAIN)
+        def test_patch(sbio_config_patcher):
+            sbio_config_patcher(1, "server.port", config=CONFIG)
+            sbio_config_patcher(2, "server.port", config=CONFIG)
+            sbio_config_patcher("x", "server.new_key", config=CONFIG)
+            sbio_config_patcher(5, "a", "b", config=PLAIN)
             assert CONFIG["server.port"] == 2
 
         def test_restored():

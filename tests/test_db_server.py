@@ -27,12 +27,12 @@ class Work(Namespace):
         return "pong"
 
 
-def test_fifty_db_greenlets_and_a_responsive_server(postgres_url, sbio_server, live_client):
-    engine = ENGINE["engine"] = create_engine(postgres_url, pool_size=50, max_overflow=0)
+def test_fifty_db_greenlets_and_a_responsive_server(sbio_postgres_url, sbio_server, sbio_live_client):
+    engine = ENGINE["engine"] = create_engine(sbio_postgres_url, pool_size=50, max_overflow=0)
     try:
         server = sbio_server(Work)
-        workers = [live_client(server, "/work") for _ in range(50)]
-        pinger = live_client(server, "/work")
+        workers = [sbio_live_client(server, "/work") for _ in range(50)]
+        pinger = sbio_live_client(server, "/work")
         calls = [gevent.spawn(w.call, "sleep_in_db", 1.0, timeout=30) for w in workers]
         gevent.sleep(0)
         pongs_while_busy = 0

@@ -35,12 +35,12 @@ def sbio_session_manager():
 
 
 @pytest.fixture
-def db_seed():
+def sbio_db_seed():
     return seed                               # the boards of the configuration: main, ideas
 
 
 @pytest.fixture
-def login(sbio_client, db):
+def login(sbio_client, sbio_db):
     """``login("ann") -> LocalClient`` connected to /board and logged in."""
     def make(user, **kwargs):
         client = sbio_client(BoardNamespace, **kwargs)
@@ -62,7 +62,7 @@ def failed_logins():
 # -- logging in ----------------------------------------------------------------------
 
 
-def test_everything_is_locked_until_login(sbio_client, db):
+def test_everything_is_locked_until_login(sbio_client, sbio_db):
     c = sbio_client(BoardNamespace)
     assert c.call("whoami") is None
     with pytest.raises(CallError) as err:
@@ -73,7 +73,7 @@ def test_everything_is_locked_until_login(sbio_client, db):
     assert err.value.code == "forbidden"
 
 
-def test_wrong_password_is_refused_with_a_message(sbio_client, db):
+def test_wrong_password_is_refused_with_a_message(sbio_client, sbio_db):
     c = sbio_client(BoardNamespace)
     with pytest.raises(CallError) as err:
         c.call("login", "ann", "guess")
@@ -84,7 +84,7 @@ def test_wrong_password_is_refused_with_a_message(sbio_client, db):
     assert c.call("whoami") is None
 
 
-def test_login_token_logs_a_new_connection_in(sbio_client, db):
+def test_login_token_logs_a_new_connection_in(sbio_client, sbio_db):
     c = sbio_client(BoardNamespace)
     me = c.call("login", "ann", "secret")
     assert me["user"] == "ann" and len(me["token"]) > 20
@@ -119,7 +119,7 @@ def test_logout_leaves_the_board_room_and_ends_subscriptions(login):
     assert bob.received()[seen:] == []                  # neither the activity nor the cards
 
 
-def test_login_tokens_expire(sbio_client, db, monkeypatch):
+def test_login_tokens_expire(sbio_client, sbio_db, monkeypatch):
     from datetime import timedelta
 
     from sqlalchemy import select, update
@@ -149,7 +149,7 @@ def test_login_tokens_expire(sbio_client, db, monkeypatch):
         assert token not in set(s.scalars(select(Login.token)))
 
 
-def test_logout_revokes_only_the_callers_own_token(sbio_client, db):
+def test_logout_revokes_only_the_callers_own_token(sbio_client, sbio_db):
     ann, bob = sbio_client(BoardNamespace), sbio_client(BoardNamespace)
     ann_token = ann.call("login", "ann", "secret")["token"]
     bob_token = bob.call("login", "bob", "secret")["token"]
@@ -174,7 +174,7 @@ MALFORMED_TOKENS = [["a" * 43], {"token": "a" * 43}, 43, 4.5, True,
 
 
 @pytest.mark.parametrize("token", MALFORMED_TOKENS, ids=repr)
-def test_a_malformed_token_is_a_bad_request(sbio_client, db, caplog, token):
+def test_a_malformed_token_is_a_bad_request(sbio_client, sbio_db, caplog, token):
     with pytest.raises(ConnectionRefused) as refused:
         sbio_client(BoardNamespace, auth={"token": token})
     assert refused.value.data == {"code": "bad_request"}
@@ -187,7 +187,7 @@ def test_a_malformed_token_is_a_bad_request(sbio_client, db, caplog, token):
     assert [r for r in caplog.records if r.exc_info or r.levelname in ("ERROR", "CRITICAL")] == []
 
 
-def test_login_attempts_are_throttled_per_user(sbio_client, db, failed_logins):
+def test_login_attempts_are_throttled_per_user(sbio_client, sbio_db, failed_logins):
     guesser = [sbio_client(BoardNamespace) for _ in range(5)]
     for client in guesser:                                 # 5 failures from 5 connections
         with pytest.raises(CallError) as err:
@@ -201,7 +201,7 @@ def test_login_attempts_are_throttled_per_user(sbio_client, db, failed_logins):
     assert sbio_client(BoardNamespace).call("login", "bob", "secret")["user"] == "bob"
 
 
-def test_login_attempts_are_throttled_per_connection(sbio_client, db, failed_logins):
+def test_login_attempts_are_throttled_per_connection(sbio_client, sbio_db, failed_logins):
     sprayer = sbio_client(BoardNamespace)
     for name in ["ann", "bob", "carol", "dave", "eve"]:               # one guess per user name
         with pytest.raises(CallError) as err:
@@ -213,7 +213,7 @@ def test_login_attempts_are_throttled_per_connection(sbio_client, db, failed_log
     assert sbio_client(BoardNamespace).call("login", "bob", "secret")["user"] == "bob"
 
 
-def test_throttling_is_logged_once_not_per_guess(sbio_client, db, caplog):
+def test_throttling_is_logged_once_not_per_guess(sbio_client, sbio_db, caplog):
     c = sbio_client(BoardNamespace)
     for _ in range(20):
         with pytest.raises(CallError):
@@ -223,7 +223,7 @@ def test_throttling_is_logged_once_not_per_guess(sbio_client, db, caplog):
                         f"5 failed logins on connection {c.sid} within 60.0 s: throttled"]
 
 
-def test_a_login_resets_the_count_and_the_window_ends(sbio_client, db, failed_logins, monkeypatch):
+def test_a_login_resets_the_count_and_the_window_ends(sbio_client, sbio_db, failed_logins, monkeypatch):
     c = sbio_client(BoardNamespace)
     for _ in range(2):
         for _ in range(4):
@@ -243,7 +243,7 @@ def test_a_login_resets_the_count_and_the_window_ends(sbio_client, db, failed_lo
 
 
 def test_failed_logins_are_remembered_for_a_bounded_number_of_users(
-        sbio_client, db, failed_logins, monkeypatch, caplog):
+        sbio_client, sbio_db, failed_logins, monkeypatch, caplog):
     assert board.config["login.max_users"] == 10000                   # the default
     monkeypatch.setitem(board.config, "login.max_users", 20)
     for n in range(100):                                              # a spray over 100 user names
@@ -258,11 +258,11 @@ def test_failed_logins_are_remembered_for_a_bounded_number_of_users(
         "failed logins of more than 20 user names: forgetting the oldest"]        # once
 
 
-def test_chat_logout_leaves_every_room(sbio_server, live_client):
+def test_chat_logout_leaves_every_room(sbio_server, sbio_live_client):
     import chat                                           # namespaces/chat.py, over a real socket
 
     server = sbio_server(chat.Chat)
-    ann, bob = live_client(server, "/chat"), live_client(server, "/chat")
+    ann, bob = sbio_live_client(server, "/chat"), sbio_live_client(server, "/chat")
     for client, user in [(ann, "ann"), (bob, "bob")]:
         client.call("login", user, "secret")
         client.call("join", "lobby")
@@ -393,13 +393,13 @@ def test_activity_is_sent_to_the_board_room(login):
 # -- the DaemonTask ---------------------------------------------------------------------
 
 
-def test_stats_task_pushes_fresh_statistics(login, run_task_once):
+def test_stats_task_pushes_fresh_statistics(login, sbio_run_task_once):
     ann = login("ann")
     login("bob")
     ann.call("add_card", "main", "one")
     stats = ann.subscribe("stats")
 
-    run_task_once(stats_task)                             # what the task does every interval
+    sbio_run_task_once(stats_task)                             # what the task does every interval
     pushed = stats.wait_update()
     assert pushed["online"] == ["ann", "bob"]
     assert pushed["boards"] == 2

@@ -45,9 +45,9 @@ class ServerEnv(Env):
 
     kind = "server"
 
-    def __init__(self, sbio_server, live_client, transports=("websocket",)):
+    def __init__(self, sbio_server, sbio_live_client, transports=("websocket",)):
         self._make_server = sbio_server
-        self._live_client = live_client
+        self._live_client = sbio_live_client
         self.transports = transports
         self.server = None
 
@@ -59,12 +59,12 @@ class ServerEnv(Env):
 
 
 @pytest.fixture
-def env(sbio_server, live_client):
-    return ServerEnv(sbio_server, live_client)
+def env(sbio_server, sbio_live_client):
+    return ServerEnv(sbio_server, sbio_live_client)
 
 
-def test_updates_over_long_polling(sbio_server, live_client):
-    env = ServerEnv(sbio_server, live_client, transports=("polling",))
+def test_updates_over_long_polling(sbio_server, sbio_live_client):
+    env = ServerEnv(sbio_server, sbio_live_client, transports=("polling",))
     a, b = env.client(), env.client()
     sub = a.subscribe("top_cards", 10)
     b.call("add_card", "c")

@@ -174,9 +174,9 @@ def notified(monkeypatch):
     return calls
 
 
-def one_site(db, **kwargs):
+def one_site(sbio_db, **kwargs):
     kwargs.setdefault("url", "https://example.org")
-    return db.add(Website(**kwargs))
+    return sbio_db.add(Website(**kwargs))
 
 
 # --------------------------------------------------------------------------
@@ -279,8 +279,8 @@ def test_explicit_values_beat_defaults_and_unknown_kwargs_fail():
         Website(url="x", bogus=1)
 
 
-def test_context_default_runs_at_flush(db):
-    site = one_site(db, score=4)
+def test_context_default_runs_at_flush(sbio_db):
+    site = one_site(sbio_db, score=4)
     with Session() as s:
         assert s.get(Website, site.id).doubled == 8
 
@@ -294,8 +294,8 @@ def test_repr_shows_primary_and_unique_columns():
     )
 
 
-def test_repr_never_loads(db):
-    site = one_site(db)
+def test_repr_never_loads(sbio_db):
+    site = one_site(sbio_db)
     with Session() as s:
         loaded = s.get(Website, site.id)
         s.expire(loaded, ["url"])
@@ -307,16 +307,16 @@ def test_repr_never_loads(db):
 # --------------------------------------------------------------------------
 
 
-def test_uuid_round_trip(db):
-    site = one_site(db)
+def test_uuid_round_trip(sbio_db):
+    site = one_site(sbio_db)
     with Session() as s:
         loaded = s.get(Website, site.id)
         assert isinstance(loaded.id, uuid.UUID) and loaded.id == site.id
         # the string form works in queries too
         assert s.scalars(select(Website).where(Website.id == str(site.id))).one() is loaded
         raw = s.execute(text("SELECT id FROM website")).scalar_one()
-    columns = {c["name"]: c["type"] for c in sa_inspect(db.engine).get_columns("website")}
-    if db.backend == "postgresql":
+    columns = {c["name"]: c["type"] for c in sa_inspect(sbio_db.engine).get_columns("website")}
+    if sbio_db.backend == "postgresql":
         assert isinstance(columns["id"], sqlalchemy.Uuid)  # native uuid
         assert raw == site.id
     else:
@@ -324,17 +324,17 @@ def test_uuid_round_trip(db):
         assert raw == site.id.hex
 
 
-def test_uuid_rejects_garbage(db):
+def test_uuid_rejects_garbage(sbio_db):
     with pytest.raises(StatementError, match="not a UUID"):
         with Session() as s:
             s.execute(select(Website).where(Website.id == "nope")).all()
 
 
-def test_json_round_trip(db):
+def test_json_round_trip(sbio_db):
     doc = {"a": [1, 2.5, "x", None, True], "b": {"c": {}}}
-    site = one_site(db, meta=doc)
-    sample, empty = db.add(Sample(doc=[doc, "s", 3]), Sample(doc=None))
-    defaulted = db.add(Website(url="https://none", meta=None))  # None means "use the default"
+    site = one_site(sbio_db, meta=doc)
+    sample, empty = sbio_db.add(Sample(doc=[doc, "s", 3]), Sample(doc=None))
+    defaulted = sbio_db.add(Website(url="https://none", meta=None))  # None means "use the default"
     with Session() as s:
         assert s.get(Website, site.id).meta == doc
         assert s.get(Sample, sample.id).doc == [doc, "s", 3]
@@ -343,15 +343,15 @@ def test_json_round_trip(db):
         # None is SQL NULL, not JSON null
         nulls = s.execute(text("SELECT count(*) FROM sample WHERE doc IS NULL")).scalar_one()
         assert nulls == 1
-    columns = {c["name"]: c["type"] for c in sa_inspect(db.engine).get_columns("website")}
-    expected = "JSONB" if db.backend == "postgresql" else "JSON"
+    columns = {c["name"]: c["type"] for c in sa_inspect(sbio_db.engine).get_columns("website")}
+    expected = "JSONB" if sbio_db.backend == "postgresql" else "JSON"
     assert type(columns["meta"]).__name__ == expected
 
 
-def test_utcdatetime_round_trip_is_aware_utc(db):
+def test_utcdatetime_round_trip_is_aware_utc(sbio_db):
     paris = datetime.timezone(datetime.timedelta(hours=2))
     moment = datetime.datetime(2024, 5, 1, 14, 30, 15, 123456, tzinfo=paris)
-    site = one_site(db, created=moment)
+    site = one_site(sbio_db, created=moment)
     assert site.created.tzinfo is UTC and site.created.hour == 12  # normalized on assignment
     with Session() as s:
         loaded = s.get(Website, site.id)
@@ -365,7 +365,7 @@ def test_utcdatetime_round_trip_is_aware_utc(db):
         assert s.scalars(select(Website).where(Website.created > later)).all() == []
 
 
-def test_utcdatetime_rejects_naive(db):
+def test_utcdatetime_rejects_naive(sbio_db):
     naive = datetime.datetime(2024, 5, 1, 12, 0)
     with pytest.raises(ValueError, match="naive datetime 2024-05-01T12:00:00"):
         Website(url="x", created=naive)
@@ -383,11 +383,11 @@ def test_utcdatetime_rejects_naive(db):
 
 
 @pytest.fixture
-def site_with_pages(db):
+def site_with_pages(sbio_db):
     tag_b, tag_a = Tag(name="b"), Tag(name="a")
     site = Website(url="https://s", title="S", tags=[tag_b, tag_a])
     site.pages = [WebPage(path="/2"), WebPage(path="/1")]
-    db.add(site)
+    sbio_db.add(site)
     with Session() as s:
         site = s.get(Website, site.id)
         for page in site.pages:  # load while attached
@@ -503,7 +503,7 @@ def test_to_dict_from_dict_round_trip(site_with_pages):
     assert copy.to_dict(jsonable=True) == data
 
 
-def test_from_dict_merges_relationships(db, site_with_pages, notified):
+def test_from_dict_merges_relationships(sbio_db, site_with_pages, notified):
     site = site_with_pages
     page1, page2 = site.pages
     with Session() as s:
@@ -529,7 +529,7 @@ def test_from_dict_merges_relationships(db, site_with_pages, notified):
     assert notified == [["tag", "web_page", "website", "website_tag"]]
 
 
-def test_from_dict_relationship_by_primary_key(db, site_with_pages):
+def test_from_dict_relationship_by_primary_key(sbio_db, site_with_pages):
     site = site_with_pages
     with Session() as s:
         page = s.get(WebPage, site.pages[0].id)
@@ -552,8 +552,8 @@ def test_from_dict_relationship_by_primary_key(db, site_with_pages):
         assert info.value.errors == {"pages[0].path": "expected a string, got int"}
 
 
-def test_from_dict_refuses_primary_key_change(db):
-    site = one_site(db)
+def test_from_dict_refuses_primary_key_change(sbio_db):
+    site = one_site(sbio_db)
     with Session() as s:
         site = s.get(Website, site.id)
         site.from_dict({"id": str(site.id), "title": "same id is fine"})
@@ -578,38 +578,38 @@ def test_from_dict_nested_restriction():
 # --------------------------------------------------------------------------
 
 
-def test_with_session_commits_and_closes(db):
+def test_with_session_commits_and_closes(sbio_db):
     with Session() as s:
         site = Website(url="https://c")
         s.add(site)
         assert s.website("https://c") is site  # SessionMixin method bound onto the session
     assert sa_inspect(site).detached
     assert not s.in_transaction()
-    assert db.engine.pool.checkedout() == 0
+    assert sbio_db.engine.pool.checkedout() == 0
     assert site.url == "https://c"  # expire_on_commit=False: still usable
     with Session() as s:
         assert s.get(Website, site.id).url == "https://c"
 
 
-def test_with_session_rolls_back_on_error(db, notified):
+def test_with_session_rolls_back_on_error(sbio_db, notified):
     with pytest.raises(RuntimeError, match="boom"):
         with Session() as s:
             s.add(Website(url="https://r"))
             s.flush()
             raise RuntimeError("boom")
     assert not s.in_transaction()
-    assert db.engine.pool.checkedout() == 0
+    assert sbio_db.engine.pool.checkedout() == 0
     with Session() as s:
         assert s.scalars(select(Website)).all() == []
     assert notified == []
 
 
-def test_failed_commit_rolls_back_and_closes(db, notified):
-    one_site(db, url="dup")
+def test_failed_commit_rolls_back_and_closes(sbio_db, notified):
+    one_site(sbio_db, url="dup")
     with pytest.raises(sqlalchemy.exc.IntegrityError):
         with Session() as s:
             s.add(Website(url="dup"))
-    assert db.engine.pool.checkedout() == 0
+    assert sbio_db.engine.pool.checkedout() == 0
     assert notified == []
 
 
@@ -636,15 +636,15 @@ def test_initialize_db_is_explicit(tmp_path):
     engine.dispose()
 
 
-def test_initialize_db_drop(db):
-    one_site(db)
+def test_initialize_db_drop(sbio_db):
+    one_site(sbio_db)
     Session.initialize_db()  # idempotent: existing tables and rows stay
     with Session() as s:
         assert len(s.scalars(select(Website)).all()) == 1
     Session.initialize_db(drop=True)
     with Session() as s:
         assert s.scalars(select(Website)).all() == []
-    one_site(db)  # the tables are back
+    one_site(sbio_db)  # the tables are back
 
 
 def test_get_base_resolution():
@@ -653,7 +653,7 @@ def test_get_base_resolution():
 
 
 @pytest.mark.parametrize("sbio_db_backend", ["sqlite"])
-def test_sqlite_foreign_keys_enforced(db):
+def test_sqlite_foreign_keys_enforced(sbio_db):
     with pytest.raises(sqlalchemy.exc.IntegrityError):
         with Session() as s:
             s.add(WebPage(path="/orphan", website_id=uuid.uuid4()))
@@ -664,7 +664,7 @@ def test_sqlite_foreign_keys_enforced(db):
 # --------------------------------------------------------------------------
 
 
-def test_notifies_changed_tables_once_per_commit(db, notified):
+def test_notifies_changed_tables_once_per_commit(sbio_db, notified):
     with Session() as s:
         site = Website(url="https://n")
         s.add(site)
@@ -682,8 +682,8 @@ def test_notifies_changed_tables_once_per_commit(db, notified):
     assert len(notified) == 3
 
 
-def test_no_notification_on_rollback_or_without_changes(db, notified):
-    site = one_site(db)
+def test_no_notification_on_rollback_or_without_changes(sbio_db, notified):
+    site = one_site(sbio_db)
     with pytest.raises(ZeroDivisionError):
         with Session() as s:
             s.get(Website, site.id).title = "x"
@@ -700,7 +700,7 @@ def test_no_notification_on_rollback_or_without_changes(db, notified):
     assert notified == []
 
 
-def test_notification_after_explicit_commits(db, notified):
+def test_notification_after_explicit_commits(sbio_db, notified):
     s = Session.new_session()
     try:
         s.add(Website(url="https://a"))
@@ -715,7 +715,7 @@ def test_notification_after_explicit_commits(db, notified):
         s.close()
 
 
-def test_savepoints(db, notified):
+def test_savepoints(sbio_db, notified):
     with Session() as s:
         s.add(Website(url="https://kept"))
         s.flush()
@@ -729,7 +729,7 @@ def test_savepoints(db, notified):
     assert notified == [["web_page", "website"]]  # not "tag": that savepoint rolled back
 
 
-def test_m2m_and_bulk_statements_notify(db, notified, site_with_pages):
+def test_m2m_and_bulk_statements_notify(sbio_db, notified, site_with_pages):
     with Session() as s:
         s.get(Website, site_with_pages.id).tags = []
     assert notified == [["website", "website_tag"]]
@@ -741,7 +741,7 @@ def test_m2m_and_bulk_statements_notify(db, notified, site_with_pages):
     assert notified[-1] == ["web_page"]
 
 
-def test_notify_on_commit(db, notified):
+def test_notify_on_commit(sbio_db, notified):
     with Session() as s:
         s.execute(text("UPDATE website SET title = 'raw'"))
         s.notify_on_commit(Website, "custom")
@@ -753,9 +753,9 @@ def test_notify_on_commit(db, notified):
     assert len(notified) == 1
 
 
-def test_opt_out_per_manager(db, notified, monkeypatch):
+def test_opt_out_per_manager(sbio_db, notified, monkeypatch):
     quiet_calls = []
-    monkeypatch.setattr(QuietSession, "engine", db.engine)
+    monkeypatch.setattr(QuietSession, "engine", sbio_db.engine)
     monkeypatch.setattr(QuietSession, "notifier", quiet_calls.append)
     with QuietSession() as s:
         s.add(Website(url="https://q"))
@@ -766,7 +766,7 @@ def test_opt_out_per_manager(db, notified, monkeypatch):
     assert notified == []
 
 
-def test_notifier_failure_is_logged_and_commit_stands(db, monkeypatch, caplog):
+def test_notifier_failure_is_logged_and_commit_stands(sbio_db, monkeypatch, caplog):
     def broken(channels):
         raise RuntimeError("bus down")
 
@@ -779,7 +779,7 @@ def test_notifier_failure_is_logged_and_commit_stands(db, monkeypatch, caplog):
         assert s.website("https://f")
 
 
-def test_default_notifier_is_sbio_live_notify(db, monkeypatch):
+def test_default_notifier_is_sbio_live_notify(sbio_db, monkeypatch):
     calls = []
     fake_live = types.ModuleType("sbio.live")
     fake_live.notify = lambda channels, delay=False, trigger=None: calls.append((channels, delay, trigger))
@@ -795,18 +795,18 @@ def test_default_notifier_is_sbio_live_notify(db, monkeypatch):
 # --------------------------------------------------------------------------
 
 
-def test_db_fixture_binds_a_fresh_database(db):
-    assert isinstance(db, DbFixture)
-    assert Session.engine is db.engine
-    assert db.backend in ("sqlite", "postgresql")
-    with db.session() as s:
+def test_db_fixture_binds_a_fresh_database(sbio_db):
+    assert isinstance(sbio_db, DbFixture)
+    assert Session.engine is sbio_db.engine
+    assert sbio_db.backend in ("sqlite", "postgresql")
+    with sbio_db.session() as s:
         assert s.scalars(select(Website)).all() == []  # clean, tables created
-    site, tag = db.add(Website(url="https://d"), Tag(name="d"))
+    site, tag = sbio_db.add(Website(url="https://d"), Tag(name="d"))
     assert site.id and tag.id
-    if db.backend == "postgresql":
-        assert db.schema.startswith("sbio_test_")
-        with db.engine.connect() as conn:
-            assert conn.execute(text("SELECT current_schema()")).scalar_one() == db.schema
+    if sbio_db.backend == "postgresql":
+        assert sbio_db.schema.startswith("sbio_test_")
+        with sbio_db.engine.connect() as conn:
+            assert conn.execute(text("SELECT current_schema()")).scalar_one() == sbio_db.schema
 
 
 def test_temporary_database_restores_engine(tmp_path):
@@ -828,13 +828,13 @@ def test_temporary_database_restores_engine(tmp_path):
         sentinel.dispose()
 
 
-def test_temporary_postgres_schema_is_dropped(postgres_url):
-    with temporary_database(Session, "postgres", postgres_url=postgres_url) as database:
+def test_temporary_postgres_schema_is_dropped(sbio_postgres_url):
+    with temporary_database(Session, "postgres", postgres_url=sbio_postgres_url) as database:
         schema = database.schema
         with Session() as s:
             s.add(Website(url="https://pg"))
     assert Session.engine is None
-    admin = sqlalchemy.create_engine(postgres_url)
+    admin = sqlalchemy.create_engine(sbio_postgres_url)
     try:
         with admin.connect() as conn:
             found = conn.execute(
@@ -847,7 +847,7 @@ def test_temporary_postgres_schema_is_dropped(postgres_url):
 
 class TestSeeding:
     @pytest.fixture
-    def db_seed(self):
+    def sbio_db_seed(self):
         def websites(s):
             s.add_all([Website(url="https://1"), Website(url="https://2")])
 
@@ -856,19 +856,19 @@ class TestSeeding:
 
         return [websites, tags]
 
-    def test_seed_is_applied(self, db, notified):
+    def test_seed_is_applied(self, sbio_db, notified):
         with Session() as s:
             assert sorted(w.url for w in s.scalars(select(Website))) == ["https://1", "https://2"]
             assert s.scalars(select(Tag)).one().name == "seeded"
         assert notified == []  # seeding does not notify
         assert "notify_changes" not in vars(Session)
 
-    def test_each_test_gets_a_fresh_copy(self, db):
+    def test_each_test_gets_a_fresh_copy(self, sbio_db):
         with Session() as s:
             s.execute(delete(Website))
             assert s.scalars(select(Website)).all() == []
 
-    def test_still_seeded(self, db):
+    def test_still_seeded(self, sbio_db):
         with Session() as s:
             assert len(s.scalars(select(Website)).all()) == 2
 
@@ -879,7 +879,7 @@ class TestSeeding:
 
 
 @pytest.mark.parametrize("sbio_db_backend", ["postgres"])
-def test_fifty_greenlets_do_not_block_each_other(db):
+def test_fifty_greenlets_do_not_block_each_other(sbio_db):
     import psycopg.waiting
 
     if not monkey.is_module_patched("select"):
@@ -889,7 +889,7 @@ def test_fifty_greenlets_do_not_block_each_other(db):
     )
     workers = 50
     # pool_size + max_overflow >= greenlets using the database at once
-    db.rebind(db.make_engine(pool_size=5, max_overflow=workers, pool_timeout=30))
+    sbio_db.rebind(sbio_db.make_engine(pool_size=5, max_overflow=workers, pool_timeout=30))
     state = {"ticks": 0, "ticks_during_sleep": 0, "in_flight": 0, "max_in_flight": 0, "stop": False}
 
     def ticker():

@@ -49,7 +49,7 @@ BACKENDS = pytest.mark.parametrize("sbio_db_backend", ["sqlite", "postgres"], in
 
 
 @BACKENDS
-def test_commit_updates_subscribers_and_rollback_does_not(db, sbio_client):
+def test_commit_updates_subscribers_and_rollback_does_not(sbio_db, sbio_client):
     watcher, writer = sbio_client(Sites), sbio_client(Sites, raise_server_errors=False)
     sites = watcher.subscribe("sites")
     assert sites.data == []
@@ -70,7 +70,7 @@ def test_commit_updates_subscribers_and_rollback_does_not(db, sbio_client):
 
 
 @BACKENDS
-def test_commit_outside_a_handler_notifies_too(db, sbio_client):
+def test_commit_outside_a_handler_notifies_too(sbio_db, sbio_client):
     watcher = sbio_client(Sites)
     sites = watcher.subscribe("sites")
     with Session() as s:  # e.g. a DaemonTask or a script

@@ -48,8 +48,8 @@ def server(sbio_server):
 
 
 @pytest.mark.parametrize("transports", TRANSPORTS)
-def test_login_flow_and_error_codes(server, live_client, transports):
-    c = live_client(server, "/chat", transports=transports)
+def test_login_flow_and_error_codes(server, sbio_live_client, transports):
+    c = sbio_live_client(server, "/chat", transports=transports)
     assert c.call_envelope("whoami")["error"]["code"] == "forbidden"
     assert c.call_envelope("login", "ann", "nope")["error"] == {
         "code": "bad_credentials", "message": "wrong user name or password"}
@@ -69,9 +69,9 @@ def test_login_flow_and_error_codes(server, live_client, transports):
                                         "message": "no handler for event 'nope'"}]
 
 
-def test_refused_connect_gets_message_and_data(server, live_client):
+def test_refused_connect_gets_message_and_data(server, sbio_live_client):
     with pytest.raises(ConnectionRefused) as err:
-        live_client(server, "/chat", auth={"token": "bad"})
+        sbio_live_client(server, "/chat", auth={"token": "bad"})
     assert err.value.message == "bad token"
     assert err.value.data == {"code": 401}
 
@@ -86,15 +86,15 @@ def test_refused_connect_over_polling(server):
     assert answer == '44/chat,{"message":"bad token","data":{"code":401}}'
 
 
-def test_crash_in_on_connect_answers_instead_of_hanging(server, live_client):
+def test_crash_in_on_connect_answers_instead_of_hanging(server, sbio_live_client):
     with pytest.raises(ConnectionRefused) as err:
-        live_client(server, "/chat", auth={"token": "crash"}, timeout=5)
+        sbio_live_client(server, "/chat", auth={"token": "crash"}, timeout=5)
     assert err.value.message == "Internal server error"
 
 
-def test_unknown_namespace_is_invalid(server, live_client):
+def test_unknown_namespace_is_invalid(server, sbio_live_client):
     with pytest.raises(ConnectionRefused) as err:
-        live_client(server, "/nowhere")
+        sbio_live_client(server, "/nowhere")
     assert err.value.message == "Invalid namespace"
 
 
@@ -118,9 +118,9 @@ def test_namespaces_on_one_connection_have_own_instances_and_a_shared_session(se
         client.disconnect()
 
 
-def test_two_clients_see_each_others_room_messages(server, live_client):
-    ann = live_client(server, "/chat")
-    bob = live_client(server, "/chat")
+def test_two_clients_see_each_others_room_messages(server, sbio_live_client):
+    ann = sbio_live_client(server, "/chat")
+    bob = sbio_live_client(server, "/chat")
     for client, name in ((ann, "ann"), (bob, "bob")):
         client.call("login", name, "secret")
         client.call("join", "lobby")
@@ -161,8 +161,8 @@ def test_non_json_payload_closes_the_connection_and_others_keep_working(server, 
     assert bystander.call("login", "ann", "secret") == {"user": "ann"}
 
 
-def test_oversize_websocket_message_closes_with_1009_and_others_keep_working(server, live_client):
-    bystander = live_client(server, "/chat")
+def test_oversize_websocket_message_closes_with_1009_and_others_keep_working(server, sbio_live_client):
+    bystander = sbio_live_client(server, "/chat")
     ws = _raw_websocket(server)
     big = '42/chat,["login","' + "x" * 2_000_000 + '","secret"]'
     ws.send(big)
@@ -209,9 +209,9 @@ def test_configured_cors_origin_is_accepted(sbio_server, sbio_config):
     assert requests.get(base, headers={"Origin": "http://evil.example"}, timeout=5).status_code == 400
 
 
-def test_bad_input_is_never_logged_as_an_unhandled_exception(server, live_client, caplog, capfd):
+def test_bad_input_is_never_logged_as_an_unhandled_exception(server, sbio_live_client, caplog, capfd):
     caplog.set_level(logging.INFO)
-    c = live_client(server, "/chat")
+    c = sbio_live_client(server, "/chat")
     c.call_envelope("nope")
     c.call_envelope("bad name")
     c.call_envelope("login")
@@ -234,7 +234,7 @@ def test_index_page_lists_namespaces_and_static_files_are_served(server):
     assert "/chat" in page.text and "/other" in page.text
 
 
-def test_stop_closes_connections_so_clients_may_reconnect(sbio_server, live_client):
+def test_stop_closes_connections_so_clients_may_reconnect(sbio_server, sbio_live_client):
     ended = []
 
     class Tracked(Chat):
@@ -242,7 +242,7 @@ def test_stop_closes_connections_so_clients_may_reconnect(sbio_server, live_clie
             ended.append(reason)
 
     server = sbio_server(Tracked)
-    polling = live_client(server, "/chat", transports=["polling"])
+    polling = sbio_live_client(server, "/chat", transports=["polling"])
     ws = _raw_websocket(server)
     server.stop(timeout=5)
     frames = []
@@ -331,14 +331,14 @@ class NoDelay(Namespace):
 
 
 @pytest.mark.parametrize("setting", [None, True, False], ids=["default", "on", "off"])
-def test_tcp_nodelay_on_accepted_sockets_follows_the_setting(sbio_server, live_client, setting):
+def test_tcp_nodelay_on_accepted_sockets_follows_the_setting(sbio_server, sbio_live_client, setting):
     from sbio.config import load_sbio_config
 
     overrides = {"server.host": "127.0.0.1", "server.port": 0, "server.secret_key": "sbio-tests"}
     if setting is not None:
         overrides["server.tcp_nodelay"] = setting
     server = sbio_server(NoDelay, config=load_sbio_config(overrides=overrides))
-    assert live_client(server, "/nodelay").call("nodelay") is (setting is not False)
+    assert sbio_live_client(server, "/nodelay").call("nodelay") is (setting is not False)
 
 
 def _close_code(ws):
@@ -372,7 +372,7 @@ def test_fragmented_text_message_is_reassembled(server):
     ws.close()
 
 
-def test_binary_attachments_survive_unmasking(sbio_server, live_client):
+def test_binary_attachments_survive_unmasking(sbio_server, sbio_live_client):
     class Bytes(Namespace):
         name = "/bytes"
 
@@ -380,6 +380,6 @@ def test_binary_attachments_survive_unmasking(sbio_server, live_client):
             return bytes(reversed(data))
 
     server = sbio_server(Bytes)
-    c = live_client(server, "/bytes")
+    c = sbio_live_client(server, "/bytes")
     payload = bytes(range(256)) * 5 + b"\x00\x01\x02"
     assert c.call("reverse", payload) == bytes(reversed(payload))

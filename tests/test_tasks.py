@@ -570,10 +570,10 @@ def test_caller_workers_killed_at_deadline_leave_the_rest_queued(caplog):
 # -- fixtures and isolation ---------------------------------------------------------
 
 
-def test_run_task_once_fixture(sbio_lifecycle, run_task_once, caplog):
+def test_run_task_once_fixture(sbio_lifecycle, sbio_run_task_once, caplog):
     calls = []
     task = DaemonTask(lambda: calls.append(1), interval=60)
-    run_task_once(task)
+    sbio_run_task_once(task)
     assert calls == [1] and not task.running
 
     def broken():
@@ -581,14 +581,14 @@ def test_run_task_once_fixture(sbio_lifecycle, run_task_once, caplog):
 
     bad = DaemonTask(broken, interval=60)
     with pytest.raises(KeyError):
-        run_task_once(bad)
+        sbio_run_task_once(bad)
     with caplog.at_level(logging.ERROR, logger=LOGGER):
-        assert isinstance(run_task_once(bad, raise_errors=False), KeyError)
+        assert isinstance(sbio_run_task_once(bad, raise_errors=False), KeyError)
     assert "broken" in caplog.text
 
     sbio_lifecycle.start()
     with pytest.raises(RuntimeError, match="running"):
-        run_task_once(task)
+        sbio_run_task_once(task)
 
 
 def test_isolated_sets_registrations_aside_and_restores_them():

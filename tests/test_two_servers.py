@@ -90,8 +90,8 @@ def servers(sbio_config):
         server.stop(timeout=5)
 
 
-def subscriber(live_client, server):
-    sub = live_client(server, NS).subscribe("news")
+def subscriber(sbio_live_client, server):
+    sub = sbio_live_client(server, NS).subscribe("news")
     assert sub.data == {"runs": 1}
     return sub
 
@@ -123,7 +123,7 @@ def pair_configs(request, sbio_config):
     """Configurations for servers A and B: in memory, or on Redis."""
     if request.param == "no redis":
         return sbio_config, sbio_config
-    url = request.getfixturevalue("redis_url")
+    url = request.getfixturevalue("sbio_redis_url")
     if request.param == "two prefixes":
         return redis_config(url), redis_config(url)
     return redis_config(with_db(url, 0)), redis_config(with_db(url, 1))
@@ -132,11 +132,11 @@ def pair_configs(request, sbio_config):
 # -- isolation ----------------------------------------------------------------------------
 
 
-def test_a_notify_in_a_handler_reaches_only_its_server(pair_configs, servers, live_client):
+def test_a_notify_in_a_handler_reaches_only_its_server(pair_configs, servers, sbio_live_client):
     a, b = servers(pair_configs[0]), servers(pair_configs[1])
     assert a.bus is not b.bus
-    sub_a, sub_b = subscriber(live_client, a), subscriber(live_client, b)
-    caller_a, caller_b = live_client(a, NS), live_client(b, NS)
+    sub_a, sub_b = subscriber(sbio_live_client, a), subscriber(sbio_live_client, b)
+    caller_a, caller_b = sbio_live_client(a, NS), sbio_live_client(b, NS)
 
     assert caller_a.call("tell")
     assert sub_a.wait_update() == {"runs": 2}
@@ -150,19 +150,19 @@ def test_a_notify_in_a_handler_reaches_only_its_server(pair_configs, servers, li
     assert_pushes(sub_b, 1, settle=0)
 
 
-def test_a_commit_in_a_handler_reaches_only_its_server(db, servers, live_client, sbio_config):
+def test_a_commit_in_a_handler_reaches_only_its_server(sbio_db, servers, sbio_live_client, sbio_config):
     a, b = servers(sbio_config), servers(sbio_config)
-    sub_a, sub_b = subscriber(live_client, a), subscriber(live_client, b)
-    assert live_client(b, NS).call("commit", "one")
+    sub_a, sub_b = subscriber(sbio_live_client, a), subscriber(sbio_live_client, b)
+    assert sbio_live_client(b, NS).call("commit", "one")
     assert sub_b.wait_update() == {"runs": 2}
     assert sub_b.pushes[-1]["trigger"] == "commit"
     assert_pushes(sub_a, 0)
 
 
 def test_a_notify_from_outside_reaches_every_running_server(pair_configs, servers,
-                                                              live_client):
+                                                              sbio_live_client):
     a, b = servers(pair_configs[0]), servers(pair_configs[1])
-    sub_a, sub_b = subscriber(live_client, a), subscriber(live_client, b)
+    sub_a, sub_b = subscriber(sbio_live_client, a), subscriber(sbio_live_client, b)
     gevent.spawn(notify, "news").join(5)  # a plain greenlet: no server of its own
     assert sub_a.wait_update() == {"runs": 2}
     assert sub_b.wait_update() == {"runs": 2}
@@ -170,12 +170,12 @@ def test_a_notify_from_outside_reaches_every_running_server(pair_configs, server
     assert_pushes(sub_b, 1, settle=0)
 
 
-def test_two_servers_on_one_prefix_are_one_cluster(redis_url, servers, live_client):
+def test_two_servers_on_one_prefix_are_one_cluster(sbio_redis_url, servers, sbio_live_client):
     """Same URL and prefix: the two servers hear each other (through Redis), once."""
     prefix = f"sbiotest-two-{uuid.uuid4().hex[:12]}"
-    a, b = servers(redis_config(redis_url, prefix)), servers(redis_config(redis_url, prefix))
-    sub_a, sub_b = subscriber(live_client, a), subscriber(live_client, b)
-    assert live_client(a, NS).call("tell")
+    a, b = servers(redis_config(sbio_redis_url, prefix)), servers(redis_config(sbio_redis_url, prefix))
+    sub_a, sub_b = subscriber(sbio_live_client, a), subscriber(sbio_live_client, b)
+    assert sbio_live_client(a, NS).call("tell")
     assert sub_a.wait_update() == {"runs": 2}
     assert sub_b.wait_update(timeout=10) == {"runs": 2}
     notify("news")  # outside any context: published once for the cluster, not per server
@@ -185,30 +185,30 @@ def test_two_servers_on_one_prefix_are_one_cluster(redis_url, servers, live_clie
     assert_pushes(sub_b, 2, settle=0)
 
 
-def test_notify_remote_on_one_prefix_reaches_only_that_server(redis_url, servers,
-                                                               live_client):
-    a, b = servers(redis_config(redis_url)), servers(redis_config(redis_url))
-    sub_a, sub_b = subscriber(live_client, a), subscriber(live_client, b)
-    assert notify_remote(redis_url, "news", prefix=a.cluster.prefix) == 1
+def test_notify_remote_on_one_prefix_reaches_only_that_server(sbio_redis_url, servers,
+                                                               sbio_live_client):
+    a, b = servers(redis_config(sbio_redis_url)), servers(redis_config(sbio_redis_url))
+    sub_a, sub_b = subscriber(sbio_live_client, a), subscriber(sbio_live_client, b)
+    assert notify_remote(sbio_redis_url, "news", prefix=a.cluster.prefix) == 1
     assert sub_a.wait_update(timeout=10) == {"runs": 2}
     assert_pushes(sub_b, 0)
-    assert notify_remote(redis_url, "news", prefix=b.cluster.prefix) == 1
+    assert notify_remote(sbio_redis_url, "news", prefix=b.cluster.prefix) == 1
     assert sub_b.wait_update(timeout=10) == {"runs": 2}
     assert_pushes(sub_a, 1)
 
 
-def test_a_task_notifies_the_server_running_its_lifecycle(servers, live_client, sbio_config):
+def test_a_task_notifies_the_server_running_its_lifecycle(servers, sbio_live_client, sbio_config):
     life_a = Lifecycle(name="a")
     a, b = servers(sbio_config, lifecycle=life_a), servers(sbio_config)
     caller = Caller(lambda: notify("news"), lifecycle=life_a)
-    sub_a, sub_b = subscriber(live_client, a), subscriber(live_client, b)
+    sub_a, sub_b = subscriber(sbio_live_client, a), subscriber(sbio_live_client, b)
     caller.defer()
     assert sub_a.wait_update() == {"runs": 2}
     assert_pushes(sub_b, 0)
 
 
 def test_servers_sharing_the_default_lifecycle_run_its_tasks_once(
-        sbio_lifecycle, servers, live_client, sbio_config):
+        sbio_lifecycle, servers, sbio_live_client, sbio_config):
     """The module-level lifecycle: started by the first server, stopped by it only."""
     calls = []
     caller = sbio.Caller(lambda: (calls.append(1), notify("news")))
@@ -216,7 +216,7 @@ def test_servers_sharing_the_default_lifecycle_run_its_tasks_once(
     b = servers(sbio_config, lifecycle=sbio_lifecycle)
     assert caller.lifecycle is sbio_lifecycle and sbio_lifecycle.running
     assert len(sbio_lifecycle.services) == 1  # b started nothing more
-    sub_a, sub_b = subscriber(live_client, a), subscriber(live_client, b)
+    sub_a, sub_b = subscriber(sbio_live_client, a), subscriber(sbio_live_client, b)
     caller.defer()
     assert sub_a.wait_update() == {"runs": 2}  # its lifecycle is both servers'
     assert sub_b.wait_update() == {"runs": 2}
@@ -232,16 +232,16 @@ def test_servers_sharing_the_default_lifecycle_run_its_tasks_once(
 
 @pytest.mark.parametrize("first_stopped", ["a", "b"])
 def test_either_server_keeps_delivering_after_the_other_stopped(
-        pair_configs, servers, live_client, first_stopped):
+        pair_configs, servers, sbio_live_client, first_stopped):
     a, b = servers(pair_configs[0]), servers(pair_configs[1])
     gone, kept = (a, b) if first_stopped == "a" else (b, a)
-    sub = subscriber(live_client, kept)
+    sub = subscriber(sbio_live_client, kept)
     gone.stop(timeout=5)
     assert gone not in live.running_servers() and kept in live.running_servers()
     assert kept.bus.subscriber_count == 1
     if hasattr(kept.bus, "running"):
         assert kept.bus.running and kept.bus.connected_event.is_set()
-    assert live_client(kept, NS).call("tell")
+    assert sbio_live_client(kept, NS).call("tell")
     assert sub.wait_update() == {"runs": 2}
     gevent.spawn(notify, "news").join(5)
     assert sub.wait_update() == {"runs": 3}

@@ -20,7 +20,7 @@ from .errors import NamespaceLoadError
 
 log = logging.getLogger("sbio.cli")
 
-__all__ = ["main", "load_namespaces", "load_blueprints", "NamespaceLoadError"]
+__all__ = ["main", "make_server", "load_namespaces", "load_blueprints", "NamespaceLoadError"]
 
 
 def _module_entries(directory):
@@ -107,6 +107,26 @@ def load_blueprints(directories):
     return found
 
 
+def make_server(config):
+    """The :class:`sbio.Server` that ``sbio run`` serves for *config*, not started.
+
+    Its namespaces and blueprints are those of the modules in
+    ``server.namespaces``. ``sbio.wsgi`` (gunicorn, see :mod:`sbio.gunicorn`)
+    builds its server with this too.
+
+    :raises NamespaceLoadError: naming the file, when a module fails to import.
+    :raises TypeError, ValueError: a namespace that cannot be served (e.g. two
+        classes with one name).
+    """
+    from .server import Server
+
+    namespaces = load_namespaces(config["server"]["namespaces"])
+    blueprints = load_blueprints(config["server"]["namespaces"])
+    if not namespaces:
+        log.warning("no Namespace subclasses found in %s", ", ".join(config["server"]["namespaces"]))
+    return Server(namespaces, config=config, blueprints=blueprints)
+
+
 def _parser():
     parser = argparse.ArgumentParser(
         prog="sbio", description="sbio: real-time web applications on gevent and socket.io")
@@ -158,19 +178,9 @@ def run(args):
         return 2
     _configure_logging(config["logging"]["level"], config["server"]["debug"])
 
-    from .server import Server
-
     try:
-        namespaces = load_namespaces(config["server"]["namespaces"])
-        blueprints = load_blueprints(config["server"]["namespaces"])
-    except NamespaceLoadError as exc:
-        print(f"sbio: error: {exc}", file=sys.stderr)
-        return 2
-    if not namespaces:
-        log.warning("no Namespace subclasses found in %s", ", ".join(config["server"]["namespaces"]))
-    try:
-        server = Server(namespaces, config=config, blueprints=blueprints)
-    except (TypeError, ValueError) as exc:  # e.g. two classes serving one namespace
+        server = make_server(config)
+    except (NamespaceLoadError, TypeError, ValueError) as exc:  # e.g. two classes, one namespace
         print(f"sbio: error: {exc}", file=sys.stderr)
         return 2
 

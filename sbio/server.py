@@ -137,6 +137,8 @@ class Server:
         self._options = {"config": config, "app": app, "host": host, "port": port, "bus": bus}
         self._connection_sessions = {}
         self._wsgi_server = None
+        self._wsgi_servers = []
+        self._served_unstarted = False
         self._stopping = False
         self._stopped = gevent.event.Event()
         self._stopped.set()
@@ -390,7 +392,19 @@ class Server:
         itself. A long-polling POST larger than ``server.max_message_size`` is
         refused here with 413 before Engine.IO sees it (Engine.IO would leave
         such a request hanging).
+
+        Served by anything but :meth:`start` (a plain gunicorn worker, uWSGI,
+        this method mounted under another server), nothing of the lifecycle
+        runs: the first request logs an error saying what to do instead.
         """
+        if not self._served_unstarted and self._stopped.is_set() and self._wsgi_server is None:
+            self._served_unstarted = True
+            log.error(
+                "this sbio Server is answering requests but was never started: its startup "
+                "hooks, DaemonTasks and live-data broadcasters do not run and websockets lack "
+                "sbio's limits. Serve it with `sbio run`, or with gunicorn's worker class "
+                "sbio.gunicorn.Worker (`gunicorn -k sbio.gunicorn.Worker -w 1 sbio.wsgi:app`; "
+                "see docs/scaling.md), not as a plain WSGI application")
         start_response = self._add_security_headers(start_response)
         if environ.get("REQUEST_METHOD") == "POST" and \
                 environ.get("PATH_INFO", "").startswith("/socket.io"):
@@ -408,6 +422,11 @@ class Server:
                     ("Connection", "close")])
                 return [body]
         return self._socketio_app(environ, start_response)
+
+    def __call__(self, environ, start_response):
+        """A Server is a WSGI application (:meth:`wsgi_app`): ``gunicorn -k
+        sbio.gunicorn.Worker myapp:server`` serves it with its lifecycle."""
+        return self.wsgi_app(environ, start_response)
 
     def _connection_session(self, eio_sid):
         session = self._connection_sessions.get(eio_sid)
@@ -443,7 +462,7 @@ class Server:
             host = f"[{host}]"
         return f"http://{host}:{self.port}"
 
-    def start(self):
+    def start(self, listeners=None):
         """Bind the port, start the lifecycle (hooks, tasks), then serve in the background.
 
         Returns at once; idempotent while running. The port is bound first,
@@ -451,6 +470,10 @@ class Server:
         failing startup hook raises :class:`sbio.tasks.LifecycleError` and the
         port is released. A stopped server cannot be started again: make a
         new :class:`Server`.
+
+        :param listeners: sockets, bound and listening, to serve on instead of
+            ``host:port`` (what a process manager hands its workers: see
+            :class:`sbio.gunicorn.Worker`).
         """
         if self.started:
             return self
@@ -461,12 +484,14 @@ class Server:
         handler = websocket_handler_class(
             self.max_message_size, self.sio.eio,
             tcp_nodelay=bool(self.config["server"].get("tcp_nodelay", True)))
-        self._wsgi_server = WSGIServer(
-            (self.host, self._port), self.wsgi_app, handler_class=handler,
+        self._wsgi_servers = [WSGIServer(
+            listener, self.wsgi_app, handler_class=handler,
             log=LoggingLogAdapter(logging.getLogger("sbio.access"), logging.DEBUG),
             error_log=LoggingLogAdapter(logging.getLogger("sbio.wsgi"), logging.ERROR),
-        )
-        self._wsgi_server.init_socket()  # bind: a busy port fails here, before anything ran
+        ) for listener in (listeners or [(self.host, self._port)])]
+        self._wsgi_server = self._wsgi_servers[0]
+        for wsgi_server in self._wsgi_servers:
+            wsgi_server.init_socket()  # bind: a busy port fails here, before anything ran
         try:
             self._add_namespace_hooks()
             if self.cluster is not None:
@@ -475,9 +500,11 @@ class Server:
             if not self.lifecycle.running:
                 self.lifecycle.start()
                 self._owns_lifecycle = True
-            self._wsgi_server.start()
+            for wsgi_server in self._wsgi_servers:
+                wsgi_server.start()
         except BaseException:
-            self._wsgi_server.close()
+            for wsgi_server in self._wsgi_servers:
+                wsgi_server.close()
             self._stop_lifecycle(float(self.config["server"].get("shutdown_timeout", 10)))
             raise
         self._stopping = False
@@ -513,12 +540,14 @@ class Server:
         self._stopping = True
         deadline = time.monotonic() + timeout
         log.info("sbio stopping (%s)", self.url)
-        server = self._wsgi_server
         try:
-            server.close()  # stop accepting new connections
+            for server in self._wsgi_servers:
+                server.close()  # stop accepting new connections
             self._close_connections(max(0.0, (deadline - time.monotonic()) / 4))
             self.sio.shutdown()  # Engine.IO's service task
-            server.stop(timeout=max(0.0, (deadline - time.monotonic()) / 2))
+            join_deadline = time.monotonic() + max(0.0, (deadline - time.monotonic()) / 2)
+            for server in self._wsgi_servers:
+                server.stop(timeout=max(0.0, join_deadline - time.monotonic()))
         finally:
             self._stop_lifecycle(max(0.5, deadline - time.monotonic()))
             self._stopped.set()

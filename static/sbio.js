@@ -1,14 +1,15 @@
 /*!
  * sbio.js — the client for sbio servers (socket.io-client v4 underneath).
  *
- * Browser: load socket.io-client's browser build first, then this file; the
- * page gets a global `sbio`:
- *   <script src="/static/node_modules/socket.io-client/dist/socket.io.min.js"></script>
- *   <script src="/static/sbio.js"></script>
- * Node / bundlers: `const sbio = require("./sbio.js")` (needs the npm package
- * socket.io-client).
+ * Browser: every sbio server serves this file and socket.io-client's browser
+ * build; load both (in either order) and the page gets a global `sbio`:
+ *   <script src="/sbio/socket.io.min.js"></script>
+ *   <script src="/sbio/sbio.js"></script>
+ * npm (`sbio-client`, built from static/ of the sbio repository):
+ *   const sbio = require("sbio-client");     // or: import sbio from "sbio-client";
  *
- *   const conn = sbio.connect("/board", { auth: { token } });
+ *   const conn = sbio.connect("http://127.0.0.1:8282/board");  // like io(url)
+ *   // or sbio.connect("/board", { url, auth: { token } }) (url: the page's server by default)
  *   const me = await conn.call("login", "ann", "secret");
  *   const id = conn.subscribe("cards", [], (cards) => render(cards), { onError: show });
  *   conn.unsubscribe(id);
@@ -41,6 +42,9 @@
   "use strict";
 
   var VERSION = "0.1.0";
+
+  /** scheme://host[:port] (1), path (2) and ?query (3) of a full URL given to connect(). */
+  var FULL_URL = /^((?:https?|wss?):\/\/[^\/?#]+)([^?#]*)(\?[^#]*)?(?:#.*)?$/i;
   var api = {};
 
   /** Largest delay setTimeout accepts (about 24.8 days); used for "no timeout". */
@@ -203,7 +207,17 @@
   function Connection(namespace, options) {
     if (!(this instanceof Connection)) return new Connection(namespace, options);
     options = options || {};
-    if (typeof namespace !== "string" || !namespace) throw new TypeError("sbio.connect: namespace must be a string like \"/board\"");
+    if (typeof namespace !== "string" || !namespace) throw new TypeError("sbio.connect: namespace must be a string like \"/board\" or \"http://host:8282/board\"");
+    var serverUrl = options.url;
+    var query = "";
+    var full = FULL_URL.exec(namespace);
+    if (full) {
+      // A full URL, as io() takes it: the origin is the server, the path the namespace.
+      if (options.url) throw new TypeError("sbio.connect: pass the server either in the URL or as options.url, not both");
+      serverUrl = full[1];
+      query = full[3] || "";
+      namespace = full[2] || "/";
+    }
     if (namespace.charAt(0) !== "/") namespace = "/" + namespace;
 
     this.namespace = namespace;
@@ -238,8 +252,8 @@
     if (options.auth !== undefined) ioOptions.auth = options.auth;
 
     var target;
-    if (options.url) {
-      target = String(options.url).replace(/\/+$/, "") + namespace;
+    if (serverUrl) {
+      target = String(serverUrl).replace(/\/+$/, "") + namespace + query;
     } else if (typeof location !== "undefined" && location && location.host) {
       target = namespace; // same origin as the page
     } else {
@@ -777,7 +791,8 @@
 
   /**
    * Connect to an sbio namespace.
-   * @param {string} namespace  e.g. "/board"
+   * @param {string} namespace  e.g. "/board" (the page's server, or options.url),
+   *   or a full URL as io() takes it: "http://127.0.0.1:8282/board"
    * @param {object} [options]  url, auth, callTimeout, onConnect, transports,
    *   reconnection* options and any other socket.io-client option
    * @returns {Connection}

@@ -129,6 +129,25 @@ test("connect() hands socket.io the namespace URL, the auth and the reconnect de
   assert.equal(conn.status, "connecting");
 });
 
+test("connect(fullURL) works like io(url): the origin is the server, the path the namespace", () => {
+  const urls = [];
+  const io = (url, opts) => {
+    urls.push(url);
+    return new FakeSocket(url, opts);
+  };
+  const conn = sbio.connect("http://127.0.0.1:8282/board", { io });
+  assert.equal(conn.namespace, "/board");
+  sbio.connect("https://example.test/a/b?x=1#frag", { io });
+  sbio.connect("http://example.test:9", { io }); // no path: the main namespace
+  sbio.connect("WSS://example.test/ns/", { io });
+  assert.deepEqual(urls, ["http://127.0.0.1:8282/board", "https://example.test/a/b?x=1",
+                          "http://example.test:9/", "WSS://example.test/ns/"]);
+  assert.throws(() => sbio.connect("http://a.test/x", { url: "http://b.test", io }), /not both/);
+  // a relative namespace still needs the server
+  sbio.connect("board", { url: "http://example.test:1/", io });
+  assert.equal(urls[urls.length - 1], "http://example.test:1/board");
+});
+
 test("outside a browser the url option is required", () => {
   assert.throws(() => sbio.connect("/x", { io: () => new FakeSocket() }), /options\.url/);
 });

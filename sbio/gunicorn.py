@@ -55,6 +55,12 @@ class Worker(GeventWorker):
         if self.cfg.is_ssl:
             raise ValueError("sbio.gunicorn.Worker does not do TLS: terminate it in the proxy "
                              "(nginx) in front of gunicorn")
+        if self.cfg.workers > 1:
+            self.log.warning(
+                "sbio.gunicorn.Worker with %d workers per gunicorn process: the kernel spreads "
+                "the connections among them, so long-polling clients fail and every worker "
+                "runs its own DaemonTasks; run several gunicorn processes with -w 1 on Redis "
+                "instead (docs/scaling.md)", self.cfg.workers)
         self.sbio_server = server
 
     def run(self):

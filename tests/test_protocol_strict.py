@@ -226,8 +226,8 @@ def test_more_attachments_than_max_attachments_closes_at_once(server):
     assert not CALLS
 
 
-def test_huge_announced_attachment_count_closes_before_any_binary_frame(server, live_client):
-    bystander = live_client(server, "/board")
+def test_huge_announced_attachment_count_closes_before_any_binary_frame(server, sbio_live_client):
+    bystander = sbio_live_client(server, "/board")
     ws = RawWebSocket(server)
     ws.send('459999999999-/board,["login",{"_placeholder":true,"num":0}]')
     assert ws.wait_closed(), "459999999999-... must close the connection"
@@ -255,8 +255,8 @@ def test_attachments_over_max_message_size_in_total_close_after_at_most_two_fram
     assert not CALLS
 
 
-def test_bad_binary_placeholder_closes_instead_of_wedging(server, live_client):
-    bystander = live_client(server, "/board")
+def test_bad_binary_placeholder_closes_instead_of_wedging(server, sbio_live_client):
+    bystander = sbio_live_client(server, "/board")
     ws = RawWebSocket(server)
     ws.send('451-/board,1["size",{"_placeholder":true,"num":7}]')
     try:
@@ -326,8 +326,8 @@ VIOLATIONS = [
 
 
 @pytest.mark.parametrize("frames", VIOLATIONS)
-def test_protocol_violation_closes_the_connection(server, live_client, frames):
-    bystander = live_client(server, "/board")
+def test_protocol_violation_closes_the_connection(server, sbio_live_client, frames):
+    bystander = sbio_live_client(server, "/board")
     ws = RawWebSocket(server)
     for frame in frames:
         ws.send(frame)
@@ -572,8 +572,8 @@ _text_frames = st.one_of(
 _frames = st.lists(st.one_of(_text_frames, st.binary(max_size=64)), min_size=1, max_size=6)
 
 
-def test_fuzzed_packets_never_break_the_server(server, live_client):
-    bystander = live_client(server, "/board")
+def test_fuzzed_packets_never_break_the_server(server, sbio_live_client):
+    bystander = sbio_live_client(server, "/board")
     probe_id = 987654321
 
     @settings(max_examples=200, deadline=10_000, database=None,

@@ -149,10 +149,10 @@ def _next_event(ws):
         return frame
 
 
-def test_non_json_payload_closes_the_connection_and_others_keep_working(server, live_client):
+def test_non_json_payload_closes_the_connection_and_others_keep_working(server, sbio_live_client):
     # issue 11 item 7: a packet that does not decode is a protocol violation
     # (socket.io's reference server closes); it used to get sbio:error
-    bystander = live_client(server, "/chat")
+    bystander = sbio_live_client(server, "/chat")
     ws = _raw_websocket(server)
     ws.send('42/chat,["login", {not json')
     assert _next_event(ws) == "1"  # Engine.IO CLOSE, then the close frame

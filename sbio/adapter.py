@@ -39,10 +39,13 @@ import time
 import urllib.parse
 
 import gevent
+import gevent.pool
+import gevent.queue
 import socketio
 from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
 from engineio import socket as eio_socket
+from gevent.pywsgi import WSGIServer
 from geventwebsocket.handler import WebSocketHandler
 from geventwebsocket.websocket import Header, WebSocket
 from socketio import packet as sio_packet
@@ -53,7 +56,8 @@ from .protocol import short_repr as _short
 
 __all__ = ["SocketIOServer", "ProtocolViolation", "MessageTooBig", "websocket_handler_class",
            "close_transports", "send_text", "text_sender", "feed_connect", "feed_message",
-           "feed_disconnect", "capture_output", "RedisManagerBase"]
+           "feed_disconnect", "capture_output", "RedisManagerBase", "ConnectionLimitedWSGIServer",
+           "connection_cap"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +82,7 @@ class SocketIOServer(socketio.Server):
         #: the Engine.IO socket class of this server's connections (see _StrictEngineSocket)
         self.engine_socket_class = type("SbioEngineSocket", (_StrictEngineSocket,), {
             "sio": self, "max_post_packets": max(16, self.max_message_size // 10)})
+        _install_outbound_limits(self.eio, server_cfg, self.engine_socket_class)
 
     def add_namespace_class(self, cls):
         dispatcher = NamespaceDispatcher(self.sbio_server, cls)
@@ -330,10 +335,12 @@ class SocketIOServer(socketio.Server):
         if sock is None:  # the in-process test client: no transport to time out
             return
         # engineio.Server._handle_connect builds a plain engineio.socket.Socket
-        # and gives no way to choose its class; this is the first moment sbio
-        # sees it, before any packet of the client is read.
+        # and gives no way to choose its class. The server's _SocketTable gave
+        # it one that includes engine_socket_class when it was stored (see
+        # _install_outbound_limits); this is the fallback without that table.
         if type(sock) is eio_socket.Socket:
             sock.__class__ = self.engine_socket_class
+            sock.__dict__ = dict(sock.__dict__)  # see _SocketTable.__setitem__
         self._awaiting_connect[eio_sid] = time.monotonic() + self.connect_timeout
         if self._connect_watch is None or self._connect_watch.dead:
             self._connect_watch = gevent.spawn(self._watch_connect_deadlines)
@@ -586,12 +593,17 @@ class _LimitedWebSocket(WebSocket):
 
     # Replaces geventwebsocket.websocket.WebSocket.close (0.10.1), which
     # drops the close code it is given.
+    # It also arms _SbioWebSocketHandler.close_tcp_later: gevent-websocket
+    # leaves the TCP connection to whoever reads it, and when the close comes
+    # from Engine.IO's writer (ping timeout, server disconnect) the reader
+    # would wait for a client that may never answer.
     def close(self, code=1000, message=b""):
         if self.closed:
             return
         if isinstance(message, bytes):
             message = message.decode("utf-8", "replace")
         self.close_with(code, message or "")
+        self.handler.close_tcp_later()
 
     # Extends geventwebsocket.websocket.WebSocket.receive (0.10.1): answers an
     # oversize message with close 1009 and a non-Engine.IO text frame with 1002.
@@ -663,7 +675,15 @@ class _SbioWebSocketHandler(WebSocketHandler):
     engineio_server = None
     #: set TCP_NODELAY on each accepted socket (``server.tcp_nodelay``)
     tcp_nodelay = False
+    #: seconds for a request's line and headers, and for the close handshake
+    #: (``server.http_timeout``); None: no limit
+    http_timeout = None
+    #: a _Throttled log of connections timed out (one per server)
+    timeout_log = None
     sbio_message_bytes = 0
+    _head_timer = None
+    _close_timer = None
+    _requests_done = 0
 
     def handle(self):
         # Once per accepted connection. Without TCP_NODELAY, Nagle's algorithm
@@ -675,7 +695,79 @@ class _SbioWebSocketHandler(WebSocketHandler):
                 self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:  # the peer is already gone; nothing to tune
                 pass
-        return super().handle()
+        if self.http_timeout:
+            self._head_timer = gevent.Timeout(self.http_timeout)
+        try:
+            return super().handle()
+        finally:
+            if self._close_timer is not None:
+                self._close_timer.stop()
+                self._close_timer = None
+
+    # -- the request head must arrive within http_timeout ---------------------
+    # gevent.pywsgi.WSGIHandler (gevent 20-26) reads the request line and the
+    # headers with no time limit: a client sending them slowly (or not at all)
+    # holds its connection and greenlet for ever. These three extend
+    # read_requestline / read_request / handle_one_request so that one timer
+    # per connection runs from the start of each request line to the end of
+    # its headers (an idle keep-alive connection is closed after it, as Node's
+    # headersTimeout / keepAliveTimeout do).
+
+    def read_requestline(self):
+        timer = self._head_timer
+        if timer is not None:
+            timer.cancel()
+            timer.start()
+        return super().read_requestline()
+
+    def read_request(self, raw_requestline):
+        try:
+            return super().read_request(raw_requestline)
+        finally:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+
+    def handle_one_request(self):
+        timer = self._head_timer
+        try:
+            result = super().handle_one_request()
+        except gevent.Timeout as exc:
+            if exc is not timer:
+                raise
+            return self._head_timed_out()
+        finally:
+            if timer is not None:
+                timer.cancel()
+        self._requests_done += 1
+        return result
+
+    def _head_timed_out(self):
+        if self._requests_done:  # an idle keep-alive connection: nothing to answer
+            return None
+        (self.timeout_log or log.log)(logging.INFO, "closing connection from %s: no complete request "
+                         "head within %s s (server.http_timeout)",
+                         self.client_address[0] if self.client_address else "?",
+                         self.http_timeout)
+        try:
+            self.socket.sendall(_REQUEST_TIMEOUT)
+        except OSError:
+            pass
+        return None
+
+    def close_tcp_later(self):
+        """Shut the TCP connection down in ``http_timeout`` s unless the handler ends first.
+
+        Run when the websocket is closed from outside its reader (Engine.IO's
+        writer after a ping timeout or a server-side disconnect): the close
+        frame is out, and a client that answers it ends the connection at
+        once; one that does not (dead, or hostile) is cut off here. A libev
+        timer, not a greenlet: nothing to own, stopped in :meth:`handle`.
+        """
+        sock = getattr(self, "socket", None)
+        if sock is None or self._close_timer is not None or not self.http_timeout:
+            return
+        timer = self._close_timer = gevent.get_hub().loop.timer(self.http_timeout)
+        timer.start(_shutdown_quietly, sock)
 
     # Extends geventwebsocket.handler.WebSocketHandler.run_application
     # (0.10.1). Calls engineio's private BaseServer._cors_allowed_origins
@@ -705,18 +797,22 @@ class _SbioWebSocketHandler(WebSocketHandler):
         return super().run_websocket()
 
 
-def websocket_handler_class(max_message_size, engineio_server, tcp_nodelay):
+def websocket_handler_class(max_message_size, engineio_server, tcp_nodelay, http_timeout=10.0):
     """A per-server gevent-websocket handler class for ``gevent.pywsgi.WSGIServer``.
 
     :param max_message_size: bytes; a bigger websocket message closes with 1009.
     :param engineio_server: the ``engineio.Server`` whose origin policy applies.
     :param tcp_nodelay: set TCP_NODELAY on each accepted socket.
+    :param http_timeout: seconds for a request's line and headers (else 408 and
+        close) and for a client to answer a close frame (else the TCP
+        connection is shut); None or 0: no limit.
     """
     websocket_class = type("SbioWebSocket", (_LimitedWebSocket,),
                            {"__slots__": (), "max_message_size": max_message_size})
     return type("SbioWebSocketHandler", (_SbioWebSocketHandler,),
                 {"websocket_class": websocket_class, "engineio_server": engineio_server,
-                 "tcp_nodelay": bool(tcp_nodelay)})
+                 "tcp_nodelay": bool(tcp_nodelay), "http_timeout": http_timeout or None,
+                 "timeout_log": _Throttled(log)})
 
 
 def close_transports(sio, timeout):
@@ -732,7 +828,8 @@ def close_transports(sio, timeout):
     the signature of engineio 4.11+.
     """
     eio = sio.eio
-    sockets, eio.sockets = list(eio.sockets.values()), {}
+    sockets = list(eio.sockets.values())
+    eio.sockets.clear()  # not a new dict: it is the _SocketTable of the outbound limits
     for sock in sockets:
         try:
             sock.close(wait=False, reason=eio.reason.SERVER_DISCONNECT)
@@ -741,6 +838,9 @@ def close_transports(sio, timeout):
     with gevent.Timeout(timeout, False):
         for sock in sockets:
             sock.queue.join()
+    socket_class = getattr(eio.sockets, "socket_class", None)
+    if socket_class is not None:  # slow consumers still being closed
+        socket_class.closers.kill(timeout=max(0.1, timeout))
 
 
 # -- sending already-encoded packets ----------------------------------------------------------
@@ -855,3 +955,325 @@ class RedisManagerBase(socketio.RedisManager):
     # pub/sub connection that cannot be stopped; sbio's subscriber can.
     def _listen(self):
         return self.listen_messages()
+
+
+# -- outbound queues: slow consumers are dropped ----------------------------------------
+#
+# python-engineio (4.11-4.15) gives each connection an unbounded gevent queue
+# (engineio.base_socket.BaseSocket.queue) that engineio.socket.Socket.send
+# fills and the transport drains: the websocket writer task in
+# Socket._websocket_handler, or a polling GET through Socket.poll. A client
+# that never reads (its writer blocks in sendall) or never GETs grows it for
+# ever. There is no hook: the engine.io server builds its sockets itself in
+# engineio.Server._handle_connect (``socket.Socket(self, sid)``) and stores
+# them with ``self.sockets[sid] = s``. So engineio.Server.sockets becomes a
+# _SocketTable, whose __setitem__ gives each new socket the per-server
+# subclass of _OutboundSocket and _StrictEngineSocket (a ``__class__`` swap,
+# before the socket sends or reads anything: the same layout, plain Python
+# classes).
+
+_CLOSE = eio_packet.CLOSE
+_INFO = logging.INFO
+
+
+class _OutboundSocket(eio_socket.Socket):
+    """An Engine.IO socket whose outbound queue is bounded in messages and bytes.
+
+    Past either bound the connection is dropped as a slow consumer: its
+    backlog is freed at once, the websocket's TCP connection is reset (the
+    writer is unblocked), and the Engine.IO socket is closed in a greenlet of
+    its own (so ``on_disconnect`` runs as for any disconnect, not inside the
+    emit that crossed the bound). A polling session gets a CLOSE packet for
+    its next GET.
+    """
+
+    #: per-server values, set by _install_outbound_limits
+    max_outbound_messages = 10000
+    max_outbound_bytes = 16_000_000
+    http_timeout = 10.0
+    closers = None
+
+    _queued_bytes = 0  # bytes put since the queue was last empty (see send)
+    _dropped = False
+    _transport = None  # the websocket's pywsgi handler, while the websocket runs
+    _upgrade_timer = None
+    _upgrading = False
+
+    # Replaces engineio.socket.Socket.send (4.11-4.15), the hottest line of
+    # fan-out (once per packet per recipient): the same steps (ping-timeout
+    # check, queue.put, the INFO line) plus the two bounds, without an extra
+    # call, and without formatting the INFO line's arguments when INFO is off.
+    #
+    # The byte count is of the packets put since the queue was last empty:
+    # both drains (the websocket writer's and a GET's Socket.poll) empty it
+    # in one go, so this is the queue's content, or more, never less. Packet
+    # data is the encoded socket.io packet (ASCII JSON str, or the bytes of
+    # an attachment). A packet into an empty queue is always taken, however
+    # big: the bounds are on a backlog, not on one message.
+    def send(self, pkt):
+        if not self.check_ping_timeout():
+            return
+        data = pkt.data
+        try:
+            size = len(data)
+        except TypeError:  # None (PING, NOOP, CLOSE)
+            size = 0
+        queue = self.queue
+        backlog = queue.queue
+        if backlog:
+            size += self._queued_bytes
+            if len(backlog) >= self.max_outbound_messages or size > self.max_outbound_bytes:
+                if pkt.packet_type != _CLOSE:
+                    self._drop_slow_consumer(len(backlog), size)
+                    return
+        elif self._dropped and pkt.packet_type != _CLOSE:
+            return
+        self._queued_bytes = size
+        queue.put(pkt)
+        logger = self.server.logger
+        if logger.isEnabledFor(_INFO):
+            logger.info('%s: Sending packet %s data %s', self.sid,
+                        eio_packet.packet_names[pkt.packet_type],
+                        data if not isinstance(data, bytes) else '<binary>')
+
+    def _drop_slow_consumer(self, count, size):
+        if self._dropped:
+            return
+        self._dropped = True
+        queue = self.queue
+        while True:  # free the backlog now, not when the writer gets to it
+            try:
+                queue.get_nowait()
+            except gevent.queue.Empty:
+                break
+            queue.task_done()
+        self._queued_bytes = 0
+        transport = self._transport
+        log.warning("dropping slow consumer %s (%s): %d messages, %d bytes queued "
+                    "(server.max_outbound_messages %d, server.max_outbound_bytes %d)",
+                    self.sid, "websocket" if transport is not None else "polling",
+                    count, size, self.max_outbound_messages, self.max_outbound_bytes)
+        if transport is not None:
+            _abort_tcp(getattr(transport, "socket", None))
+        self.closers.spawn(self._close_dropped, transport is None)
+
+    def _close_dropped(self, polling):
+        # TRANSPORT_ERROR: the reason on_disconnect gets (a polling client
+        # finds a CLOSE packet at its next GET; a websocket is already reset)
+        self.close(wait=False, abort=not polling, reason=self.server.reason.TRANSPORT_ERROR)
+
+    # Extends engineio.socket.Socket._websocket_handler (4.11-4.15), which runs
+    # the websocket (for an upgrade from polling: the "2probe" / "3probe" /
+    # "5" handshake first, with no time limit):
+    # * remembers the transport, so a slow consumer's TCP connection can be reset;
+    # * bounds the upgrade handshake by http_timeout. The timer is cancelled
+    #   when Engine.IO clears ``upgrading`` (every exit of the handshake: see
+    #   the property below); if it fires, the upgrade failed, as upstream's
+    #   own failure paths do (``upgrading = False``, return []), and the
+    #   session goes on over polling.
+    def _websocket_handler(self, ws):
+        websocket = ws.environ.get("wsgi.websocket")
+        self._transport = getattr(websocket, "handler", None)
+        timer = None
+        if self.connected and self.http_timeout:  # an upgrade: the handshake comes first
+            timer = self._upgrade_timer = gevent.Timeout(self.http_timeout)
+            timer.start()
+        try:
+            return super()._websocket_handler(ws)
+        except gevent.Timeout as exc:
+            if exc is not timer:
+                raise
+            log.info("websocket upgrade of %s not completed within %s s "
+                     "(server.http_timeout): closing the websocket", self.sid, self.http_timeout)
+            self.upgrading = False
+            if websocket is not None:
+                websocket.close(1008, "Engine.IO upgrade not completed in time")
+            return []
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self._upgrade_timer = None
+            self._transport = None
+
+    @property
+    def upgrading(self):
+        return self._upgrading
+
+    @upgrading.setter
+    def upgrading(self, value):
+        self._upgrading = value
+        if not value and self._upgrade_timer is not None:
+            self._upgrade_timer.cancel()
+            self._upgrade_timer = None
+
+
+class _SocketTable(dict):
+    """engineio.Server.sockets, giving each new socket the outbound limits (see above)."""
+
+    __slots__ = ("socket_class",)
+
+    def __setitem__(self, sid, sock):
+        if type(sock) is eio_socket.Socket:
+            upgrading = sock.__dict__.pop("upgrading", False)
+            sock.__class__ = self.socket_class
+            sock.upgrading = upgrading
+        dict.__setitem__(self, sid, sock)
+
+
+def _install_outbound_limits(eio, server_config, base=eio_socket.Socket):
+    """Bound the outbound queue of every socket *eio* makes from now on.
+
+    *base*: the socket class the connections would have otherwise (the
+    server's :class:`_StrictEngineSocket` subclass); the class given to
+    them is both.
+    """
+    socket_class = type("SbioEngineIOSocket", (_OutboundSocket, base), {
+        "max_outbound_messages": int(server_config.get("max_outbound_messages", 10000)),
+        "max_outbound_bytes": int(server_config.get("max_outbound_bytes", 16_000_000)),
+        "http_timeout": float(server_config.get("http_timeout", 10.0)) or None,
+        # owns the greenlets closing dropped connections (killed by close_transports)
+        "closers": gevent.pool.Group(),
+    })
+    table = _SocketTable(eio.sockets)
+    table.socket_class = socket_class
+    eio.sockets = table
+
+
+def _abort_tcp(sock):
+    """Reset a TCP connection now: unblocks a writer stuck in sendall, frees the kernel buffers."""
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:  # already gone
+        pass
+
+
+def _shutdown_quietly(sock):
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:  # closed meanwhile
+        pass
+
+
+# -- HTTP: request-head timeout (see _SbioWebSocketHandler), connection cap -------------
+
+_REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
+                    b"Content-Type: text/plain\r\nContent-Length: 16\r\n\r\nrequest timeout\n")
+_UNAVAILABLE_BODY = b"too many connections, try again later\n"
+_UNAVAILABLE = (b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\n"
+                b"Content-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s"
+                % (len(_UNAVAILABLE_BODY), _UNAVAILABLE_BODY))
+
+
+class _Throttled:
+    """A log call that logs the first event at once, then at most one per *period* s.
+
+    The line after a quiet spell says how many were not logged. For events
+    a client can cause at will (connections timed out or refused), so that
+    a flood of them is not a flood of log lines.
+    """
+
+    def __init__(self, logger, period=60.0):
+        self._logger = logger
+        self._period = period
+        self._next = 0.0
+        self._suppressed = 0
+
+    def __call__(self, level, msg, *args):
+        now = time.monotonic()
+        if now < self._next:
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            msg += " (and %d more in the last %d s)"
+            args += (self._suppressed, self._period)
+            self._suppressed = 0
+        self._next = now + self._period
+        self._logger.log(level, msg, *args)
+
+
+class ConnectionLimitedWSGIServer(WSGIServer):
+    """``gevent.pywsgi.WSGIServer`` answering 503 past *max_connections* concurrent connections.
+
+    gevent's own cap (``spawn=Pool(n)``) stops accepting when the pool is
+    full: new clients wait in the listen backlog, then time out, with no
+    answer. This counts the connections being handled (websockets, polling
+    and page requests alike, keep-alive included) and answers one more with
+    ``503 Service Unavailable`` + ``Connection: close``, then closes it.
+
+    :param max_connections: the cap; 0: none (see :func:`connection_cap` for
+        ``server.max_connections``).
+    :param linger: seconds to read what a refused client still sends before
+        closing (so the kernel does not reset the connection and lose the
+        503), at most 64 kB.
+    """
+
+    def __init__(self, *args, max_connections=0, linger=1.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_connections = int(max_connections or 0)
+        #: connections being handled now
+        self.connections = 0
+        self._linger = linger
+        self._refusals = _Throttled(log)
+
+    # Extends gevent.pywsgi.WSGIServer.handle (public; gevent 20-26), run in
+    # the connection's own greenlet.
+    def handle(self, sock, address):
+        if self.max_connections and self.connections >= self.max_connections:
+            return self._refuse(sock, address)
+        self.connections += 1
+        try:
+            return super().handle(sock, address)
+        finally:
+            self.connections -= 1
+
+    def _refuse(self, sock, address):
+        self._refusals(logging.WARNING, "refusing a connection from %s with 503: %d "
+                       "connections open (server.max_connections)",
+                       address[0] if address else "?", self.connections)
+        try:
+            sock.sendall(_UNAVAILABLE)
+            sock.shutdown(socket.SHUT_WR)
+            drained = 0
+            with gevent.Timeout(self._linger, False):
+                while drained < 65536:
+                    chunk = sock.recv(16384)
+                    if not chunk:
+                        break
+                    drained += len(chunk)
+        except OSError:
+            pass
+
+
+#: file descriptors kept for what is not a client connection (listening
+#: socket, database and Redis connections, files) when the cap is derived
+_RESERVED_FILES = 100
+
+
+def _open_files_limit():
+    """This process's soft open-file limit (``ulimit -n``), or None if unlimited or unknown."""
+    try:
+        import resource
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return None
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def connection_cap(max_connections):
+    """The connection cap for ``server.max_connections``: 0 derives it from ``ulimit -n``.
+
+    Past the open-file limit accept() fails and the client gets no answer,
+    so the derived cap (the limit minus 100) makes the server answer 503
+    first. An explicit value above it is kept, with a warning.
+    """
+    limit = _open_files_limit()
+    if not max_connections:
+        return max(1, limit - _RESERVED_FILES) if limit else 0
+    if limit and max_connections > limit - _RESERVED_FILES:
+        log.warning("server.max_connections is %d but this process may open only %d files: "
+                    "connections past that fail at accept(), without a 503; raise the limit "
+                    "(ulimit -n) or lower server.max_connections", max_connections, limit)
+    return max_connections

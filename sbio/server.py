@@ -18,10 +18,11 @@ import gevent
 import gevent.event
 import socketio
 from flask import Flask, abort, render_template_string, send_from_directory
-from gevent.pywsgi import LoggingLogAdapter, WSGIServer
+from gevent.pywsgi import LoggingLogAdapter
 
 from . import client_assets
-from .adapter import SocketIOServer, close_transports, websocket_handler_class
+from .adapter import (ConnectionLimitedWSGIServer, SocketIOServer, close_transports,
+                      connection_cap, websocket_handler_class)
 from .namespace import Namespace
 
 __all__ = ["Server"]
@@ -481,11 +482,15 @@ class Server:
             raise RuntimeError("this Server has been stopped and cannot be started again; "
                                "create a new Server")
         self._build()
+        server_cfg = self.config["server"]
+        http_timeout = float(server_cfg.get("http_timeout", 10))
         handler = websocket_handler_class(
             self.max_message_size, self.sio.eio,
-            tcp_nodelay=bool(self.config["server"].get("tcp_nodelay", True)))
-        self._wsgi_servers = [WSGIServer(
+            tcp_nodelay=bool(server_cfg.get("tcp_nodelay", True)), http_timeout=http_timeout)
+        max_connections = connection_cap(int(server_cfg.get("max_connections", 0)))
+        self._wsgi_servers = [ConnectionLimitedWSGIServer(
             listener, self.wsgi_app, handler_class=handler,
+            max_connections=max_connections, linger=min(1.0, http_timeout),
             log=LoggingLogAdapter(logging.getLogger("sbio.access"), logging.DEBUG),
             error_log=LoggingLogAdapter(logging.getLogger("sbio.wsgi"), logging.ERROR),
         ) for listener in (listeners or [(self.host, self._port)])]

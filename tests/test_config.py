@@ -449,6 +449,10 @@ def test_load_sbio_config_defaults(tmp_path, monkeypatch):
         "shutdown_timeout": 10.0,
         "max_attachments": 10,
         "connect_timeout": 45.0,
+        "max_outbound_messages": 10000,
+        "max_outbound_bytes": 16000000,
+        "http_timeout": 10.0,
+        "max_connections": 0,
     }
     assert dict(config["broadcaster"]) == {"pool_size": 100, "timeout": 10.0}
     assert dict(config["db"]) == {"url": "sqlite:///sbio.db", "pool_size": 20}

@@ -41,7 +41,9 @@ class Fan(Namespace):
         pad = b"x" * size
         for seq in range(count):
             self.broadcast("fan", {"seq": seq, "pad": pad})
-            gevent.sleep(0)  # let the writers run: a paced fan-out, not one burst
+            # paced, so the in-process test clients (same process, same CPU)
+            # keep up: a slow consumer here is one that does not read at all
+            gevent.sleep(0.001)
         return count
 
 
@@ -145,8 +147,8 @@ def _slow_consumer_records(caplog, sid):
 # -- outbound queues ---------------------------------------------------------------------
 
 QUEUE_LIMITS = [
-    pytest.param({"max_outbound_messages": 50}, id="messages"),
-    pytest.param({"max_outbound_messages": 100_000, "max_outbound_bytes": 200_000}, id="bytes"),
+    pytest.param({"max_outbound_messages": 200}, id="messages"),
+    pytest.param({"max_outbound_messages": 100_000, "max_outbound_bytes": 1_000_000}, id="bytes"),
 ]
 
 
@@ -182,7 +184,7 @@ def test_websocket_client_that_never_reads_is_dropped_others_get_everything(
 def test_polling_session_that_never_gets_is_dropped(sbio_server, live_client, caplog):
     _quiet_transport_logs(caplog)
     server = sbio_server(Fan, config=_config(ping_interval=1, ping_timeout=3,
-                                             max_outbound_messages=50))
+                                             max_outbound_messages=100))
     good = live_client(server, "/fan")
     http = requests.Session()
     eio_sid = _open_packet(http.get(_polling_url(server), timeout=5).text)["sid"]
@@ -213,7 +215,7 @@ def test_polling_session_that_never_gets_is_dropped(sbio_server, live_client, ca
 
 
 def test_ping_timeout_closes_the_tcp_connection(sbio_server):
-    server = sbio_server(Fan, config=_config(ping_interval=1, ping_timeout=1))
+    server = sbio_server(Fan, config=_config(ping_interval=1, ping_timeout=1, http_timeout=1))
     ws = websocket.create_connection(_ws_url(server), timeout=5)
     _open_packet(ws.recv())
     started = time.monotonic()

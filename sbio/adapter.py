@@ -980,11 +980,11 @@ class _OutboundSocket(eio_socket.Socket):
     """An Engine.IO socket whose outbound queue is bounded in messages and bytes.
 
     Past either bound the connection is dropped as a slow consumer: its
-    backlog is freed at once, the websocket's TCP connection is reset (the
-    writer is unblocked), and the Engine.IO socket is closed in a greenlet of
-    its own (so ``on_disconnect`` runs as for any disconnect, not inside the
-    emit that crossed the bound). A polling session gets a CLOSE packet for
-    its next GET.
+    backlog is freed at once and later packets are discarded; then, in a
+    greenlet of its own (so ``on_disconnect`` runs as for any disconnect,
+    not inside the emit that crossed the bound), the Engine.IO socket is
+    closed and a websocket's TCP connection reset (which unblocks its
+    writer). A polling session gets a CLOSE packet for its next GET.
     """
 
     #: per-server values, set by _install_outbound_limits
@@ -1053,14 +1053,18 @@ class _OutboundSocket(eio_socket.Socket):
                     "(server.max_outbound_messages %d, server.max_outbound_bytes %d)",
                     self.sid, "websocket" if transport is not None else "polling",
                     count, size, self.max_outbound_messages, self.max_outbound_bytes)
-        if transport is not None:
-            _abort_tcp(getattr(transport, "socket", None))
-        self.closers.spawn(self._close_dropped, transport is None)
+        self.closers.spawn(self._close_dropped, transport)
 
-    def _close_dropped(self, polling):
-        # TRANSPORT_ERROR: the reason on_disconnect gets (a polling client
-        # finds a CLOSE packet at its next GET; a websocket is already reset)
-        self.close(wait=False, abort=not polling, reason=self.server.reason.TRANSPORT_ERROR)
+    def _close_dropped(self, transport):
+        # Closed first, then the TCP reset: on_disconnect gets TRANSPORT_ERROR
+        # (not the "transport close" the reset would make the reader report).
+        # A polling client finds a CLOSE packet at its next GET.
+        try:
+            self.close(wait=False, abort=transport is not None,
+                       reason=self.server.reason.TRANSPORT_ERROR)
+        finally:
+            if transport is not None:
+                _abort_tcp(getattr(transport, "socket", None))
 
     # Extends engineio.socket.Socket._websocket_handler (4.11-4.15), which runs
     # the websocket (for an upgrade from polling: the "2probe" / "3probe" /

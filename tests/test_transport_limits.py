@@ -30,10 +30,17 @@ from sbio.config import load_sbio_config
 SLACK = 5.0  # seconds of slack on every "within" bound: the machine is shared
 
 
+#: sid -> the reason on_disconnect got
+DISCONNECTS = {}
+
+
 class Fan(Namespace):
     """Broadcasts on demand: the fan-out a slow consumer sits in."""
 
     name = "/fan"
+
+    def on_disconnect(self, reason):
+        DISCONNECTS[self.sid] = reason
 
     def on_blast(self, count: int, size: int):
         # bytes: a binary attachment, which test clients decode without a
@@ -167,6 +174,7 @@ def test_websocket_client_that_never_reads_is_dropped_others_get_everything(
         count, size = 1000, 8000  # 8 MB: far more than the kernel's socket buffers hold
         assert driver.call("blast", count, size, timeout=60) == count
         _wait_for(lambda: sid not in instances, 10, "the slow consumer is dropped")
+        assert DISCONNECTS[sid] == "transport error"
         good.receive("fan", timeout=30, count=count)
         seqs = [args[0]["seq"] for args in good.received("fan")]
         assert seqs == list(range(count))  # every message, once, in order
@@ -201,6 +209,7 @@ def test_polling_session_that_never_gets_is_dropped(sbio_server, live_client, ca
         count = 300
         assert good.call("blast", count, 100, timeout=30) == count
         _wait_for(lambda: sid not in instances, 10, "the polling session is dropped")
+        assert DISCONNECTS[sid] == "transport error"
         good.receive("fan", timeout=10, count=count)
         assert [a[0]["seq"] for a in good.received("fan")] == list(range(count))
         # the session is over: a close packet or an unknown session, not the backlog

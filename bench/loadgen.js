@@ -58,6 +58,8 @@ const DEFAULTS = {
   connectConcurrency: 50,
   ackTimeout: 10, // seconds before one ack counts as an error
   drainTimeout: 30, // seconds to wait for in-flight work at a phase end
+  slow: 0, // fanout: extra connections that never read (slow consumers; see slowConsumer)
+  dropTimeout: 30, // slow-consumer: seconds of fan-out to wait, after the window, for the server to drop them
   timeout: 120, // hard limit for the whole process, seconds
   sync: false, // wait for "go" on stdin after each mark
 };
@@ -233,6 +235,113 @@ async function connectMany(n, opts, ctl) {
   return { sockets, connect: { n, seconds: Math.round(seconds * 1000) / 1000, retries, per_url: perUrl } };
 }
 
+// --------------------------------------------------------- slow consumers --
+const net = require('net');
+const crypto = require('crypto');
+
+/** A masked client text frame (client-to-server frames must be masked). */
+function clientTextFrame(text) {
+  const payload = Buffer.from(text);
+  if (payload.length > 125) throw new Error('clientTextFrame: short frames only');
+  const mask = crypto.randomBytes(4);
+  const frame = Buffer.alloc(6 + payload.length);
+  frame[0] = 0x81;
+  frame[1] = 0x80 | payload.length;
+  mask.copy(frame, 2);
+  for (let i = 0; i < payload.length; i++) frame[6 + i] = payload[i] ^ mask[i % 4];
+  return frame;
+}
+
+/** Unmasked server text frames in `buf`: [texts, bytes used] (stops at an incomplete frame). */
+function serverFrames(buf) {
+  const texts = [];
+  let at = 0;
+  while (buf.length - at >= 2) {
+    let len = buf[at + 1] & 0x7f;
+    let head = 2;
+    if (len === 126) {
+      if (buf.length - at < 4) break;
+      len = buf.readUInt16BE(at + 2);
+      head = 4;
+    } else if (len === 127) {
+      if (buf.length - at < 10) break;
+      len = Number(buf.readBigUInt64BE(at + 2));
+      head = 10;
+    }
+    if (buf.length - at < head + len) break;
+    texts.push(buf.subarray(at + head, at + head + len).toString());
+    at += head + len;
+  }
+  return [texts, at];
+}
+
+/**
+ * A connection that joins the namespace over a raw websocket, then never
+ * reads again (socket paused: the kernel buffers fill, then the server's
+ * writes block) while it keeps the session alive with an unsolicited
+ * Engine.IO PONG ("3") every 200 ms. The server is expected to drop it as a
+ * slow consumer: it then resets the TCP connection, and the next PONG write
+ * fails, which is how `dropped` is seen (a paused socket reads nothing,
+ * not even the reset).
+ */
+function slowConsumer(opts, url) {
+  return new Promise((resolve, reject) => {
+    const u = new URL(url);
+    const key = crypto.randomBytes(16).toString('base64');
+    const sock = net.connect({ host: u.hostname, port: Number(u.port) });
+    const state = { dropped: false, droppedAfterMs: null, joinedAt: null, timer: null, sock };
+    let buf = Buffer.alloc(0);
+    let stage = 'http';
+    const fail = (err) => {
+      clearInterval(state.timer);
+      sock.destroy();
+      reject(err);
+    };
+    const onDrop = () => {
+      if (stage !== 'paused' || state.dropped) return;
+      state.dropped = true;
+      state.droppedAfterMs = Math.round(performance.now() - state.joinedAt);
+      clearInterval(state.timer);
+      sock.destroy();
+    };
+    sock.on('error', (err) => (stage === 'paused' ? onDrop() : fail(err)));
+    sock.on('close', () => (stage === 'paused' ? onDrop() : fail(new Error(`closed during ${stage}`))));
+    sock.on('connect', () => {
+      sock.write(
+        `GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: ${u.host}\r\n` +
+          `Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${key}\r\n` +
+          'Sec-WebSocket-Version: 13\r\n\r\n',
+      );
+    });
+    sock.on('data', (chunk) => {
+      buf = Buffer.concat([buf, chunk]);
+      if (stage === 'http') {
+        const end = buf.indexOf('\r\n\r\n');
+        if (end < 0) return;
+        const head = buf.subarray(0, end).toString();
+        if (!head.startsWith('HTTP/1.1 101')) return fail(new Error(`no upgrade: ${head.split('\r\n')[0]}`));
+        buf = buf.subarray(end + 4);
+        stage = 'open';
+      }
+      const [texts, used] = serverFrames(buf);
+      buf = buf.subarray(used);
+      for (const text of texts) {
+        if (stage === 'open' && text.startsWith('0{')) {
+          stage = 'join';
+          sock.write(clientTextFrame(`40${opts.namespace},`));
+        } else if (stage === 'join' && text.startsWith(`40${opts.namespace},`)) {
+          stage = 'paused';
+          sock.pause(); // never read again
+          state.joinedAt = performance.now();
+          state.timer = setInterval(() => sock.write(clientTextFrame('3')), 200);
+          resolve(state);
+          return;
+        }
+      }
+    });
+  });
+}
+
 // ------------------------------------------------------------------- echo --
 /**
  * C clients, each in a closed loop: emit "echo" with a payload-size string
@@ -321,6 +430,12 @@ async function runFanout(opts, ctl) {
   const { sockets, connect } = await connectMany(R, opts, ctl);
   const driver = sockets[0];
   const urlOf = Int32Array.from({ length: R }, (_, i) => urlIndexOf(i, urls.length));
+  const slow = [];
+  for (let i = 0; i < opts.slow; i++) slow.push(await slowConsumer(opts, urls[0]));
+  if (opts.slow > 0) {
+    ctl.progress(`${opts.slow} slow consumer(s) joined and stopped reading`);
+    await ctl.mark('connected'); // the runner samples the server's RSS before any load
+  }
 
   let seq = 0; // next broadcast number
   const remaining = new Map(); // seq -> deliveries still expected (+1 for the ack)
@@ -413,13 +528,13 @@ async function runFanout(opts, ctl) {
     return remaining.size;
   }
 
-  async function phase(seconds, limit) {
+  async function phase(seconds, limit, until = () => false) {
     const first = seq;
     const deadline = performance.now() + seconds * 1000;
     const t0 = performance.now();
     const interval = opts.rate > 0 ? 1000 / opts.rate : 0;
     let next = t0;
-    while (performance.now() < deadline && !(limit > 0 && seq - first >= limit)) {
+    while (performance.now() < deadline && !(limit > 0 && seq - first >= limit) && !until()) {
       if (interval > 0) {
         const wait = next - performance.now();
         if (wait > 0) {
@@ -450,6 +565,19 @@ async function runFanout(opts, ctl) {
   recordTo = m.last;
   const clientCpu = cpu();
   await ctl.mark('measure-end');
+  let afterWindow = null;
+  if (opts.slow > 0) {
+    // Fan-out goes on (unmeasured) until the server has dropped every slow
+    // consumer, or --drop-timeout; then the runner samples the RSS again.
+    const allDropped = () => slow.every((c) => c.dropped);
+    const d = await phase(opts.dropTimeout, 0, allDropped);
+    afterWindow = { seconds: Math.round(d.seconds * 1000) / 1000, broadcasts: d.last - d.first, stuck: d.stuck };
+    await ctl.mark('after-drop');
+    for (const c of slow) {
+      clearInterval(c.timer);
+      c.sock.destroy();
+    }
+  }
 
   const broadcasts = m.last - m.first;
   let minPer = Infinity;
@@ -469,7 +597,17 @@ async function runFanout(opts, ctl) {
     }
   }
   const allLat = lat.length === 1 ? lat[0] : [].concat(...lat);
-  const stuck = w.stuck + m.stuck;
+  const stuck = w.stuck + m.stuck + (afterWindow ? afterWindow.stuck : 0);
+  const slowChecks = opts.slow > 0
+    ? {
+        slow: {
+          consumers: slow.length,
+          dropped: slow.filter((c) => c.dropped).length,
+          dropped_after_ms: slow.map((c) => c.droppedAfterMs),
+          after_window: afterWindow,
+        },
+      }
+    : {};
   return {
     connect,
     measure: {
@@ -497,7 +635,9 @@ async function runFanout(opts, ctl) {
       receivers_complete: complete,
       by_url: byUrl,
       stuck_after_drain: stuck,
+      ...slowChecks,
       ok:
+        slow.every((c) => c.dropped) &&
         stats.acked === stats.broadcasts &&
         stats.badAcks === 0 &&
         stats.errors === 0 &&
@@ -654,6 +794,19 @@ async function runLive(opts, ctl) {
   recordTo = m.last;
   const clientCpu = cpu();
   await ctl.mark('measure-end');
+  let afterWindow = null;
+  if (opts.slow > 0) {
+    // Fan-out goes on (unmeasured) until the server has dropped every slow
+    // consumer, or --drop-timeout; then the runner samples the RSS again.
+    const allDropped = () => slow.every((c) => c.dropped);
+    const d = await phase(opts.dropTimeout, 0, allDropped);
+    afterWindow = { seconds: Math.round(d.seconds * 1000) / 1000, broadcasts: d.last - d.first, stuck: d.stuck };
+    await ctl.mark('after-drop');
+    for (const c of slow) {
+      clearInterval(c.timer);
+      c.sock.destroy();
+    }
+  }
 
   const notifies = m.last - m.first;
   const expected = notifies * R;

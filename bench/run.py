@@ -78,6 +78,8 @@ class Scenario:
     quick: bool = True  # part of --quick
     compare_to: tuple = None  # (scenario, server) whose CPU/op this one is compared with
     group: str = "main"  # "main" or "cluster"; --scenarios takes group names too
+    server_env: dict = None  # extra environment of the sbio server processes (SBIO_* settings)
+    check: object = None  # callable(result) -> None, or why the run failed (beyond loadgen's checks)
 
 
 SCENARIOS = {}
@@ -169,6 +171,41 @@ scenario("cluster-fanout-1000", "fanout", {"receivers": 1000, "window": 16}, "de
          "fanout-1000 with the receivers split evenly over the server processes (round robin; "
          "the driver on the first); 16 broadcasts in flight",
          servers=("sbio", "sbio-redis", "sbio-redis-x2"), quick=False, group="cluster")
+
+
+# Slow consumer (issue 11): fanout-100 plus one connection that joins the
+# namespace and never reads again (it keeps its session with unsolicited
+# PONGs). The sbio server runs with a small outbound bound; the checks: every
+# real receiver gets every broadcast, the slow one is dropped (the fan-out
+# goes on after the window until it is, up to --drop-timeout), and the
+# server's RSS grows by less than SLOW_RSS_BOUND_KB from the connected,
+# idle server to after the drop. The CPU/op is fan-out with a slow consumer
+# in the room.
+SLOW_MAX_OUTBOUND_BYTES = 2_000_000
+SLOW_RSS_BOUND_KB = 64 * 1024  # the 2 MB queue bound, the kernel's socket buffers, allocator slack
+
+
+def _slow_consumer_check(result):
+    rss = result.get("server_rss_kb_by_mark") or {}
+    if "connected" not in rss or "after-drop" not in rss:
+        return "no RSS samples at the connected / after-drop marks"
+    peak = max(v for k, v in rss.items() if k != "connected")
+    growth = peak - rss["connected"]
+    result["server_rss_growth_kb"] = growth
+    if growth > SLOW_RSS_BOUND_KB:
+        return f"server RSS grew by {growth} kB (bound {SLOW_RSS_BOUND_KB} kB) with a slow consumer"
+    return None
+
+
+scenario("slow-consumer", "fanout",
+         {"receivers": 100, "window": 16, "payload_size": 2000, "slow": 1, "drop_timeout": 30},
+         "deliveries",
+         "fanout-100 (2 kB payloads) with one more connection that never reads: it must be dropped "
+         f"(server.max_outbound_bytes {SLOW_MAX_OUTBOUND_BYTES}), every receiver gets every broadcast, "
+         f"server RSS grows < {SLOW_RSS_BOUND_KB // 1024} MB",
+         servers=("sbio",), timeout=120,
+         server_env={"SBIO_SERVER__MAX_OUTBOUND_BYTES": str(SLOW_MAX_OUTBOUND_BYTES)},
+         check=_slow_consumer_check)
 
 
 #: --scenarios takes these group names; a run without --scenarios runs DEFAULT_GROUPS
@@ -471,6 +508,7 @@ def run_one(scn, server, opts, log_dir=None):
         redis_pid = redis.local_pid()
     else:
         env["SBIO_SERVER__MESSAGE_QUEUE"] = ""  # whatever the caller's environment says
+    env.update(scn.server_env or {})
     log_dir = log_dir or RESULTS_DIR
     os.makedirs(log_dir, exist_ok=True)
     log_paths = [os.path.join(log_dir, f"server-{server}-{scn.name}" + (f"-{i}" if kind.processes > 1 else "")
@@ -576,6 +614,7 @@ def run_one(scn, server, opts, log_dir=None):
             "server_util": round(cpu / window, 3) if window > 0 else None,
             "cpu_us_per_op": round(cpu * 1e6 / m["ops"], 3) if m["ops"] else None,
             "server_rss_kb": _sum(b["rss"]),
+            "server_rss_kb_by_mark": {name: _sum(mk["rss"]) for name, mk in marks.items()},
             "client_util": payload.get("client_cpu", {}).get("util"),
             "other_cpu": round(other / window, 3) if window > 0 else None,
         })
@@ -603,6 +642,11 @@ def run_one(scn, server, opts, log_dir=None):
                            "cpu_us_per_op_with_redis": result["cpu_us_per_op"]})
         if not result["ok"]:
             result["error"] = f"checks failed: {json.dumps(payload.get('checks'))}"
+        elif scn.check is not None:
+            problem = scn.check(result)
+            if problem:
+                result["ok"] = False
+                result["error"] = problem
     except Exception as exc:  # one failed run must not sink the whole benchmark
         result["ok"] = False
         result.setdefault("error", str(exc))

@@ -100,6 +100,32 @@ def test_fanout_every_receiver_gets_every_broadcast(server, node_ready, tmp_path
     assert r["ok"], r.get("error")
 
 
+def test_slow_consumer_is_dropped_and_every_receiver_gets_every_broadcast(node_ready, tmp_path):
+    """The slow-consumer scenario, small: one never-reading connection in a fan-out."""
+    _require_server("sbio")
+    real = bench.SCENARIOS["slow-consumer"]
+    receivers = 5
+    scn = bench.Scenario("smoke-slow-consumer", "fanout",
+                         {"receivers": receivers, "window": 4, "payload_size": 4000, "slow": 1,
+                          "drop_timeout": 30},
+                         "deliveries", "smoke", servers=("sbio",), timeout=90,
+                         server_env={"SBIO_SERVER__MAX_OUTBOUND_BYTES": "200000"}, check=real.check)
+    opts = argparse.Namespace(duration=1.0, warmup=0.3)
+    r = bench.run_one(scn, "sbio", opts, log_dir=str(tmp_path))
+    assert "loadgen" in r, r.get("error") or r
+    checks = r["loadgen"]["checks"]
+    assert checks["slow"]["consumers"] == 1 and checks["slow"]["dropped"] == 1, checks
+    assert checks["receivers_complete"] == receivers, checks
+    assert checks["deliveries"] == checks["broadcasts"] * receivers, checks
+    assert checks["duplicates"] == 0 and checks["stuck_after_drain"] == 0, checks
+    assert set(r["server_rss_kb_by_mark"]) >= {"connected", "measure-start", "measure-end", "after-drop"}
+    assert r["server_rss_growth_kb"] <= bench.SLOW_RSS_BOUND_KB
+    assert r["ok"], r.get("error")
+    log_text = "".join(open(os.path.join(tmp_path, name)).read() for name in os.listdir(tmp_path)
+                       if name.startswith("server-"))
+    assert log_text.count("dropping slow consumer") == 1, log_text[-2000:]
+
+
 @pytest.mark.parametrize("handler", ["tick_shared", "tick_private"])
 def test_live_every_subscriber_holds_the_last_tick(handler, node_ready, tmp_path):
     why = bench._live_missing()

@@ -1164,9 +1164,11 @@ def _shutdown_quietly(sock):
 # -- HTTP: request-head timeout (see _SbioWebSocketHandler), connection cap -------------
 
 _REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
+                    b"X-Content-Type-Options: nosniff\r\n"
                     b"Content-Type: text/plain\r\nContent-Length: 16\r\n\r\nrequest timeout\n")
 _UNAVAILABLE_BODY = b"too many connections, try again later\n"
 _UNAVAILABLE = (b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\n"
+                b"X-Content-Type-Options: nosniff\r\n"
                 b"Content-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s"
                 % (len(_UNAVAILABLE_BODY), _UNAVAILABLE_BODY))
 

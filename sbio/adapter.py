@@ -742,17 +742,16 @@ class _SbioWebSocketHandler(WebSocketHandler):
         return result
 
     def _head_timed_out(self):
-        if self._requests_done:  # an idle keep-alive connection: nothing to answer
-            return None
-        (self.timeout_log or log.log)(logging.INFO, "closing connection from %s: no complete request "
-                         "head within %s s (server.http_timeout)",
-                         self.client_address[0] if self.client_address else "?",
-                         self.http_timeout)
+        """Answer 408 (not to an idle keep-alive connection); None: close the connection."""
+        if self._requests_done:
+            return
+        note = self.timeout_log or log.log
+        note(logging.INFO, "closing connection from %s: no complete request head within %s s "
+             "(server.http_timeout)", _peer(self.client_address), self.http_timeout)
         try:
             self.socket.sendall(_REQUEST_TIMEOUT)
         except OSError:
             pass
-        return None
 
     def close_tcp_later(self):
         """Shut the TCP connection down in ``http_timeout`` s unless the handler ends first.
@@ -1022,10 +1021,10 @@ class _OutboundSocket(eio_socket.Socket):
         backlog = queue.queue
         if backlog:
             size += self._queued_bytes
-            if len(backlog) >= self.max_outbound_messages or size > self.max_outbound_bytes:
-                if pkt.packet_type != _CLOSE:
-                    self._drop_slow_consumer(len(backlog), size)
-                    return
+            if (len(backlog) >= self.max_outbound_messages or size > self.max_outbound_bytes) \
+                    and pkt.packet_type != _CLOSE:
+                self._drop_slow_consumer(len(backlog), size)
+                return
         elif self._dropped and pkt.packet_type != _CLOSE:
             return
         self._queued_bytes = size
@@ -1154,6 +1153,13 @@ def _abort_tcp(sock):
         pass
 
 
+def _peer(address):
+    """The client's host of a pywsgi ``client_address`` (a tuple, or a string for UNIX sockets)."""
+    if isinstance(address, tuple) and address:
+        return address[0]
+    return address or "?"
+
+
 def _shutdown_quietly(sock):
     try:
         sock.shutdown(socket.SHUT_RDWR)
@@ -1238,7 +1244,7 @@ class ConnectionLimitedWSGIServer(WSGIServer):
     def _refuse(self, sock, address):
         self._refusals(logging.WARNING, "refusing a connection from %s with 503: %d "
                        "connections open (server.max_connections)",
-                       address[0] if address else "?", self.connections)
+                       _peer(address), self.connections)
         try:
             sock.sendall(_UNAVAILABLE)
             sock.shutdown(socket.SHUT_WR)

@@ -21,8 +21,13 @@ from flask import Flask, abort, render_template_string, send_from_directory
 from gevent.pywsgi import LoggingLogAdapter
 
 from . import client_assets
-from .adapter import (ConnectionLimitedWSGIServer, SocketIOServer, close_transports,
-                      connection_cap, websocket_handler_class)
+from .adapter import (
+    ConnectionLimitedWSGIServer,
+    SocketIOServer,
+    close_transports,
+    connection_cap,
+    websocket_handler_class,
+)
 from .namespace import Namespace
 
 __all__ = ["Server"]

@@ -121,7 +121,7 @@ def test_slow_consumer_is_dropped_and_every_receiver_gets_every_broadcast(node_r
     assert set(r["server_rss_kb_by_mark"]) >= {"connected", "measure-start", "measure-end", "after-drop"}
     assert r["server_rss_growth_kb"] <= bench.SLOW_RSS_BOUND_KB
     assert r["ok"], r.get("error")
-    log_text = "".join(open(os.path.join(tmp_path, name)).read() for name in os.listdir(tmp_path)
+    log_text = "".join((tmp_path / name).read_text() for name in os.listdir(tmp_path)
                        if name.startswith("server-"))
     assert log_text.count("dropping slow consumer") == 1, log_text[-2000:]
 

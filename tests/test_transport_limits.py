@@ -96,7 +96,7 @@ def _read_until_closed(sock, timeout):
             chunk = sock.recv(65536)
         except (ConnectionResetError, BrokenPipeError):
             return bytes(data)
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             return None
         if not chunk:
             return bytes(data)
@@ -119,7 +119,8 @@ class _Ponger:
         while True:
             try:
                 self._send()
-            except Exception:  # the server dropped us: that is the point
+            except (OSError, websocket.WebSocketException, requests.RequestException):
+                # the server dropped us: that is the point
                 return
             gevent.sleep(interval)
 

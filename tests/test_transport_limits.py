@@ -162,11 +162,11 @@ QUEUE_LIMITS = [
 
 @pytest.mark.parametrize("limits", QUEUE_LIMITS)
 def test_websocket_client_that_never_reads_is_dropped_others_get_everything(
-        sbio_server, live_client, caplog, limits):
+        sbio_server, sbio_live_client, caplog, limits):
     _quiet_transport_logs(caplog)
     server = sbio_server(Fan, config=_config(ping_interval=1, ping_timeout=3, **limits))
-    good = live_client(server, "/fan")
-    driver = live_client(server, "/fan")
+    good = sbio_live_client(server, "/fan")
+    driver = sbio_live_client(server, "/fan")
     ws, eio_sid, sid = _slow_websocket(server)
     ponger = _Ponger(lambda: ws.send("3"))
     instances = server.dispatcher("/fan").instances
@@ -190,11 +190,11 @@ def test_websocket_client_that_never_reads_is_dropped_others_get_everything(
         ws.close()
 
 
-def test_polling_session_that_never_gets_is_dropped(sbio_server, live_client, caplog):
+def test_polling_session_that_never_gets_is_dropped(sbio_server, sbio_live_client, caplog):
     _quiet_transport_logs(caplog)
     server = sbio_server(Fan, config=_config(ping_interval=1, ping_timeout=3,
                                              max_outbound_messages=100))
-    good = live_client(server, "/fan")
+    good = sbio_live_client(server, "/fan")
     http = requests.Session()
     eio_sid = _open_packet(http.get(_polling_url(server), timeout=5).text)["sid"]
     assert http.post(_polling_url(server, eio_sid), data="40/fan,", timeout=5).text == "OK"
@@ -284,9 +284,9 @@ def test_slow_engineio_upgrade_is_closed_within_http_timeout(sbio_server):
         ws.sock.close()
 
 
-def test_a_prompt_engineio_upgrade_still_works(sbio_server, live_client):
+def test_a_prompt_engineio_upgrade_still_works(sbio_server, sbio_live_client):
     server = sbio_server(Fan, config=_config(http_timeout=1))
-    client = live_client(server, "/fan", transports=["polling", "websocket"])
+    client = sbio_live_client(server, "/fan", transports=["polling", "websocket"])
     _wait_for(lambda: client.client.transport() == "websocket", 5, "the upgrade")
     gevent.sleep(1.5)  # past http_timeout: an upgraded connection is not timed out
     assert client.call("blast", 3, 10) == 3

@@ -7,6 +7,7 @@ The public API, in one place:
 * :class:`Server` — hosts namespaces and a Flask app on a gevent WSGIServer.
 * :func:`subscribes`, :func:`notifies`, :func:`notify` — live data: handlers
   clients subscribe to, re-run and pushed when their channels are notified.
+* :func:`rate_limit` — limit the calls of one handler per connection.
 * :class:`DaemonTask`, :class:`Caller`, :class:`GenericCaller`,
   :func:`on_startup`, :func:`on_shutdown`, :data:`stopped` — background work
   tied to the server's lifecycle.
@@ -37,6 +38,7 @@ _EXPORTS = {
     "subscribes": "sbio.live",
     "notifies": "sbio.live",
     "notify": "sbio.live",
+    "rate_limit": "sbio.limits",
     "DaemonTask": "sbio.tasks",
     "Caller": "sbio.tasks",
     "GenericCaller": "sbio.tasks",

@@ -31,6 +31,7 @@ one of these libraries, this file is the one to read against its changes.
   transport (publish / listen) handed to public-named methods that
   :class:`sbio.cluster.RedisManager` implements.
 """
+import json
 import logging
 import re
 import socket
@@ -53,6 +54,7 @@ from socketio import packet as sio_packet
 from .dispatch import NamespaceDispatcher
 from .protocol import error_envelope, error_push_packet
 from .protocol import short_repr as _short
+from .limits import ABUSE_WINDOW, BadJSON, ConnectionGuard, Limits, StrictJSON
 
 __all__ = ["SocketIOServer", "ProtocolViolation", "MessageTooBig", "websocket_handler_class",
            "close_transports", "send_text", "text_sender", "feed_connect", "feed_message",
@@ -69,6 +71,13 @@ class SocketIOServer(socketio.Server):
         self.sbio_server = sbio_server
         #: namespace name -> NamespaceDispatcher
         self.dispatchers = {}
+        #: the per-connection limits of ``[server]`` (see :mod:`sbio.limits`)
+        self.limits = Limits(sbio_server.config["server"])
+        #: eio_sid -> ConnectionGuard
+        self.guards = {}
+        # python-socketio's `json=` argument would set the json module of its
+        # Packet class for every server in the process: a subclass of our own.
+        kwargs.setdefault("serializer", _packet_class(self.limits.max_json_depth))
         super().__init__(**kwargs)
         server_cfg = sbio_server.config["server"]
         self.max_message_size = int(server_cfg["max_message_size"])
@@ -83,6 +92,18 @@ class SocketIOServer(socketio.Server):
         self.engine_socket_class = type("SbioEngineSocket", (_StrictEngineSocket,), {
             "sio": self, "max_post_packets": max(16, self.max_message_size // 10)})
         _install_outbound_limits(self.eio, server_cfg, self.engine_socket_class)
+        # python-socketio's BaseManager.set_server (5.x) gives the client manager
+        # the packet class's json, for the messages processes exchange through
+        # Redis: those are ours, not a client's, and must not meet its limits.
+        if getattr(self.manager, "json", None) is self.packet_class.json:
+            self.manager.json = json
+
+    def connection_guard(self, eio_sid):
+        """The :class:`~sbio.limits.ConnectionGuard` of one Engine.IO connection."""
+        guard = self.guards.get(eio_sid)
+        if guard is None:
+            guard = self.guards[eio_sid] = ConnectionGuard(self.limits)
+        return guard
 
     def add_namespace_class(self, cls):
         dispatcher = NamespaceDispatcher(self.sbio_server, cls)
@@ -160,12 +181,17 @@ class SocketIOServer(socketio.Server):
     # -> _send_packet) raises on an unserializable value; this one answers
     # ``internal`` instead. Uses the public packet class and Engine.IO's send().
     def _send_ack(self, eio_sid, namespace, id, envelope, sid, event):
-        pkt = self.packet_class(sio_packet.ACK, namespace=namespace, id=id, data=[envelope])
         try:
+            # Packet() runs python-socketio's recursive Packet.data_is_binary: a
+            # result nested ~490 levels deep raises RecursionError already here.
+            pkt = self.packet_class(sio_packet.ACK, namespace=namespace, id=id,
+                                    data=[envelope])
             encoded = pkt.encode()
-        except (TypeError, ValueError, OverflowError) as exc:
-            log.error("result of handler is not JSON-serializable (sid=%s namespace=%s "
-                      "event=%s): %s", sid, namespace, event, exc)
+        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+            self.connection_guard(eio_sid).log.log(
+                log, logging.ERROR, f"'result not JSON' ({_short(event)})",
+                "result of handler is not JSON-serializable (sid=%s namespace=%s "
+                "event=%s): %s", sid, namespace, event, exc)
             pkt = self.packet_class(
                 sio_packet.ACK, namespace=namespace, id=id,
                 data=[error_envelope("internal", "the handler returned a value that "
@@ -237,6 +263,9 @@ class SocketIOServer(socketio.Server):
             if payload is not None or pkt.id is not None:
                 raise ProtocolViolation("a DISCONNECT packet with a payload")
             self._handle_disconnect(eio_sid, namespace, self.reason.CLIENT_DISCONNECT)
+            return
+        if type(payload) is _Rejected:  # well-formed, but NaN or too deep: bad_request
+            self._handle_event(eio_sid, namespace, pkt.id, payload)
             return
         if type(payload) is not list:
             raise ProtocolViolation(f"the payload of {_packet_name(kind)} is not an array")
@@ -369,6 +398,66 @@ class SocketIOServer(socketio.Server):
         self._awaiting_connect.clear()
         super().shutdown()
 
+    # Replaces socketio.Server._handle_event (5.12-5.18) for sbio namespaces.
+    # Upstream spawns one greenlet per event with nothing to bound or end
+    # them: sbio asks NamespaceDispatcher.admit() first (calls in flight, rate
+    # limits), answers rate_limited without a greenlet, and gives the greenlet
+    # to the connection's Namespace instance, whose disconnect kills it. A
+    # payload StrictJSON refused (_Rejected) is answered bad_request.
+    # Upstream's per-event INFO log line is left out.
+    def _handle_event(self, eio_sid, namespace, id, data):
+        namespace = namespace or "/"
+        dispatcher = self.dispatchers.get(namespace)
+        if dispatcher is None:
+            return super()._handle_event(eio_sid, namespace, id, data)
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        instance = dispatcher.instances.get(sid)
+        if instance is None or not self.manager.is_connected(sid, namespace):
+            log.debug("event from %s, not connected to namespace %s", sid or eio_sid,
+                      _short(namespace))
+            return
+        guard = instance._sbio_guard or self.connection_guard(eio_sid)
+        if type(data) is _Rejected:
+            problem = {"code": "bad_request", "message": f"bad payload: {data.reason}"}
+            guard.log.log(log, logging.WARNING, "'bad payload'",
+                          "bad payload from sid=%s (namespace %s): %s", sid,
+                          _short(namespace), data.reason)
+            if id is not None:
+                self._send_ack(eio_sid, namespace, id, {"ok": False, "error": problem},
+                               sid, None)
+            else:
+                self.push_error(eio_sid, namespace, None, problem)
+            return
+        problem = dispatcher.admit(instance, data[0], guard)
+        if problem is not None:
+            self._refuse(eio_sid, namespace, id, sid, data[0], problem, guard)
+            return
+        if self.async_handlers:
+            instance._sbio_calls.add(gevent.spawn(
+                self._run_event, instance, sid, eio_sid, data, namespace, id))
+        else:
+            self._handle_event_internal(self, sid, eio_sid, data, namespace, id)
+
+    def _run_event(self, instance, sid, eio_sid, data, namespace, id):
+        try:
+            self._handle_event_internal(self, sid, eio_sid, data, namespace, id)
+        finally:
+            instance._sbio_calls.discard(gevent.getcurrent())
+
+    def _refuse(self, eio_sid, namespace, id, sid, event, problem, guard):
+        """Answer a call refused by the limits; close the connection on sustained abuse."""
+        guard.log.log(log, logging.WARNING, "'refused call'",
+                      "refused a call from sid=%s (namespace %s event %s): %s", sid,
+                      _short(namespace), _short(event), problem["message"])
+        if id is not None:
+            self._send_ack(eio_sid, namespace, id, {"ok": False, "error": problem}, sid, event)
+        else:
+            self.push_error(eio_sid, namespace, event, problem)
+        if guard.strike():
+            self.close_connection(eio_sid, f"sid={sid}: more than {guard.limits.close_after} "
+                                  f"refused events in {ABUSE_WINDOW:g} s "
+                                  "(server.rate_limit_close_after)")
+
     # Replaces socketio.Server._handle_ack (5.12-5.18): drops acks without an
     # id before upstream's callback lookup (a non-array payload never gets
     # here: _handle_eio_message closes the connection).
@@ -391,6 +480,9 @@ class SocketIOServer(socketio.Server):
             self.sbio_server._connection_sessions.pop(eio_sid, None)
             self._pending_binary.pop(eio_sid, None)
             self._awaiting_connect.pop(eio_sid, None)
+            guard = self.guards.pop(eio_sid, None)
+            if guard is not None:
+                guard.log.flush(log, f"connection {eio_sid}")
 
 
 class ProtocolViolation(Exception):
@@ -519,6 +611,40 @@ class _StrictEngineSocket(eio_socket.Socket):
 
 class _PostRefused(eio_exceptions.EngineIOError):
     """python-engineio answers 400 to a POST that raises an EngineIOError."""
+
+
+class _Rejected:
+    """The data of an EVENT packet whose payload :class:`~sbio.limits.StrictJSON` refused."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason):
+        self.reason = reason
+
+
+def _packet_class(max_depth):
+    """python-socketio's Packet with :class:`~sbio.limits.StrictJSON` as its json.
+
+    Wraps socketio.packet.Packet.decode (5.x), which parses the id before the
+    JSON payload: an EVENT whose payload StrictJSON refuses (NaN, too deep)
+    keeps its id and gets a :class:`_Rejected` as data, so ``_handle_event``
+    answers it with ``bad_request``; any other packet type raises as before.
+    ``encode`` is upstream's; ``json.dumps`` there refuses NaN/Infinity.
+    """
+
+    class SbioPacket(sio_packet.Packet):
+        json = StrictJSON(max_depth)
+
+        def decode(self, encoded_packet):
+            try:
+                return super().decode(encoded_packet)
+            except BadJSON as exc:
+                if self.packet_type != sio_packet.EVENT:
+                    raise
+                self.data = _Rejected(str(exc))
+                return 0
+
+    return SbioPacket
 
 
 #: First characters of Engine.IO v4 text packets (open ... noop).

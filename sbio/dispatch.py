@@ -113,6 +113,12 @@ class NamespaceDispatcher:
         self.error_hooks = []
         self._specs = {}
         self._check_handlers(cls)
+        #: handler calls of one connection running at once (``server.max_calls_in_flight``)
+        self.max_calls_in_flight = int(server.config["server"].get("max_calls_in_flight", 256))
+        #: event -> (per_second, burst) of the handlers marked ``@rate_limit``
+        self.rate_limits = {name[3:]: cls.handler_function(name)._sbio_rate_limit
+                            for name in cls.handler_names()
+                            if hasattr(cls.handler_function(name), "_sbio_rate_limit")}
         self._decorated = (cls.exception_handler_decorator
                            is not _base_exception_handler_decorator())
 
@@ -140,6 +146,7 @@ class NamespaceDispatcher:
         eio_sid = sio.manager.eio_sid_from_sid(sid, self.name)
         instance = self.cls(self.server, sid, environ,
                             connection_session=self.server._connection_session(eio_sid))
+        instance._sbio_guard = sio.connection_guard(eio_sid)
         self.instances[sid] = instance
         try:
             accepted = instance.on_connect(auth)
@@ -183,6 +190,40 @@ class NamespaceDispatcher:
             log.exception("on_disconnect failed (sid=%s namespace=%s)", sid, self.name)
         # Not blocking: the disconnect may come from one of these very jobs.
         instance.jobs.kill(block=False)
+        self._end_calls(instance)
+
+    @staticmethod
+    def _end_calls(instance):
+        """Kill the handler calls still running for *instance* (GreenletExit: rollbacks run)."""
+        calls = instance._sbio_calls
+        if calls:
+            current = gevent.getcurrent()  # a handler that disconnects its own connection
+            gevent.killall([g for g in calls if g is not current], block=False)
+            calls.clear()
+
+    # -- limits --------------------------------------------------------------------
+
+    def admit(self, instance, event, guard):
+        """None when *event* may run now for *instance*, else the ``rate_limited`` error.
+
+        Checked before a greenlet is spawned for the call: the calls in flight
+        of this connection (``server.max_calls_in_flight``), its token bucket
+        (``server.rate_limit``) and the handler's own (:func:`sbio.rate_limit`).
+        """
+        if len(instance._sbio_calls) >= self.max_calls_in_flight:
+            return {"code": "rate_limited", "message": "too many calls in flight on this "
+                    f"connection (limit {self.max_calls_in_flight}): wait for answers first"}
+        bucket = guard.bucket
+        if bucket is not None and not bucket.take():
+            limits = guard.limits
+            return {"code": "rate_limited", "message": "too many events on this connection "
+                    f"(limit {limits.rate:g}/s, burst {limits.burst})"}
+        if self.rate_limits:
+            spec = self.rate_limits.get(event)
+            if spec is not None and not guard.handler_bucket(self.name, event, spec).take():
+                return {"code": "rate_limited", "message": f"too many calls of {_short(event)} "
+                        f"(limit {spec[0]:g}/s, burst {spec[1]})"}
+        return None
 
     # -- events --------------------------------------------------------------------
 
@@ -240,12 +281,14 @@ class NamespaceDispatcher:
         except RpcError as exc:
             return error_envelope_of(exc.to_dict())
         except (SbioTimeoutError, gevent.Timeout) as exc:
-            log.warning("handler timed out (sid=%s namespace=%s event=%s): %s",
+            log_limited(instance, logging.WARNING, f"'handler timed out' ({_short(event)})",
+                        "handler timed out (sid=%s namespace=%s event=%s): %s",
                         instance.sid, self.name, event, exc)
             return error_envelope("timeout", "the handler timed out")
         except Exception as exc:
-            log.exception("handler failed (sid=%s namespace=%s event=%s)",
-                          instance.sid, self.name, event)
+            log_limited(instance, logging.ERROR, f"'handler failed' ({_short(event)})",
+                        "handler failed (sid=%s namespace=%s event=%s)",
+                        instance.sid, self.name, event, exc_info=True)
             for hook in self.error_hooks:
                 hook(instance, event, exc)
             return error_envelope("internal", "internal server error")
@@ -259,6 +302,15 @@ class NamespaceDispatcher:
                 log.exception("after-success callback failed (sid=%s namespace=%s event=%s)",
                               instance.sid, self.name, event)
         return ok_envelope(result)
+
+
+def log_limited(instance, level, kind, msg, *args, exc_info=None):
+    """Log *msg* through the log limiter of *instance*'s connection (once, then counted)."""
+    guard = getattr(instance, "_sbio_guard", None)
+    if guard is None:
+        log.log(level, msg, *args, exc_info=exc_info)
+    else:
+        guard.log.log(log, level, kind, msg, *args, exc_info=exc_info)
 
 
 def _base_exception_handler_decorator():

@@ -64,6 +64,8 @@ class Namespace:
         self.jobs = Group()
         self.allowed_methods = None
         self.connected = False
+        self._sbio_calls = set()  # greenlets running handler calls (killed at disconnect)
+        self._sbio_guard = None   # the connection's sbio.limits.ConnectionGuard
         self.reset_acl()
 
     def __repr__(self):

@@ -1,0 +1,265 @@
+"""Per-connection limits: rate limits, the guard of one connection, its log limiter.
+
+Everything here is plain bookkeeping, free of IO; :mod:`sbio.dispatch` asks
+it whether an inbound event may run, and :mod:`sbio.adapter` refuses, closes
+and spawns accordingly. The limits are ``[server]`` keys of the configuration
+(``docs/configuration.md``):
+
+``max_calls_in_flight``
+    handler calls of one connection running at once, per namespace; past it
+    a call is answered ``rate_limited`` at once, without a greenlet.
+``rate_limit`` / ``rate_limit_burst``
+    a token bucket per connection for inbound events (off by default).
+``rate_limit_close_after``
+    refused events within :data:`ABUSE_WINDOW` seconds that close the
+    connection ("sustained abuse").
+
+:func:`rate_limit` gives one handler a bucket of its own, per connection.
+"""
+import json
+import time
+
+__all__ = ["rate_limit", "TokenBucket", "LogLimiter", "ConnectionGuard", "Limits",
+           "StrictJSON", "BadJSON", "ABUSE_WINDOW"]
+
+#: Seconds over which refused events are counted against ``rate_limit_close_after``.
+ABUSE_WINDOW = 10.0
+
+_clock = time.monotonic
+
+
+class TokenBucket:
+    """*rate* tokens a second, at most *burst* saved up; :meth:`take` spends one."""
+
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate, burst):
+        self.rate = float(rate)
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.stamp = _clock()
+
+    def take(self):
+        """True (and one token spent) when a token is left, else False."""
+        tokens = self.tokens
+        if tokens < 1.0:
+            now = _clock()
+            tokens = min(self.burst, tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+            if tokens < 1.0:
+                self.tokens = tokens
+                return False
+        self.tokens = tokens - 1.0
+        return True
+
+
+def rate_limit(per_second, burst=None):
+    """Limit calls of one handler to *per_second* per connection, *burst* at once.
+
+    ::
+
+        @sbio.rate_limit(1, burst=5)
+        def on_login(self, user, password): ...
+
+    Each connection gets its own bucket of *burst* calls (default: one
+    second's worth, at least 1), refilled at *per_second*. A call past it is
+    answered with the error code ``rate_limited`` (an acked call) or an
+    ``sbio:error`` push, and counts towards ``server.rate_limit_close_after``.
+    The connection-wide ``server.rate_limit`` still applies as well.
+    """
+    per_second = float(per_second)
+    if not per_second > 0:
+        raise ValueError(f"rate_limit: per_second must be > 0, got {per_second!r}")
+    if burst is None:
+        burst = max(1, int(per_second))
+    elif int(burst) < 1:
+        raise ValueError(f"rate_limit: burst must be >= 1, got {burst!r}")
+
+    def mark(func):
+        func._sbio_rate_limit = (per_second, int(burst))
+        return func
+
+    return mark
+
+
+class LogLimiter:
+    """Logs the first message of each kind from one connection and counts the repeats.
+
+    A repeat within :attr:`interval` seconds of the last one logged is only
+    counted; the next one logged after that says how many were left out, and
+    :meth:`flush` (at disconnect) logs what is still counted. At most
+    :attr:`max_kinds` kinds are tracked; further kinds share one count.
+    """
+
+    interval = 60.0
+    max_kinds = 32
+
+    __slots__ = ("_kinds",)
+
+    def __init__(self):
+        self._kinds = {}  # kind -> [left out, time last logged]
+
+    def log(self, logger, level, kind, msg, *args, exc_info=None):
+        """``logger.log(level, msg, *args)`` unless *kind* was logged in the last interval."""
+        now = _clock()
+        kinds = self._kinds
+        entry = kinds.get(kind)
+        if entry is None:
+            if len(kinds) >= self.max_kinds:
+                kind = "other errors"
+                entry = kinds.get(kind)
+                if entry is None:
+                    entry = kinds[kind] = [0, now]
+                entry[0] += 1
+                return
+            kinds[kind] = [0, now]
+            logger.log(level, msg, *args, exc_info=exc_info)
+            return
+        if now - entry[1] < self.interval:
+            entry[0] += 1
+            return
+        left_out, entry[0], entry[1] = entry[0], 0, now
+        if left_out:
+            msg += " (%d more like this not logged)"
+            args += (left_out,)
+        logger.log(level, msg, *args, exc_info=exc_info)
+
+    def flush(self, logger, who):
+        """Log the counts of what was left out (e.g. when the connection ends)."""
+        for kind, entry in self._kinds.items():
+            if entry[0]:
+                logger.warning("%s: %d more %s not logged", who, entry[0], kind)
+                entry[0] = 0
+
+
+class ConnectionGuard:
+    """The limits of one Engine.IO connection: its event bucket, refusals, log limiter.
+
+    :param limits: the server's :class:`Limits`.
+    """
+
+    __slots__ = ("limits", "bucket", "refused", "window_start", "log", "handler_buckets")
+
+    def __init__(self, limits):
+        self.limits = limits
+        self.bucket = (TokenBucket(limits.rate, limits.burst) if limits.rate > 0 else None)
+        self.refused = 0
+        self.window_start = 0.0
+        #: repeated errors of this connection are logged once, with a count
+        self.log = LogLimiter()
+        #: (namespace, event) -> TokenBucket, for handlers marked @rate_limit
+        self.handler_buckets = None
+
+    def handler_bucket(self, namespace, event, spec):
+        buckets = self.handler_buckets
+        if buckets is None:
+            buckets = self.handler_buckets = {}
+        bucket = buckets.get((namespace, event))
+        if bucket is None:
+            bucket = buckets[namespace, event] = TokenBucket(*spec)
+        return bucket
+
+    def strike(self):
+        """Count one refused event; True when the connection should now be closed."""
+        close_after = self.limits.close_after
+        if not close_after:
+            return False
+        now = _clock()
+        if now - self.window_start > ABUSE_WINDOW:
+            self.window_start = now
+            self.refused = 0
+        self.refused += 1
+        return self.refused > close_after
+
+
+class Limits:
+    """The per-connection limits of one server, read from its ``[server]`` section."""
+
+    __slots__ = ("max_calls_in_flight", "rate", "burst", "close_after", "max_json_depth")
+
+    def __init__(self, server_config=None):
+        cfg = server_config or {}
+        self.max_calls_in_flight = int(cfg.get("max_calls_in_flight", 256))
+        self.rate = float(cfg.get("rate_limit", 0))
+        self.burst = max(1, int(cfg.get("rate_limit_burst", 100)))
+        self.close_after = int(cfg.get("rate_limit_close_after", 1000))
+        self.max_json_depth = int(cfg.get("max_json_depth", 64))
+
+
+# -- JSON hygiene --------------------------------------------------------------------------
+
+
+class BadJSON(ValueError):
+    """An inbound payload sbio refuses: NaN/Infinity, or nested too deep."""
+
+
+def _refuse_constant(name):
+    raise BadJSON(f"{name} is not JSON")
+
+
+def _parse_float(text):
+    value = float(text)
+    if value - value != 0.0:  # inf (1e999): NaN never gets here
+        raise BadJSON(f"{text} is out of range")
+    return value
+
+
+def _too_deep(value, limit):
+    """True when *value* nests lists/dicts more than *limit* levels deep (iterative)."""
+    stack = [(value, 1)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        item, depth = pop()
+        if depth > limit:
+            return True
+        if type(item) is list:
+            for child in item:
+                if type(child) is list or type(child) is dict:
+                    push((child, depth + 1))
+        elif type(item) is dict:
+            for child in item.values():
+                if type(child) is list or type(child) is dict:
+                    push((child, depth + 1))
+    return False
+
+
+class StrictJSON:
+    """The ``json`` of sbio's socket.io packets: strict in both directions.
+
+    * ``loads`` refuses NaN, Infinity and -Infinity (the json module accepts
+      them, JSON.parse does not), numbers out of float range (``1e999``) and
+      nesting deeper than *max_depth*, raising :class:`BadJSON`. The checks
+      cost nothing on ordinary input: constants and floats go through hooks
+      of the C decoder, and the depth is only walked when the text has more
+      opening brackets than *max_depth* allows.
+    * ``dumps`` refuses NaN and Infinity (``allow_nan=False``) with
+      ValueError, so such a value never becomes a packet that makes
+      socket.io-client drop the connection with "parse error".
+    """
+
+    def __init__(self, max_depth=64):
+        self.max_depth = max_depth
+        self._decoder = json.JSONDecoder(parse_constant=_refuse_constant,
+                                         parse_float=_parse_float)
+
+    def loads(self, text, **kwargs):
+        try:
+            value = self._decoder.decode(text)
+        except RecursionError:
+            raise BadJSON(f"nested deeper than {self.max_depth} levels") from None
+        limit = self.max_depth
+        if len(text) > limit and text.count("[") + text.count("{") > limit \
+                and _too_deep(value, limit):
+            raise BadJSON(f"nested deeper than {limit} levels")
+        return value
+
+    def dumps(self, value, **kwargs):
+        if kwargs == _COMPACT_KWARGS:  # what python-socketio's Packet.encode passes
+            return _compact_encoder.encode(value)
+        kwargs["allow_nan"] = False
+        return json.dumps(value, **kwargs)
+
+
+_COMPACT_KWARGS = {"separators": (",", ":")}
+# json.dumps builds a new encoder for every call with arguments: one, made once
+_compact_encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False)

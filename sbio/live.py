@@ -424,7 +424,7 @@ class Subscription(_Target):
     """
 
     __slots__ = ("id", "event", "args", "shared", "data", "instance", "sid", "eio_sid",
-                 "id_json", "last", "ready", "group")
+                 "id_json", "last", "ready", "group", "size")
 
     def __init__(self, instance, eio_sid, sub_id, event, args, channels, shared):
         super().__init__(channels)
@@ -440,6 +440,7 @@ class Subscription(_Target):
         self.last = None     # fingerprint of the last result (or error) the client has
         self.ready = False   # the first result has been sent
         self.group = None
+        self.size = 0        # bytes of the JSON of args (server.max_subscription_bytes)
 
     def __repr__(self):
         return (f"<Subscription {self.id!r} {self.event}{tuple(self.args)!r} "
@@ -464,11 +465,12 @@ class _SharedGroup(_Target):
 
 def _encode(data):
     """The canonical JSON text of *data* (sorted keys, compact); sent as is."""
+    # allow_nan=False: NaN/Infinity would make socket.io-client drop the connection
     try:
-        return json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
     except TypeError:
         # keys of mixed types cannot be sorted: compare in insertion order instead
-        return json.dumps(data, separators=(",", ":"))
+        return json.dumps(data, separators=(",", ":"), allow_nan=False)
 
 
 def _fingerprint(text):
@@ -724,7 +726,7 @@ class Broadcaster:
         if envelope["ok"]:
             try:
                 text = _encode(envelope["data"])
-            except (TypeError, ValueError, OverflowError) as exc:
+            except (TypeError, ValueError, OverflowError, RecursionError) as exc:
                 self._unjsonable(sub, exc)
                 self._deliver_error(sub, _UNJSONABLE)
                 return
@@ -750,7 +752,7 @@ class Broadcaster:
         if envelope["ok"]:
             try:
                 text = _encode(envelope["data"])
-            except (TypeError, ValueError, OverflowError) as exc:
+            except (TypeError, ValueError, OverflowError, RecursionError) as exc:
                 self._unjsonable(runner, exc)
                 envelope = error_envelope_of(_UNJSONABLE)
         elif envelope["error"]["code"] == "forbidden" and runner.alive:
@@ -871,10 +873,17 @@ class Broadcaster:
         problem = spec.check_args(event, call_args)
         if problem is not None:
             return error_envelope("bad_request", problem)
-        existing = self.by_sid.get(instance.sid, ())
+        existing = self.by_sid.get(instance.sid, {})
         if sub_id not in existing and len(existing) >= self.live.max_subscriptions:
             return error_envelope("bad_request", f"too many subscriptions on this connection "
                                   f"(limit {self.live.max_subscriptions})")
+        size = len(_encode(call_args))
+        held = sum(sub.size for key, sub in existing.items() if key != sub_id)
+        if held + size > self.live.max_subscription_bytes:
+            return error_envelope(
+                "bad_request", f"subscription arguments too large: this connection's "
+                f"subscriptions would hold {held + size} bytes of arguments (limit "
+                f"{self.live.max_subscription_bytes}); unsubscribe first")
         try:
             channels = live_spec.channels.format((instance, *call_args))
         except Exception as exc:
@@ -885,6 +894,7 @@ class Broadcaster:
         eio_sid = self.sio.manager.eio_sid_from_sid(instance.sid, self.namespace)
         sub = Subscription(instance, eio_sid, sub_id, event, call_args, channels,
                            live_spec.shared)
+        sub.size = size
         # Registered before the first run: a notification arriving while it runs
         # marks it dirty, and it runs again once the first result is out.
         sub.running = not sub.shared
@@ -901,7 +911,7 @@ class Broadcaster:
         if envelope["ok"]:
             try:
                 sub.last = _fingerprint(_encode(envelope["data"]))
-            except (TypeError, ValueError, OverflowError) as exc:
+            except (TypeError, ValueError, OverflowError, RecursionError) as exc:
                 self._unjsonable(sub, exc)
                 envelope = error_envelope_of(dict(_UNJSONABLE))
         if not envelope["ok"]:
@@ -1006,8 +1016,11 @@ class LiveData:
     bus and adds the server to :func:`running_servers`; :meth:`stop` undoes it.
     """
 
-    #: Subscriptions one connection may hold in one namespace.
+    #: Subscriptions one connection may hold in one namespace (``max_subscriptions``).
     max_subscriptions = 1000
+    #: Bytes of JSON arguments the subscriptions of one connection may hold in one
+    #: namespace (``max_subscription_bytes``).
+    max_subscription_bytes = 250_000
 
     #: The broadcaster class, one per namespace.
     broadcaster_class = Broadcaster
@@ -1017,6 +1030,9 @@ class LiveData:
         self.server = server
         self.pool_size = int(config.get("pool_size", 100))
         self.timeout = float(config.get("timeout", 10))
+        self.max_subscriptions = int(config.get("max_subscriptions", self.max_subscriptions))
+        self.max_subscription_bytes = int(config.get("max_subscription_bytes",
+                                                     self.max_subscription_bytes))
         #: namespace name -> Broadcaster
         self.broadcasters = {}
         self._listener = _BusListener(self)

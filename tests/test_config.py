@@ -453,8 +453,15 @@ def test_load_sbio_config_defaults(tmp_path, monkeypatch):
         "max_outbound_bytes": 16000000,
         "http_timeout": 10.0,
         "max_connections": 0,
+        "max_calls_in_flight": 256,
+        "rate_limit": 0.0,
+        "rate_limit_burst": 100,
+        "rate_limit_close_after": 1000,
+        "max_json_depth": 64,
     }
-    assert dict(config["broadcaster"]) == {"pool_size": 100, "timeout": 10.0}
+    assert dict(config["broadcaster"]) == {"pool_size": 100, "timeout": 10.0,
+                                           "max_subscriptions": 1000,
+                                           "max_subscription_bytes": 250000}
     assert dict(config["db"]) == {"url": "sqlite:///sbio.db", "pool_size": 20}
     assert dict(config["logging"]) == {"level": "INFO"}
 

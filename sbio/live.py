@@ -1007,7 +1007,9 @@ class LiveData:
 
     :param server: the server.
     :param config: the ``[broadcaster]`` configuration: ``pool_size`` (re-runs
-        in parallel per namespace) and ``timeout`` (seconds one re-run may take).
+        in parallel per namespace), ``timeout`` (seconds one re-run may take),
+        ``max_subscriptions`` and ``max_subscription_bytes`` (per connection
+        and namespace).
     :param bus: the :class:`Bus` this server's notifications go through (a new
         :class:`LocalBus` by default; the server passes its cluster's Redis bus).
 

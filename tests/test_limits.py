@@ -315,7 +315,7 @@ def test_leaving_a_namespace_ends_its_handler_greenlets(sbio_server, raw, ns):
 
 
 def test_per_connection_rate_limit(sbio_server, raw, ns):
-    server = sbio_server(ns, config=_config(server__rate_limit=5, server__rate_limit_burst=10))
+    server = sbio_server(ns, config=_config(server__rate_limit=1, server__rate_limit_burst=10))
     conn = raw(server)
     for i in range(1, 31):
         conn.call(i, "echo", str(i))
@@ -338,7 +338,7 @@ def test_rate_limit_decorator_per_handler(sbio_server, raw):
     class Throttled(Namespace):
         name = NS
 
-        @sbio.rate_limit(1, burst=2)
+        @sbio.rate_limit(0.1, burst=2)  # refills one call in 10 s
         def on_guess(self, word):
             return word == "swordfish"
 

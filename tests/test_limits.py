@@ -188,16 +188,15 @@ def raw():
 
 
 def _handler_greenlets(server):
-    """Live greenlets running on behalf of *server*'s socket.io server (handler calls)."""
+    """Live greenlets running handler calls of *server*'s socket.io server."""
     sio = server.sio
-    owners = {id(sio)} | {id(d) for d in getattr(sio, "dispatchers", {}).values()}
     count = 0
     for obj in gc.get_objects():
         if isinstance(obj, gevent.Greenlet) and not obj.dead:
             run = obj.__dict__.get("_run", None) or getattr(obj, "_run", None)
-            owner = getattr(run, "__self__", None)
-            first = obj.args[0] if obj.args else None
-            if id(owner) in owners or id(first) in owners:
+            name = getattr(run, "__name__", "")
+            if getattr(run, "__self__", None) is sio and name in ("_run_event",
+                                                                  "_handle_event_internal"):
                 count += 1
     return count
 

@@ -23,7 +23,7 @@ The old import locations (``sbio.config.ConfigurationError``,
 import queue as _stdlib_queue
 
 __all__ = ["SbioError", "RpcError", "ConnectionRefused", "SbioTimeoutError",
-           "ConfigurationError", "LifecycleError", "QueueFull", "NamespaceLoadError"]
+           "ConfigurationError", "LifecycleError", "QueueFull", "NamespaceLoadError", "BadJSON"]
 
 
 class SbioError(Exception):
@@ -116,3 +116,10 @@ class QueueFull(SbioError, _stdlib_queue.Full):
 
 class NamespaceLoadError(SbioError):
     """A namespace module could not be imported; the message names the file."""
+
+
+class BadJSON(SbioError, ValueError):
+    """An inbound payload sbio refuses (:class:`sbio.limits.StrictJSON`): NaN/Infinity,
+    a number out of range, or nesting deeper than ``server.max_json_depth``.
+    The event is answered ``bad_request``.
+    """

@@ -19,6 +19,8 @@ and spawns accordingly. The limits are ``[server]`` keys of the configuration
 import json
 import time
 
+from .errors import BadJSON
+
 __all__ = ["rate_limit", "TokenBucket", "LogLimiter", "ConnectionGuard", "Limits",
            "StrictJSON", "BadJSON", "ABUSE_WINDOW"]
 
@@ -187,10 +189,6 @@ class Limits:
 
 
 # -- JSON hygiene --------------------------------------------------------------------------
-
-
-class BadJSON(ValueError):
-    """An inbound payload sbio refuses: NaN/Infinity, or nested too deep."""
 
 
 def _refuse_constant(name):

@@ -359,10 +359,10 @@ def test_rate_limit_decorator_per_handler(sbio_server, raw):
     assert second.ack(1)[1] == {"ok": True, "data": True}
 
 
-def test_sustained_abuse_closes_the_connection(sbio_server, raw, ns, live_client):
+def test_sustained_abuse_closes_the_connection(sbio_server, raw, ns, sbio_live_client):
     server = sbio_server(ns, config=_config(server__rate_limit=5, server__rate_limit_burst=5,
                                             server__rate_limit_close_after=50))
-    bystander = live_client(server, NS)
+    bystander = sbio_live_client(server, NS)
     conn = raw(server)
     closed = False
     with gevent.Timeout(20, AssertionError("the flooding connection was not closed")):

@@ -257,110 +257,203 @@ class _Invalid(Exception):
 
 
 def _coerce_value(column, value):
-    """Validate *value* for *column*; return the value to assign or raise _Invalid."""
-    t = column.type
+    """Validate *value* for *column*; return the value to assign or raise _Invalid.
+
+    ``None`` is checked against the column's nullability; any other value goes
+    to the rule :func:`_rule_for` finds for the column's type.
+    """
     if value is None:
         if not column.nullable:
             raise _Invalid("may not be null")
         return None
+    found = _rule_for(column.type)
+    if found is None:
+        return _coerce_python_type(column.type, value)
+    rule, type_ = found
+    return rule(type_, value)
+
+
+def _rule_for(type_):
+    """``(rule, type)``: the first entry of :data:`_COERCIONS` along the MRO of
+    *type_*'s class, else (for a ``TypeDecorator``) along its implementation
+    type's; ``None`` when neither has one."""
+    for klass in type(type_).__mro__:
+        rule = _COERCIONS.get(klass)
+        if rule is not None:
+            return rule, type_
+    if isinstance(type_, types.TypeDecorator):
+        return _rule_for(type_.impl_instance)
+    return None
+
+
+def _coerce_uuid_value(type_, value):
+    """A :class:`uuid.UUID`, its string form or its 16 bytes -> :class:`uuid.UUID`."""
     try:
-        if isinstance(t, (UUID, types.Uuid)):
-            return _coerce_uuid(value)
-        if isinstance(t, UTCDateTime):
-            return _to_utc(value, "datetime")
+        return _coerce_uuid(value)
     except ValueError as e:
         raise _Invalid(str(e)) from None
-    if isinstance(t, (JSON, types.JSON)):
-        try:
-            json.dumps(value)
-        except (TypeError, ValueError):
-            raise _Invalid("not JSON-serializable") from None
-        return value
-    if isinstance(t, types.TypeDecorator):
-        t = t.impl_instance
-    if isinstance(t, types.Enum):
-        if t.enum_class is not None:
-            if isinstance(value, t.enum_class):
-                return value
-            if isinstance(value, str) and value in t.enum_class.__members__:
-                return t.enum_class[value]
-            try:
-                return t.enum_class(value)
-            except ValueError:
-                pass
-            raise _Invalid(f"expected one of {sorted(t.enum_class.__members__)}")
-        if value not in t.enums:
-            raise _Invalid(f"expected one of {list(t.enums)}")
-        return value
-    if isinstance(t, types.Boolean):
-        if not isinstance(value, bool):
-            raise _Invalid(f"expected a boolean, got {type(value).__name__}")
-        return value
-    if isinstance(t, types.Integer):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _Invalid(f"expected an integer, got {type(value).__name__}")
-        return value
-    if isinstance(t, (types.Numeric, types.Float)):
-        if isinstance(value, bool):
-            raise _Invalid("expected a number, got bool")
-        if isinstance(value, (int, float, decimal.Decimal)):
-            return value
-        if isinstance(value, str):
-            try:
-                return decimal.Decimal(value)
-            except decimal.InvalidOperation:
-                pass
-        raise _Invalid(f"expected a number, got {type(value).__name__}")
-    if isinstance(t, types.String):
-        if not isinstance(value, str):
-            raise _Invalid(f"expected a string, got {type(value).__name__}")
-        if t.length is not None and len(value) > t.length:
-            raise _Invalid(f"longer than {t.length} characters")
-        return value
-    if isinstance(t, types.DateTime):
-        if isinstance(value, datetime.datetime):
-            return value
-        if isinstance(value, str):
-            try:
-                return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-            except ValueError:
-                pass
-        raise _Invalid("expected a datetime")
-    if isinstance(t, types.Date):
-        if isinstance(value, datetime.date) and not isinstance(value, datetime.datetime):
-            return value
-        if isinstance(value, str):
-            try:
-                return datetime.date.fromisoformat(value)
-            except ValueError:
-                pass
-        raise _Invalid("expected a date")
-    if isinstance(t, types.Time):
-        if isinstance(value, datetime.time):
-            return value
-        if isinstance(value, str):
-            try:
-                return datetime.time.fromisoformat(value)
-            except ValueError:
-                pass
-        raise _Invalid("expected a time")
-    if isinstance(t, types.Interval):
-        if isinstance(value, datetime.timedelta):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return datetime.timedelta(seconds=value)
-        raise _Invalid("expected a duration (timedelta or seconds)")
-    if isinstance(t, types.LargeBinary):
-        if not isinstance(value, (bytes, bytearray, memoryview)):
-            raise _Invalid(f"expected bytes, got {type(value).__name__}")
-        return bytes(value)
+
+
+def _coerce_utc_datetime(type_, value):
+    """An aware datetime or an ISO-8601 string with an offset -> aware UTC datetime;
+    a naive one is refused (see :func:`_to_utc`)."""
     try:
-        python_type = column.type.python_type
+        return _to_utc(value, "datetime")
+    except ValueError as e:
+        raise _Invalid(str(e)) from None
+
+
+def _check_json(type_, value):
+    """Anything ``json.dumps`` accepts, unchanged."""
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        raise _Invalid("not JSON-serializable") from None
+    return value
+
+
+def _coerce_enum(type_, value):
+    """With an enum class: a member, a member's name or a member's value -> the member.
+    Without one: one of the type's strings, unchanged."""
+    enum_class = type_.enum_class
+    if enum_class is None:
+        if value not in type_.enums:
+            raise _Invalid(f"expected one of {list(type_.enums)}")
+        return value
+    if isinstance(value, enum_class):
+        return value
+    if isinstance(value, str) and value in enum_class.__members__:
+        return enum_class[value]
+    try:
+        return enum_class(value)
+    except ValueError:
+        raise _Invalid(f"expected one of {sorted(enum_class.__members__)}") from None
+
+
+def _check_bool(type_, value):
+    """``True`` or ``False`` only (not 0 / 1)."""
+    if not isinstance(value, bool):
+        raise _Invalid(f"expected a boolean, got {type(value).__name__}")
+    return value
+
+
+def _check_int(type_, value):
+    """An ``int`` that is not a ``bool``, unchanged."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Invalid(f"expected an integer, got {type(value).__name__}")
+    return value
+
+
+def _coerce_number(type_, value):
+    """An int, float or Decimal unchanged (not a bool); a numeric string -> Decimal."""
+    if isinstance(value, bool):
+        raise _Invalid("expected a number, got bool")
+    if isinstance(value, (int, float, decimal.Decimal)):
+        return value
+    if isinstance(value, str):
+        try:
+            return decimal.Decimal(value)
+        except decimal.InvalidOperation:
+            pass
+    raise _Invalid(f"expected a number, got {type(value).__name__}")
+
+
+def _check_string(type_, value):
+    """A ``str`` no longer than the type's length (when it has one), unchanged."""
+    if not isinstance(value, str):
+        raise _Invalid(f"expected a string, got {type(value).__name__}")
+    if type_.length is not None and len(value) > type_.length:
+        raise _Invalid(f"longer than {type_.length} characters")
+    return value
+
+
+def _coerce_datetime(type_, value):
+    """A datetime unchanged; an ISO-8601 string (``Z`` allowed) -> datetime."""
+    if isinstance(value, datetime.datetime):
+        return value
+    if isinstance(value, str):
+        try:
+            return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            pass
+    raise _Invalid("expected a datetime")
+
+
+def _coerce_date(type_, value):
+    """A date (not a datetime) unchanged; an ISO-8601 date string -> date."""
+    if isinstance(value, datetime.date) and not isinstance(value, datetime.datetime):
+        return value
+    if isinstance(value, str):
+        try:
+            return datetime.date.fromisoformat(value)
+        except ValueError:
+            pass
+    raise _Invalid("expected a date")
+
+
+def _coerce_time(type_, value):
+    """A time unchanged; an ISO-8601 time string -> time."""
+    if isinstance(value, datetime.time):
+        return value
+    if isinstance(value, str):
+        try:
+            return datetime.time.fromisoformat(value)
+        except ValueError:
+            pass
+    raise _Invalid("expected a time")
+
+
+def _coerce_interval(type_, value):
+    """A timedelta unchanged; a number of seconds (not a bool) -> timedelta."""
+    if isinstance(value, datetime.timedelta):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return datetime.timedelta(seconds=value)
+    raise _Invalid("expected a duration (timedelta or seconds)")
+
+
+def _coerce_bytes(type_, value):
+    """bytes, bytearray or memoryview -> bytes."""
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise _Invalid(f"expected bytes, got {type(value).__name__}")
+    return bytes(value)
+
+
+def _coerce_python_type(type_, value):
+    """Types without a rule: an instance of the type's ``python_type``, unchanged
+    (anything when it has none or it is ``object``)."""
+    try:
+        python_type = type_.python_type
     except NotImplementedError:
         return value
     if python_type is not object and not isinstance(value, python_type):
         raise _Invalid(f"expected {python_type.__name__}, got {type(value).__name__}")
     return value
+
+
+#: Column type class -> the rule ``rule(type, value)`` that validates a
+#: ``from_dict`` value for it (returns the value to assign or raises
+#: :class:`_Invalid`). Looked up along the MRO of the column's type, then of
+#: its implementation type for a ``TypeDecorator``; :func:`_coerce_python_type`
+#: for a type found in neither.
+_COERCIONS = {
+    UUID: _coerce_uuid_value,
+    types.Uuid: _coerce_uuid_value,
+    UTCDateTime: _coerce_utc_datetime,
+    JSON: _check_json,
+    types.JSON: _check_json,
+    types.Enum: _coerce_enum,
+    types.Boolean: _check_bool,
+    types.Integer: _check_int,
+    types.Numeric: _coerce_number,
+    types.Float: _coerce_number,
+    types.String: _check_string,
+    types.DateTime: _coerce_datetime,
+    types.Date: _coerce_date,
+    types.Time: _coerce_time,
+    types.Interval: _coerce_interval,
+    types.LargeBinary: _coerce_bytes,
+}
 
 
 def _jsonable(value):
@@ -637,14 +730,14 @@ class CrudMixin:
             session = object_session(obj)
         if not isinstance(data, dict):
             raise ValidationError(f"expected an object, got {type(data).__name__}")
-        errors = {}
+        planner = _Planner(session, unrestricted=attrs is None)
         if session is not None:
             with session.no_autoflush:
-                plan = _make_plan(cls, obj, data, _normalize_spec(attrs), attrs is None, session, "", errors)
+                plan = planner.plan(cls, obj, data, _normalize_spec(attrs))
         else:
-            plan = _make_plan(cls, obj, data, _normalize_spec(attrs), attrs is None, session, "", errors)
-        if errors:
-            raise ValidationError(errors)
+            plan = planner.plan(cls, obj, data, _normalize_spec(attrs))
+        if planner.errors:
+            raise ValidationError(planner.errors)
         return _apply_plan(plan)
 
 
@@ -670,83 +763,154 @@ def _identity_of(mapper, obj):
     return tuple(mapper.primary_key_from_instance(obj))
 
 
-def _make_plan(cls, obj, data, spec, unrestricted, session, path, errors):
-    mapper = sa_inspect(cls)
-    plan = _Plan(obj, cls)
-    persistent = obj is not None and sa_inspect(obj).key is not None
-    columns = {p.key: p for p in mapper.column_attrs}
-    relationships = mapper.relationships
-    for key, value in data.items():
-        if not isinstance(key, str):
-            errors[_join(path, repr(key))] = "attribute names must be strings"
-            continue
-        if key.startswith("_"):
-            continue
-        where = _join(path, key)
-        if not unrestricted and (spec is None or key not in spec):
-            errors[where] = "not allowed"
-            continue
-        if key in columns:
-            col = columns[key].columns[0]
-            if not isinstance(col, Column):
-                errors[where] = "read-only"
+class _Planner:
+    """Computes the :class:`_Plan` of one ``from_dict`` call without changing anything.
+
+    ``plan()`` walks *data* recursively (into related objects) and records every
+    problem in :attr:`errors` (attribute path -> message) instead of stopping at
+    the first one.
+
+    :param session: where related objects are looked up (``None``: only in the
+        current values).
+    :param unrestricted: ``True`` when ``from_dict`` got no ``attrs``: every key
+        is accepted at every depth; otherwise only the keys of the spec.
+    """
+
+    def __init__(self, session, unrestricted):
+        self.session = session
+        self.unrestricted = unrestricted
+        self.errors = {}
+
+    def plan(self, cls, obj, data, spec, path=""):
+        """The plan for *data* applied to *obj* (``None``: a new *cls*) under *spec*;
+        *path* is where *data* sits in the whole input, for error messages."""
+        mapper = sa_inspect(cls)
+        plan = _Plan(obj, cls)
+        columns = {p.key: p for p in mapper.column_attrs}
+        relationships = mapper.relationships
+        for key, value in data.items():
+            if not isinstance(key, str):
+                self.errors[_join(path, repr(key))] = "attribute names must be strings"
                 continue
-            if col.primary_key:
-                if value is None and not persistent:
-                    continue
-                if persistent:
-                    try:
-                        new = _coerce_value(col, value)
-                    except _Invalid as e:
-                        errors[where] = str(e)
-                        continue
-                    if new != getattr(obj, key):
-                        errors[where] = "the primary key of a stored object cannot be changed"
-                    continue
-            try:
-                plan.columns.append((key, _coerce_value(col, value)))
-            except _Invalid as e:
-                errors[where] = str(e)
-        elif key in relationships:
-            rel = relationships[key]
-            sub = None if spec is None else spec.get(key)
-            sub_unrestricted = unrestricted
-            sub_spec = _normalize_spec(sub) if sub is not None else None
-            if not unrestricted and sub is None:
-                # named without a nested spec: the related objects' columns only
-                sub_spec = {p.key: None for p in rel.mapper.column_attrs}
-            current = getattr(obj, key) if obj is not None else None
-            if rel.uselist:
-                if _collection_type(rel) is None:
-                    errors[where] = "from_dict supports list and set collections only"
-                    continue
-                if value is None:
-                    value = []
-                if not isinstance(value, (list, tuple)):
-                    errors[where] = "expected a list"
-                    continue
-                current = list(current) if current is not None else []
-                items = []
-                for i, item in enumerate(value):
-                    items.append(
-                        _plan_related(rel, item, current, sub_spec, sub_unrestricted, session, f"{where}[{i}]", errors)
-                    )
-                plan.relationships.append((key, rel, items))
+            if key.startswith("_"):
+                continue
+            where = _join(path, key)
+            if not self.unrestricted and (spec is None or key not in spec):
+                self.errors[where] = "not allowed"
+            elif key in columns:
+                self._column(plan, key, columns[key].columns[0], value, where)
+            elif key in relationships:
+                self._relationship(plan, key, relationships[key], value, spec, where)
+            elif _settable_property(cls, key):
+                plan.others.append((key, value))
             else:
-                if value is None:
-                    if not _nullable_relationship(rel):
-                        errors[where] = "may not be null"
-                    else:
-                        plan.relationships.append((key, rel, None))
-                    continue
-                current = [current] if current is not None else []
-                item = _plan_related(rel, value, current, sub_spec, sub_unrestricted, session, where, errors)
-                plan.relationships.append((key, rel, item))
-        elif _settable_property(cls, key):
-            plan.others.append((key, value))
+                self.errors[where] = f"{cls.__name__} has no attribute {key!r}"
+        return plan
+
+    def _column(self, plan, key, col, value, where):
+        if not isinstance(col, Column):
+            self.errors[where] = "read-only"
+            return
+        obj = plan.target
+        persistent = obj is not None and sa_inspect(obj).key is not None
+        if col.primary_key and value is None and not persistent:
+            return  # a new object's key is left to its default
+        try:
+            value = _coerce_value(col, value)
+        except _Invalid as e:
+            self.errors[where] = str(e)
+            return
+        if col.primary_key and persistent:
+            if value != getattr(obj, key):
+                self.errors[where] = "the primary key of a stored object cannot be changed"
+            return
+        plan.columns.append((key, value))
+
+    def _relationship(self, plan, key, rel, value, spec, where):
+        sub = None if spec is None else spec.get(key)
+        sub_spec = _normalize_spec(sub) if sub is not None else None
+        if not self.unrestricted and sub is None:
+            # named without a nested spec: the related objects' columns only
+            sub_spec = {p.key: None for p in rel.mapper.column_attrs}
+        current = getattr(plan.target, key) if plan.target is not None else None
+        if rel.uselist:
+            self._collection(plan, key, rel, value, current, sub_spec, where)
+        elif value is None:
+            if _nullable_relationship(rel):
+                plan.relationships.append((key, rel, None))
+            else:
+                self.errors[where] = "may not be null"
         else:
-            errors[where] = f"{cls.__name__} has no attribute {key!r}"
-    return plan
+            current = [current] if current is not None else []
+            plan.relationships.append((key, rel, self._related(rel, value, current, sub_spec, where)))
+
+    def _collection(self, plan, key, rel, value, current, spec, where):
+        if _collection_type(rel) is None:
+            self.errors[where] = "from_dict supports list and set collections only"
+            return
+        if value is None:
+            value = []
+        if not isinstance(value, (list, tuple)):
+            self.errors[where] = "expected a list"
+            return
+        current = list(current) if current is not None else []
+        items = [self._related(rel, item, current, spec, f"{where}[{i}]") for i, item in enumerate(value)]
+        plan.relationships.append((key, rel, items))
+
+    def _related(self, rel, item, current, spec, where):
+        """One related value: a model instance (kept), a primary key value (the
+        object it names) or a dict (a plan for the object found by primary key
+        or unique column in *current* or the session, or for a new one)."""
+        target_cls = rel.mapper.class_
+        if isinstance(item, target_cls):
+            return item
+        try:
+            if not isinstance(item, dict):
+                return self._referenced(rel.mapper, item, current)
+            existing = self._existing(rel.mapper, item, current)
+        except _Invalid as e:
+            self.errors[where] = str(e)
+            return None
+        return self.plan(target_cls, existing, item, spec, where)
+
+    def _referenced(self, mapper, value, current):
+        """The object whose (single-column) primary key is *value*, or _Invalid."""
+        pk_cols = list(mapper.primary_key)
+        if len(pk_cols) != 1:
+            raise _Invalid("expected an object (composite primary key)")
+        found = _find_by_identity(mapper, current, self.session, (_coerce_value(pk_cols[0], value),))
+        if found is None:
+            pk_key = mapper.get_property_by_column(pk_cols[0]).key
+            raise _Invalid(f"no {mapper.class_.__name__} with {pk_key}={value!r}")
+        return found
+
+    def _existing(self, mapper, item, current):
+        """The object a dict describes: by its full primary key, else by the first
+        unique column whose value finds one; ``None`` for a new object."""
+        pk_cols = list(mapper.primary_key)
+        pk_keys = [mapper.get_property_by_column(c).key for c in pk_cols]
+        if all(item.get(k) is not None for k in pk_keys):
+            ident = tuple(_coerce_value(c, item[k]) for c, k in zip(pk_cols, pk_keys))
+            return _find_by_identity(mapper, current, self.session, ident)
+        return self._by_unique_key(mapper, item, current)
+
+    def _by_unique_key(self, mapper, item, current):
+        for ukey in _unique_keys(mapper):
+            if item.get(ukey) is None:
+                continue
+            try:
+                uval = _coerce_value(mapper.column_attrs[ukey].columns[0], item[ukey])
+            except _Invalid:
+                continue  # reported by the nested plan
+            existing = next((o for o in current if getattr(o, ukey) == uval), None)
+            if existing is None and self.session is not None:
+                cls = mapper.class_
+                existing = self.session.execute(
+                    sqlalchemy.select(cls).where(getattr(cls, ukey) == uval)
+                ).scalar_one_or_none()
+            if existing is not None:
+                return existing
+        return None
 
 
 def _nullable_relationship(rel):
@@ -763,54 +927,6 @@ def _collection_type(rel):
     if isinstance(cc, type) and issubclass(cc, (list, set)):
         return cc
     return None
-
-
-def _plan_related(rel, item, current, spec, unrestricted, session, where, errors):
-    target_mapper = rel.mapper
-    target_cls = target_mapper.class_
-    if isinstance(item, target_cls):
-        return item
-    pk_cols = list(target_mapper.primary_key)
-    pk_keys = [target_mapper.get_property_by_column(c).key for c in pk_cols]
-    if not isinstance(item, dict):
-        # a primary key value
-        if len(pk_cols) != 1:
-            errors[where] = "expected an object (composite primary key)"
-            return None
-        try:
-            ident = (_coerce_value(pk_cols[0], item),)
-        except _Invalid as e:
-            errors[where] = str(e)
-            return None
-        found = _find_by_identity(target_mapper, current, session, ident)
-        if found is None:
-            errors[where] = f"no {target_cls.__name__} with {pk_keys[0]}={item!r}"
-        return found
-    existing = None
-    if all(item.get(k) is not None for k in pk_keys):
-        try:
-            ident = tuple(_coerce_value(c, item[k]) for c, k in zip(pk_cols, pk_keys))
-        except _Invalid as e:
-            errors[where] = str(e)
-            return None
-        existing = _find_by_identity(target_mapper, current, session, ident)
-    else:
-        for ukey in _unique_keys(target_mapper):
-            if item.get(ukey) is None:
-                continue
-            col = target_mapper.column_attrs[ukey].columns[0]
-            try:
-                uval = _coerce_value(col, item[ukey])
-            except _Invalid:
-                continue  # reported by the nested plan
-            existing = next((o for o in current if getattr(o, ukey) == uval), None)
-            if existing is None and session is not None:
-                existing = session.execute(
-                    sqlalchemy.select(target_cls).where(getattr(target_cls, ukey) == uval)
-                ).scalar_one_or_none()
-            if existing is not None:
-                break
-    return _make_plan(target_cls, existing, item, spec, unrestricted, session, where, errors)
 
 
 def _find_by_identity(mapper, current, session, ident):

@@ -55,7 +55,7 @@ __all__ = [
     "DEFAULT_PRIORITY",
 ]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("sbio.tasks")  # one logger for the whole package, as documented
 
 #: Priority of hooks registered without one. Lower runs first.
 DEFAULT_PRIORITY = 50

@@ -70,7 +70,7 @@ __all__ = [
     "snake_case",
 ]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sbio.sa")  # one logger for the whole package, as documented
 
 
 # --------------------------------------------------------------------------

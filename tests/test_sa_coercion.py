@@ -31,7 +31,7 @@ class Session(SessionManager):
 
 
 @pytest.fixture
-def session_manager():
+def timer_db():
     Session.engine = create_engine("sqlite://")
     Session.initialize_db()
     yield Session
@@ -39,12 +39,12 @@ def session_manager():
     Session.engine = None
 
 
-def test_interval_takes_a_timedelta_or_seconds_and_is_stored(session_manager):
+def test_interval_takes_a_timedelta_or_seconds_and_is_stored(timer_db):
     assert Timer.from_dict({"pause": 90}).pause == datetime.timedelta(seconds=90)
     assert Timer.from_dict({"pause": 1.5}).pause == datetime.timedelta(seconds=1.5)
-    with session_manager() as s:
+    with timer_db() as s:
         s.add(Timer.from_dict({"id": 1, "pause": datetime.timedelta(minutes=2)}))
-    with session_manager() as s:
+    with timer_db() as s:
         assert s.get(Timer, 1).pause == datetime.timedelta(minutes=2)
     with pytest.raises(ValidationError) as info:
         Timer.from_dict({"pause": True})
@@ -54,7 +54,7 @@ def test_interval_takes_a_timedelta_or_seconds_and_is_stored(session_manager):
     assert info.value.errors == {"pause": "expected a duration (timedelta or seconds)"}
 
 
-def test_a_decorated_uuid_takes_the_string_to_dict_gives(session_manager):
+def test_a_decorated_uuid_takes_the_string_to_dict_gives():
     ref = uuid.uuid4()
     timer = Timer(id=2, ref=ref)
     data = timer.to_dict(jsonable=True)

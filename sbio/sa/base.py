@@ -1,0 +1,70 @@
+""":func:`declarative_base` and the attribute validators it installs on every model."""
+import threading
+import weakref
+
+from sqlalchemy import event
+from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.schema import Column
+
+from .crud import CrudMixin
+from .types import UTCDateTime, _to_utc
+
+_bases_lock = threading.Lock()
+_bases = weakref.WeakSet()  # every base made by declarative_base
+
+
+def _validate_utc_on_set(target, value, oldvalue, initiator):
+    return _to_utc(value, f"{type(target).__name__}.{initiator.key}")
+
+
+def _install_validators(mapper, cls):
+    for prop in mapper.column_attrs:
+        col = prop.columns[0]
+        if isinstance(col, Column) and isinstance(col.type, UTCDateTime):
+            attr = getattr(cls, prop.key)
+            if not event.contains(attr, "set", _validate_utc_on_set):
+                event.listen(attr, "set", _validate_utc_on_set, retval=True)
+
+
+def declarative_base(cls=None, *, metadata=None, type_annotation_map=None):
+    """Class decorator turning a plain class into a SQLAlchemy declarative base.
+
+    ::
+
+        @declarative_base
+        class Base:
+            id = Column(UUID(), primary_key=True, default=uuid.uuid4)
+
+    Columns and methods of the decorated class are inherited by every model.
+    Models get a snake_case ``__tablename__`` (``WebsitePage`` ->
+    ``website_page``; set ``__tablename__`` yourself to override), the
+    :class:`CrudMixin` methods (``to_dict``, ``from_dict``, ``__repr__``) and
+    a constructor that applies column defaults immediately: ``Website().id``
+    is already a UUID before any flush. Scalar defaults and zero-argument
+    callables are applied; callables taking an execution context and SQL
+    expression defaults are left to the flush. Mutable scalar defaults
+    (dict/list/set) are copied per instance.
+
+    Also usable with arguments: ``@declarative_base(metadata=MetaData(schema="x"))``.
+    """
+    if cls is None:
+        return lambda c: declarative_base(c, metadata=metadata, type_annotation_map=type_annotation_map)
+
+    def __init__(self, **kwargs):
+        self._sbio_init(kwargs)
+
+    namespace = {
+        "__module__": cls.__module__,
+        "__qualname__": cls.__qualname__,
+        "__doc__": cls.__doc__,
+        "__init__": __init__,
+    }
+    if metadata is not None:
+        namespace["metadata"] = metadata
+    if type_annotation_map is not None:
+        namespace["type_annotation_map"] = type_annotation_map
+    base = type(cls.__name__, (cls, CrudMixin, DeclarativeBase), namespace)
+    event.listen(base, "mapper_configured", _install_validators, propagate=True)
+    with _bases_lock:
+        _bases.add(base)
+    return base

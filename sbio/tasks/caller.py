@@ -1,0 +1,158 @@
+""":class:`Caller` and :class:`GenericCaller`: greenlet workers consuming a bounded
+queue of deferred calls.
+"""
+import logging
+
+from gevent.event import Event
+from gevent.queue import Queue
+
+from sbio.errors import QueueFull
+
+from ._lifecycle import _qualname
+from .service import _Service
+
+logger = logging.getLogger("sbio.tasks")  # one logger for the whole package, as documented
+
+
+_STOP = object()  # queue sentinel: one per worker, put by stop()
+
+
+class _CallerBase(_Service):
+    kind = "Caller"
+
+    def __init__(self, name, threads, max_queue, lifecycle):
+        if max_queue is not None and (
+            isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1
+        ):
+            raise ValueError(f"{type(self).__name__} max_queue must be None or an int >= 1, got {max_queue!r}")
+        super().__init__(name, threads, lifecycle)
+        self.max_queue = max_queue
+        self._queue = None  # a gevent Queue, made on first use (it needs a hub)
+        self._queued = 0  # calls waiting in the queue (sentinels excluded)
+        self._pending = 0  # queued + running
+        self._idle = Event()
+        self._idle.set()
+        self.lifecycle._register(self)
+
+    def qsize(self):
+        """How many deferred calls wait in the queue (not counting running ones)."""
+        return self._queued
+
+    def join(self, timeout=None):
+        """Wait until every deferred call has finished; ``True`` if they did in time."""
+        return bool(self._idle.wait(timeout))
+
+    def _get_queue(self):
+        if self._queue is None:
+            # Made on first use, not in __init__ (a Queue needs the hub).
+            # Unbounded underneath: _put enforces max_queue, so stop() can
+            # always add its sentinels.
+            self._queue = Queue()
+        return self._queue
+
+    def _put(self, func, args, kwargs):
+        q = self._get_queue()
+        if self.max_queue is not None and self._queued >= self.max_queue:
+            raise QueueFull(
+                f"{self.kind} {self.name!r} has {self._queued} calls queued "
+                f"(max_queue={self.max_queue}); it is not keeping up or not running"
+            )
+        self._queued += 1
+        self._pending += 1
+        self._idle.clear()
+        q.put((func, args, kwargs))
+
+    def _run_greenlet(self):
+        q = self._get_queue()
+        while True:
+            item = q.get()  # blocks without polling; stop() wakes us with _STOP
+            if item is _STOP:
+                return
+            self._queued -= 1
+            func, args, kwargs = item
+            try:
+                func(*args, **kwargs)
+            except Exception:
+                logger.exception("%s %r: deferred call %s raised", self.kind, self.name, _qualname(func))
+            finally:
+                self._pending = max(0, self._pending - 1)
+                if self._pending == 0:
+                    self._idle.set()
+
+    def _on_signal_stop(self):
+        # Workers finish what was deferred before stop() and then exit; calls
+        # deferred while stopping stay queued for the next start.
+        q = self._get_queue()
+        for _ in range(len(self._live())):
+            q.put(_STOP)
+
+    def _on_stopped(self):
+        q = self._get_queue()
+        kept = []
+        while not q.empty():
+            item = q.get_nowait()
+            if item is not _STOP:
+                kept.append(item)
+        for item in kept:
+            q.put(item)
+        # Calls interrupted by a kill were neither finished nor requeued.
+        self._pending = self._queued = len(kept)
+        if self._pending == 0:
+            self._idle.set()
+        if kept:
+            logger.warning(
+                "%s %r stopped with %d deferred call(s) still queued; they run when it starts again",
+                self.kind, self.name, len(kept),
+            )
+
+
+class GenericCaller(_CallerBase):
+    """Greenlet workers that run any deferred call: ``caller.defer(func, *args, **kw)``.
+
+    :param threads: number of worker greenlets (calls run concurrently up to this).
+    :param max_queue: most calls that may wait in the queue; :meth:`defer`
+        raises :class:`QueueFull` beyond it. ``None`` means unbounded (avoid).
+    :param name: used in logs; defaults to ``"GenericCaller"``.
+    :param lifecycle: see :class:`DaemonTask`.
+
+    Calls may be deferred before the caller starts; they run once it does.
+    Workers block on the queue (no polling). An exception from a call is
+    logged and the worker goes on. ``stop(timeout)`` lets the workers finish
+    the calls already queued, up to the deadline.
+    """
+
+    kind = "GenericCaller"
+
+    def __init__(self, threads=1, max_queue=1000, name=None, *, lifecycle=None):
+        super().__init__(name or "GenericCaller", threads, max_queue, lifecycle)
+
+    def defer(self, func, /, *args, **kwargs):
+        """Queue ``func(*args, **kwargs)`` and return at once (raises :class:`QueueFull`)."""
+        if not callable(func):
+            raise TypeError(f"GenericCaller.defer needs a callable, got {func!r}")
+        self._put(func, args, kwargs)
+
+
+class Caller(_CallerBase):
+    """Greenlet workers calling one function: ``caller.defer(*args, **kw)``.
+
+    ::
+
+        mailer = Caller(send_mail, threads=4)
+        mailer.defer(to, body)          # returns at once
+
+    Same parameters and behaviour as :class:`GenericCaller`, with *func* fixed;
+    *name* defaults to the function's qualified name.
+    """
+
+    kind = "Caller"
+
+    def __init__(self, func, threads=1, max_queue=1000, name=None, *, lifecycle=None):
+        if not callable(func):
+            raise TypeError(f"Caller needs a callable, got {func!r}")
+        self.func = func
+        super().__init__(name or _qualname(func), threads, max_queue, lifecycle)
+
+    def defer(self, /, *args, **kwargs):
+        """Queue ``func(*args, **kwargs)`` and return at once (raises :class:`QueueFull`)."""
+        self._put(self.func, args, kwargs)

@@ -10,6 +10,7 @@ import sys
 import textwrap
 
 import pytest
+from _pytest.fixtures import getfixturemarker
 
 import sbio.testing
 
@@ -66,8 +67,10 @@ def _pytest(project, *args):
 
 
 def test_plugin_fixtures_are_all_prefixed():
+    # getfixturemarker: pytest's own test for "is a fixture", the same from
+    # pytest 8.0 (a marked function) to 8.4+ (a FixtureFunctionDefinition).
     defined = sorted(name for name in dir(sbio.testing)
-                     if type(getattr(sbio.testing, name)).__name__ == "FixtureFunctionDefinition")
+                     if getfixturemarker(getattr(sbio.testing, name)) is not None)
     assert defined == sorted(SBIO_FIXTURES)
 
 

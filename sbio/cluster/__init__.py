@@ -51,10 +51,10 @@ import gevent
 import gevent.event
 import gevent.queue
 
-from .adapter import RedisManagerBase
-from .channels import channel_names
-from .errors import SbioError, SbioTimeoutError
-from .live import MANUAL_TRIGGER, Bus, live_data_on
+from ..adapter import RedisManagerBase
+from ..channels import channel_names
+from ..errors import SbioError, SbioTimeoutError
+from ..live import MANUAL_TRIGGER, Bus, live_data_on
 
 __all__ = ["Cluster", "RedisBus", "RedisLocks", "RedisManager", "configure", "notify_remote",
            "DEFAULT_PREFIX", "RESYNC_TRIGGER"]
@@ -895,7 +895,7 @@ def configure(url, lifecycle=None, *, prefix=DEFAULT_PREFIX, lock_ttl=DEFAULTS["
     Returns the :class:`RedisLocks`.
     """
     if lifecycle is None:
-        from .tasks import lifecycle
+        from ..tasks import lifecycle
     locks = RedisLocks(url, prefix, lock_ttl)
     lifecycle.lock_backend = locks
     return locks

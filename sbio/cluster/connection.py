@@ -1,0 +1,266 @@
+"""Redis connections of a cluster: URLs, clients, the outage bookkeeping, the subscriber greenlet.
+
+Every piece of :mod:`sbio.cluster` connects through :func:`make_client` and
+keeps one pub/sub connection with a :class:`_Subscriber` (capped backoff
+with jitter, one log line per outage through :class:`_Health`).
+"""
+import collections
+import logging
+import random
+import threading
+import time
+from urllib.parse import urlsplit, urlunsplit
+
+import gevent
+import gevent.event
+
+from ..errors import SbioError, SbioTimeoutError
+
+log = logging.getLogger("sbio.cluster")  # one logger for the package, as before the split
+
+#: Prefix of every Redis channel and key sbio uses, unless configured.
+DEFAULT_PREFIX = "sbio"
+
+_SCHEMES = {"redis": "redis", "rediss": "redis", "unix": "redis",
+            "valkey": "valkey", "valkeys": "valkey",
+            "redis+sentinel": "redis", "valkey+sentinel": "valkey"}
+
+#: Defaults of the ``[cluster]`` configuration section.
+DEFAULTS = {
+    "prefix": DEFAULT_PREFIX,
+    "lock_ttl": 15.0,
+    "reconnect_max_delay": 10.0,
+    "max_pending": 1000,
+    "socket_timeout": 5.0,
+}
+
+
+# -- connections --------------------------------------------------------------------------
+
+
+def check_url(url):
+    """Raise :class:`ValueError` unless *url* is a Redis URL sbio can use; return its scheme."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in _SCHEMES:
+        raise ValueError(f"server.message_queue {redact(url)!r} is not a Redis URL: use "
+                         f"redis://host:port/db (also {', '.join(s + '://' for s in _SCHEMES)})")
+    return scheme
+
+
+def redact(url):
+    """*url* with its password replaced by ``***`` (for log lines)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))
+
+
+def _module(url):
+    name = _SCHEMES[check_url(url)]
+    try:
+        if name == "valkey":
+            import valkey as module
+        else:
+            import redis as module
+    except ImportError:
+        raise SbioError(f"server.message_queue is {redact(url)!r} but the {name} package is not "
+                        f"installed (pip install 'sbio[redis]' or pip install {name})") from None
+    return module
+
+
+def make_client(url, socket_timeout=5.0, **options):
+    """A redis-py (or valkey) client of *url* that fails fast instead of retrying.
+
+    sbio handles reconnection itself (backoff, one log line per outage), so
+    the client's own retries are turned off and every command is bounded by
+    *socket_timeout* seconds.
+    """
+    module = _module(url)
+    options = dict(options)
+    options.setdefault("socket_timeout", socket_timeout)
+    options.setdefault("socket_connect_timeout", socket_timeout)
+    options.setdefault("retry", module.retry.Retry(module.backoff.NoBackoff(), 0))
+    if "+sentinel" in urlsplit(url).scheme:
+        from socketio.redis_manager import parse_redis_sentinel_url
+
+        sentinels, service, kwargs = parse_redis_sentinel_url(url)
+        kwargs.update(options)
+        return module.sentinel.Sentinel(sentinels, **kwargs).master_for(service or "sbio")
+    return module.Redis.from_url(url, **options)
+
+
+def _require_monkey_patching():
+    from gevent import monkey
+
+    if not monkey.is_module_patched("socket"):
+        raise SbioError("server.message_queue needs gevent monkey-patching: call "
+                        "gevent.monkey.patch_all() before importing anything else "
+                        "(sbio run and the sbio pytest plugin do it)")
+
+
+class _Health:
+    """What this process knows about one Redis: which of its parts are cut off.
+
+    Logs one warning when the first part loses Redis and one info line when
+    the last one is back, with what could not be delivered meanwhile.
+    """
+
+    def __init__(self, url):
+        self.url = redact(url)
+        self.down_parts = {}    # part -> first error
+        self.since = None
+        self.lost = collections.Counter()
+        self.outages = 0
+        self._lock = threading.Lock()
+
+    def is_down(self, part):
+        return part in self.down_parts
+
+    @property
+    def down(self):
+        return bool(self.down_parts)
+
+    def failed(self, part, exc):
+        with self._lock:
+            if part in self.down_parts:
+                return
+            first = not self.down_parts
+            self.down_parts[part] = exc
+            if first:
+                self.since = time.monotonic()
+                self.outages += 1
+        if first:
+            log.warning("Redis %s unreachable (%s: %s): this process keeps serving its own "
+                        "clients; updates for other processes are held or dropped (logged "
+                        "when it is back); reconnecting with backoff",
+                        self.url, type(exc).__name__, exc)
+
+    def recovered(self, part):
+        with self._lock:
+            if part not in self.down_parts:
+                return
+            del self.down_parts[part]
+            if self.down_parts:
+                return
+            lost, self.lost = self.lost, collections.Counter()
+            took = time.monotonic() - self.since
+        detail = "; ".join(f"{what}: {n}" for what, n in sorted(lost.items())) or "nothing lost"
+        log.info("Redis %s reachable again after %.1f s (%s)", self.url, took, detail)
+
+    def count(self, what, n=1):
+        """Count something that could not be delivered during the current outage."""
+        with self._lock:
+            self.lost[what] += n
+
+
+def _backoff(attempt, cap, base=0.25):
+    """Seconds to wait before reconnection attempt *attempt* (0-based): capped, jittered."""
+    ceiling = min(cap, base * (2 ** min(attempt, 30)))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+class _Subscriber:
+    """A greenlet keeping a pub/sub connection subscribed to *channels*.
+
+    Reconnects with capped backoff and jitter, reports to the health object
+    (one log line per outage), and calls ``on_connect(first)`` once the
+    subscriptions are confirmed by Redis (``first`` is False after a
+    reconnection). ``on_message(channel, data)`` runs in this greenlet.
+    """
+
+    #: seconds between checks of the stop flag and of the part's health
+    poll = 1.0
+    #: seconds between PINGs on an idle connection (finds half-open sockets)
+    health_check_interval = 10
+
+    def __init__(self, url, channels, part, on_message, on_connect=None, *,
+                 reconnect_max_delay=10.0, socket_timeout=5.0, health=None):
+        self.url = url
+        self.channels = list(channels)
+        self.part = part
+        self.on_message = on_message
+        self.on_connect = on_connect
+        self.reconnect_max_delay = reconnect_max_delay
+        self.socket_timeout = socket_timeout
+        self.health = _Health(url) if health is None else health
+        self.connected = gevent.event.Event()
+        self._greenlet = None
+        self._stopping = False
+
+    def start(self):
+        if self._greenlet is None or self._greenlet.dead:
+            self._stopping = False
+            self._greenlet = gevent.spawn(self._run)
+            self._greenlet.name = f"sbio.cluster {self.part} subscriber"
+
+    def stop(self, timeout=2.0):
+        self._stopping = True
+        greenlet, self._greenlet = self._greenlet, None
+        if greenlet is not None:
+            greenlet.kill(block=True, timeout=timeout)
+        self.connected.clear()
+
+    def _run(self):
+        attempt = 0
+        first = True
+        while not self._stopping:
+            client = pubsub = None
+            try:
+                client = make_client(self.url, self.socket_timeout,
+                                     health_check_interval=self.health_check_interval)
+                pubsub = client.pubsub()
+                pubsub.subscribe(*self.channels)
+                self._confirm(pubsub)
+                attempt = 0
+                self.health.recovered(self.part)
+                self.connected.set()
+                if self.on_connect is not None:
+                    self._call(self.on_connect, first)
+                first = False
+                while not self._stopping:
+                    if self.health.is_down(self.part):
+                        # a publish failed: check the connection by starting afresh
+                        raise ConnectionError("a publish failed")
+                    message = pubsub.get_message(timeout=self.poll)
+                    if message is not None and message["type"] == "message":
+                        self._call(self.on_message, message["channel"], message["data"])
+            except Exception as exc:
+                self.connected.clear()
+                self.health.failed(self.part, exc)
+                delay = _backoff(attempt, self.reconnect_max_delay)
+                attempt += 1
+                log.debug("%s subscriber: %s: %s; reconnecting in %.2f s", self.part,
+                          type(exc).__name__, exc, delay)
+                gevent.sleep(delay)
+            finally:
+                self.connected.clear()
+                for thing in (pubsub, client):
+                    if thing is not None:
+                        try:
+                            thing.close()
+                        except Exception:
+                            pass
+
+    def _confirm(self, pubsub):
+        """Wait for Redis to confirm every subscription (bounded by socket_timeout)."""
+        pending = len(self.channels)
+        deadline = time.monotonic() + self.socket_timeout
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise SbioTimeoutError("Redis did not confirm the subscriptions")
+            message = pubsub.get_message(timeout=left)
+            if message is None:
+                continue
+            if message["type"] == "subscribe":
+                pending -= 1
+            elif message["type"] == "message":
+                self._call(self.on_message, message["channel"], message["data"])
+
+    def _call(self, func, *args):
+        try:
+            func(*args)
+        except Exception:
+            log.exception("%s subscriber: handling a message failed", self.part)

@@ -1,0 +1,142 @@
+"""The Redis lock behind ``DaemonTask(..., singleton=True)`` (keys ``<prefix>:lock:<name>``)."""
+import time
+import uuid
+
+from .connection import DEFAULT_PREFIX, DEFAULTS, _Health, check_url, make_client, redact
+
+# -- singleton tasks: the lock -------------------------------------------------------------
+
+# KEYS[1] lock key; ARGV[1] token; ARGV[2] ttl in ms. -> {1, 0} taken, or {0, pttl}
+_ACQUIRE = """
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {1, 0} end
+return {0, redis.call('pttl', KEYS[1])}
+"""
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+return 0
+"""
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
+class RedisLocks:
+    """The lock backend of singleton :class:`~sbio.DaemonTask`\\ s (``Lifecycle.lock_backend``).
+
+    ``acquire(name) -> (lease, retry_after)``: *lease* is ``None`` when
+    another process holds the lock, and *retry_after* says when to try
+    again (when it may expire, at most ``ttl / 3`` seconds). A lease has ``ttl``, ``valid_until`` (a ``time.monotonic()``
+    deadline, computed from when the request was sent so that it ends before
+    the key expires in Redis), ``renew() -> bool`` (False: the lock was lost)
+    and ``release()``. Keys are ``<prefix>:lock:<name>`` set with
+    ``SET NX PX`` and a random token; renewal and release compare the token
+    in a Lua script.
+
+    :param ttl: seconds the lock lives without renewal; a dead holder is
+        replaced within this time.
+    """
+
+    def __init__(self, url, prefix=DEFAULT_PREFIX, ttl=15.0, socket_timeout=5.0, *, health=None):
+        check_url(url)
+        if ttl <= 0:
+            raise ValueError(f"lock ttl must be > 0, got {ttl!r}")
+        self.part = f"task locks {uuid.uuid4().hex[:8]}"  # for the outage bookkeeping
+        self.url = url
+        self.prefix = prefix
+        self.ttl = float(ttl)
+        self.socket_timeout = min(socket_timeout, self.ttl / 3)
+        self.health = _Health(url) if health is None else health
+        self._client = None
+        self._scripts = None
+
+    def __repr__(self):
+        return f"<RedisLocks {redact(self.url)} {self.prefix}:lock:* ttl={self.ttl}>"
+
+    def key(self, name):
+        return f"{self.prefix}:lock:{name}"
+
+    def _script(self, which):
+        if self._client is None:
+            self._client = make_client(self.url, self.socket_timeout)
+            self._scripts = {name: self._client.register_script(text) for name, text in
+                             (("acquire", _ACQUIRE), ("renew", _RENEW), ("release", _RELEASE))}
+        return self._scripts[which]
+
+    def _run(self, which, key, *args):
+        try:
+            result = self._script(which)(keys=[key], args=list(args))
+        except Exception as exc:
+            self.health.failed(self.part, exc)
+            raise
+        self.health.recovered(self.part)
+        return result
+
+    def acquire(self, name):
+        key = self.key(name)
+        token = uuid.uuid4().hex
+        ttl_ms = max(1, int(self.ttl * 1000))
+        sent = time.monotonic()
+        taken, pttl = self._run("acquire", key, token, ttl_ms)
+        if taken:
+            return _Lease(self, key, token, sent + self.ttl), 0.0
+        # Wake when the lock may expire, and at least every ttl/3 so that a
+        # lock released by a stopping holder is taken over soon.
+        if pttl is None or pttl < 0:  # no expiry (set by hand) or just gone
+            return None, min(1.0, self.ttl / 4)
+        return None, min(max(pttl / 1000 + 0.01, 0.01), self.ttl / 3)
+
+    def holder(self, name):
+        """The token holding the lock of *name* (or ``None``): for tests and debugging."""
+        if self._client is None:
+            self._script("acquire")
+        value = self._client.get(self.key(name))
+        return value.decode() if isinstance(value, bytes) else value
+
+    def close(self):
+        if self._client is not None:
+            self._client.close()
+            self._client = self._scripts = None
+
+
+class _Lease:
+    __slots__ = ("locks", "key", "token", "valid_until")
+
+    def __init__(self, locks, key, token, valid_until):
+        self.locks = locks
+        self.key = key
+        self.token = token
+        self.valid_until = valid_until
+
+    @property
+    def ttl(self):
+        return self.locks.ttl
+
+    def renew(self):
+        sent = time.monotonic()
+        held = self.locks._run("renew", self.key, self.token, max(1, int(self.ttl * 1000)))
+        if held:
+            self.valid_until = sent + self.ttl
+        return bool(held)
+
+    def release(self):
+        self.valid_until = 0.0
+        self.locks._run("release", self.key, self.token)
+
+    def __repr__(self):
+        return f"<lease {self.key}>"
+
+
+
+def configure(url, lifecycle=None, *, prefix=DEFAULT_PREFIX, lock_ttl=DEFAULTS["lock_ttl"]):
+    """Give *lifecycle* (the process-wide one by default) a Redis lock for singleton tasks.
+
+    For a process that runs :class:`~sbio.DaemonTask`\\ s without a server
+    (a worker); a server with ``server.message_queue`` does this itself.
+    Returns the :class:`RedisLocks`.
+    """
+    if lifecycle is None:
+        from ..tasks import lifecycle
+    locks = RedisLocks(url, prefix, lock_ttl)
+    lifecycle.lock_backend = locks
+    return locks

@@ -1,0 +1,86 @@
+"""socket.io across processes: python-socketio's Redis client manager (``<prefix>:socketio``)."""
+import logging
+
+import gevent.queue
+
+from ..adapter import RedisManagerBase
+from .connection import DEFAULT_PREFIX, _Health, _require_monkey_patching, _Subscriber, \
+    check_url, make_client
+
+# -- socket.io: the client manager ---------------------------------------------------------
+
+
+class RedisManager(RedisManagerBase):
+    """python-socketio's :class:`socketio.RedisManager`, with sbio's outage handling.
+
+    Emits, room broadcasts and disconnects are applied to this process's
+    clients first, then published for the other processes (as in
+    python-socketio). The differences: one pub/sub connection kept by a
+    :class:`_Subscriber` (capped backoff with jitter, one log line per
+    outage, stoppable), and a publish while Redis is unreachable is dropped
+    at once and counted, instead of reconnecting (and logging) per emit.
+    """
+
+    name = "sbio-redis"
+
+    def __init__(self, url, channel=f"{DEFAULT_PREFIX}:socketio", *, reconnect_max_delay=10.0,
+                 socket_timeout=5.0, logger=None, health=None):
+        check_url(url)
+        super().__init__(url, channel=channel, logger=logger or logging.getLogger("sbio.socketio"))
+        self.part = f"socket.io manager {self.host_id[:8]}"  # for the outage bookkeeping
+        self.socket_timeout = socket_timeout
+        self.health = _Health(url) if health is None else health
+        self._client = None
+        self._inbox = None
+        self._thread_greenlet = None
+        self._subscriber = _Subscriber(url, [channel], self.part, self._on_message,
+                                       reconnect_max_delay=reconnect_max_delay,
+                                       socket_timeout=socket_timeout, health=self.health)
+
+    def initialize(self):
+        """Called by python-socketio before the first connection: start listening."""
+        self.start_listening()
+
+    def start_listening(self):
+        """Subscribe to the channel and apply what other processes publish. Idempotent."""
+        _require_monkey_patching()
+        if self._thread_greenlet is None or self._thread_greenlet.dead:
+            self._inbox = gevent.queue.Queue()
+            self._thread_greenlet = self.spawn_dispatch()  # python-socketio's dispatch
+            self._thread_greenlet.name = "sbio.cluster socket.io dispatch"
+        self._subscriber.start()
+
+    def stop_listening(self):
+        """Unsubscribe and stop the greenlets (the server is stopping)."""
+        self._subscriber.stop()
+        greenlet, self._thread_greenlet = self._thread_greenlet, None
+        if greenlet is not None:
+            greenlet.kill(block=True, timeout=2)
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    @property
+    def connected_event(self):
+        """Set while the pub/sub connection is subscribed."""
+        return self._subscriber.connected
+
+    def _on_message(self, channel, data):
+        self._inbox.put(data)
+
+    def listen_messages(self):
+        inbox = self._inbox
+        while True:
+            yield inbox.get()
+
+    def publish_message(self, data):
+        if self.health.is_down(self.part):
+            self.health.count("socket.io messages not sent to other processes")
+            return
+        try:
+            if self._client is None:
+                self._client = make_client(self.redis_url, self.socket_timeout)
+            self._client.publish(self.channel, self.json.dumps(data))
+        except Exception as exc:
+            self.health.failed(self.part, exc)
+            self.health.count("socket.io messages not sent to other processes")

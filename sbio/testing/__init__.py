@@ -29,11 +29,11 @@ plugin's, e.g. pytest-django's ``db`` or pytest-redislite's ``redis_url``)
     the configuration the two factories use (sbio's defaults, host 127.0.0.1,
     port 0); override it in your conftest to change settings.
 ``sbio_config_patcher``
-    set configuration values for one test (``sbio._fixtures_config``).
+    set configuration values for one test (``sbio.testing.config_fixtures``).
 ``sbio_db``, ``sbio_db_seed``, ``sbio_db_backend``, ``sbio_session_manager``
-    a fresh database per test for :mod:`sbio.sa` applications (``sbio._fixtures_db``).
+    a fresh database per test for :mod:`sbio.sa` applications (``sbio.testing.db_fixtures``).
 ``sbio_lifecycle``, ``sbio_clock``, ``sbio_run_task_once``
-    background tasks under test control (``sbio._fixtures_tasks``).
+    background tasks under test control (``sbio.testing.task_fixtures``).
 ``sbio_postgres_url`` / ``sbio_redis_url`` / ``sbio_chromium``
     The local service to test against. When the service is not reachable
     the test is skipped with a message naming what is missing; with the
@@ -60,11 +60,11 @@ import pytest  # noqa: E402
 from engineio import packet as eio_packet  # noqa: E402
 from socketio import packet as sio_packet  # noqa: E402
 
-from ._fixtures_config import sbio_config_patcher  # noqa: E402,F401
-from ._fixtures_db import *  # noqa: E402,F401,F403
-from ._fixtures_tasks import *  # noqa: E402,F401,F403
-from .adapter import capture_output, feed_connect, feed_disconnect, feed_message  # noqa: E402
-from .errors import ConnectionRefused, RpcError, SbioError, SbioTimeoutError  # noqa: E402
+from .config_fixtures import sbio_config_patcher  # noqa: E402,F401
+from .db_fixtures import *  # noqa: E402,F401,F403
+from .task_fixtures import *  # noqa: E402,F401,F403
+from ..adapter import capture_output, feed_connect, feed_disconnect, feed_message  # noqa: E402
+from ..errors import ConnectionRefused, RpcError, SbioError, SbioTimeoutError  # noqa: E402
 
 __all__ = ["CallError", "LocalClient", "LiveClient", "Subscription", "missing_service"]
 
@@ -622,7 +622,7 @@ class Subscription:
 @pytest.fixture
 def sbio_config():
     """sbio's configuration for the test servers: defaults, 127.0.0.1, a free port."""
-    from .config import load_sbio_config
+    from ..config import load_sbio_config
 
     return load_sbio_config(overrides={"server.host": "127.0.0.1", "server.port": 0,
                                        "server.secret_key": "sbio-tests"})
@@ -636,7 +636,7 @@ def sbio_client(sbio_config):
     classes asked for, so broadcasts between them work. Clients still
     connected are disconnected after the test.
     """
-    from .server import Server
+    from ..server import Server
 
     state = {"server": None, "clients": []}
 
@@ -665,7 +665,7 @@ def sbio_server(sbio_config):
     The server listens on a free loopback port (``server.url``) and is
     stopped after the test.
     """
-    from .server import Server
+    from ..server import Server
 
     servers = []
 

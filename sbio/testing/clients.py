@@ -1,0 +1,208 @@
+"""What both test clients share: :class:`CallError`, the events log, :class:`Subscription`."""
+import itertools
+
+import gevent
+import gevent.event
+
+from ..errors import RpcError, SbioError, SbioTimeoutError
+
+
+class CallError(RpcError):
+    """A test client's call was answered with ``{"ok": false, "error": ...}``.
+
+    ``code`` and ``message`` are the error's; for an ``internal`` error of an
+    in-process client, ``__cause__`` is the exception the handler raised.
+    """
+
+    __test__ = False
+
+
+class _ClientBase:
+    """What both test clients share: the received-events log and waiting on it."""
+
+    __test__ = False
+
+    def __init__(self, namespace, timeout):
+        self.namespace = namespace
+        self.timeout = timeout
+        self.events = []  # [(event, args)]
+        self._arrived = gevent.event.Event()
+        self.subscriptions = {}  # id -> Subscription (see subscribe())
+        self._sub_ids = itertools.count(1)
+
+    def _record(self, event, args):
+        self.events.append((event, list(args)))
+        if event == "sbio:update":
+            self._route_update(args)
+        self._arrived.set()
+
+    def received(self, event=None):
+        """Every event received so far (or only *event*), as ``[(event, args)]``
+        or, with *event*, a list of argument lists."""
+        if event is None:
+            return list(self.events)
+        return [args for name, args in self.events if name == event]
+
+    def receive(self, event, timeout=None, count=1):
+        """Wait until *count* ``event`` events have been received; return the last's args.
+
+        Raises :class:`~sbio.SbioTimeoutError` (a :class:`TimeoutError`) after
+        *timeout* seconds (the client's default).
+        """
+        timeout = self.timeout if timeout is None else timeout
+        with gevent.Timeout(timeout, SbioTimeoutError(
+                f"{count} {event!r} event(s) not received within {timeout}s "
+                f"(got: {[name for name, _ in self.events]})")):
+            while True:
+                matching = self.received(event)
+                if len(matching) >= count:
+                    return matching[count - 1]
+                self._arrived.clear()
+                self._arrived.wait()
+
+    @staticmethod
+    def _unwrap(envelope, cause=None):
+        if not isinstance(envelope, dict) or "ok" not in envelope:
+            raise SbioError(f"the server answered with a non-envelope ack: {envelope!r}")
+        if envelope["ok"]:
+            return envelope.get("data")
+        error = envelope.get("error") or {}
+        exc = CallError(error.get("code", "unknown"), error.get("message", ""))
+        if cause is not None:
+            raise exc from cause
+        raise exc
+
+    def call(self, event, *args, timeout=None):
+        """Call *event* with an ack; return its data or raise :class:`CallError`."""
+        envelope, cause = self._call(event, args, timeout)
+        return self._unwrap(envelope, cause)
+
+    def call_envelope(self, event, *args, timeout=None):
+        """Call *event* with an ack and return the raw envelope dict."""
+        return self._call(event, args, timeout)[0]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.disconnect()
+
+    # -- live data ---------------------------------------------------------------
+
+    def subscribe(self, event, *args, id=None, timeout=None):
+        """Subscribe to ``on_<event>(*args)``; return a :class:`Subscription`.
+
+        The first result is in ``.data``; later ``sbio:update`` pushes land in
+        ``.updates`` / ``.errors``. Subscribing again with the same *id*
+        replaces the subscription (a new :class:`Subscription` is returned).
+        Raises :class:`CallError` when the server refuses it.
+        """
+        sub_id = f"s{next(self._sub_ids)}" if id is None else id
+        sub = Subscription(self, sub_id, event, list(args))
+        old = self.subscriptions.get(sub_id)
+        if old is not None:
+            old.active = False
+        # Registered first: an update may overtake the ack.
+        self.subscriptions[sub_id] = sub
+        payload = {"id": sub_id, "event": event, "args": list(args)}
+        try:
+            envelope, cause = self._call("sbio:subscribe", [payload], timeout)
+            if cause is None and isinstance(envelope, dict) and not envelope.get("ok", True):
+                cause = self._take_server_error(event)
+            data = self._unwrap(envelope, cause)
+        except BaseException:
+            if self.subscriptions.get(sub_id) is sub:
+                del self.subscriptions[sub_id]
+            sub.active = False
+            raise
+        if not sub.updates:  # an update that overtook the ack is fresher
+            sub.data = data
+        return sub
+
+    def unsubscribe(self, *subs, timeout=None):
+        """End subscriptions (:class:`Subscription` objects or ids); one ``{"ids"}`` call."""
+        ids = [s.id if isinstance(s, Subscription) else s for s in subs]
+        for sub_id in ids:
+            sub = self.subscriptions.pop(sub_id, None)
+            if sub is not None:
+                sub.active = False
+        payload = {"id": ids[0]} if len(ids) == 1 else {"ids": ids}
+        return self._unwrap(self._call("sbio:unsubscribe", [payload], timeout)[0])
+
+    def _route_update(self, args):
+        body = args[0] if args else None
+        if isinstance(body, dict):
+            sub = self.subscriptions.get(body.get("id"))
+            if sub is not None:
+                sub._push(body)
+
+    def _take_server_error(self, event):
+        """The exception a handler raised for *event* on this connection, if known."""
+        return None
+
+
+
+class Subscription:
+    """A live subscription of a test client (from ``client.subscribe(...)``).
+
+    ``data`` is the latest result (the first one, then each update);
+    ``updates`` the data of every ``sbio:update`` received after the first
+    result; ``errors`` every pushed error (``{"code", "message"}``);
+    ``pushes`` every raw ``sbio:update`` body, in order.
+    """
+
+    __test__ = False
+
+    def __init__(self, client, id, event, args):
+        self.client = client
+        self.id = id
+        self.event = event
+        self.args = args
+        self.data = None
+        self.updates = []
+        self.errors = []
+        self.pushes = []
+        self.active = True
+        self._seen = 0
+
+    def __repr__(self):
+        return f"<Subscription {self.id!r} {self.event}{tuple(self.args)!r}>"
+
+    def _push(self, body):
+        self.pushes.append(body)
+        if body.get("error") is not None:
+            self.errors.append(body["error"])
+        else:
+            self.data = body.get("data")
+            self.updates.append(self.data)
+
+    def wait_update(self, timeout=None):
+        """Wait for the next push not yet returned by this method; return its data.
+
+        An error push raises :class:`CallError` (with the server's exception
+        as ``__cause__`` for an in-process client, when known). Raises
+        :class:`~sbio.SbioTimeoutError` (a :class:`TimeoutError`) after *timeout*
+        seconds (the client's default).
+        """
+        client = self.client
+        timeout = client.timeout if timeout is None else timeout
+        with gevent.Timeout(timeout, SbioTimeoutError(
+                f"no sbio:update for subscription {self.id!r} ({self.event}) within "
+                f"{timeout}s ({len(self.pushes)} received, {self._seen} already seen)")):
+            while len(self.pushes) <= self._seen:
+                client._arrived.clear()
+                client._arrived.wait()
+        body = self.pushes[self._seen]
+        self._seen += 1
+        error = body.get("error")
+        if error is not None:
+            exc = CallError(error.get("code", "unknown"), error.get("message", ""))
+            cause = client._take_server_error(self.event)
+            if cause is not None:
+                raise exc from cause
+            raise exc
+        return body.get("data")
+
+    def unsubscribe(self, timeout=None):
+        """End this subscription."""
+        return self.client.unsubscribe(self, timeout=timeout)

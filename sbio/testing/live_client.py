@@ -1,0 +1,73 @@
+"""The live client: :class:`LiveClient`, python-socketio's client over a real socket."""
+from ..errors import ConnectionRefused, SbioTimeoutError
+from .clients import _ClientBase
+
+
+class LiveClient(_ClientBase):
+    """A python-socketio client connected to a running server over a real socket.
+
+    :param url: the server's URL (``server.url``).
+    :param namespace: the namespace to connect to.
+    :param transports: ``["websocket"]`` (default), ``["polling"]``, or both.
+    """
+
+    def __init__(self, url, namespace, auth=None, transports=("websocket",), timeout=5,
+                 headers=None):
+        import socketio
+
+        super().__init__(namespace, timeout)
+        self.client = socketio.Client(reconnection=False)
+        self._refusal = None
+
+        def on_any(event, *args):
+            self._record(event, args)
+
+        def on_connect_error(data=None):
+            self._refusal = data if isinstance(data, dict) else {"message": str(data)}
+
+        def on_disconnect(reason=None):
+            self._record("disconnect", [reason])
+
+        self.client.on("*", on_any, namespace=namespace)
+        self.client.on("connect_error", on_connect_error, namespace=namespace)
+        self.client.on("disconnect", on_disconnect, namespace=namespace)
+        try:
+            self.client.connect(url, namespaces=[namespace], auth=auth,
+                                transports=list(transports), headers=headers or {},
+                                wait_timeout=timeout)
+        except Exception as exc:
+            # abort: a polling transport would otherwise wait out its long-poll
+            self.client.eio.disconnect(abort=True)
+            if self._refusal is not None:
+                raise ConnectionRefused(self._refusal.get("message", "Connection refused"),
+                                        self._refusal.get("data")) from None
+            raise ConnectionError(f"cannot connect to {url}{namespace}: {exc}") from exc
+
+    @property
+    def sid(self):
+        return self.client.get_sid(self.namespace)
+
+    @property
+    def connected(self):
+        return self.client.connected and self.namespace in self.client.namespaces
+
+    def _call(self, event, args, timeout):
+        import socketio
+
+        timeout = self.timeout if timeout is None else timeout
+        try:
+            return self.client.call(event, tuple(args), namespace=self.namespace,
+                                    timeout=timeout), None
+        except socketio.exceptions.TimeoutError:
+            raise SbioTimeoutError(f"no ack for {event!r} within {timeout}s") from None
+
+    def emit(self, event, *args):
+        """Emit *event* without an ack."""
+        self.client.emit(event, tuple(args), namespace=self.namespace)
+
+    def disconnect(self):
+        """Disconnect. Idempotent."""
+        self.client.disconnect()
+
+    def __repr__(self):
+        return f"<LiveClient {self.namespace}>"

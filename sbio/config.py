@@ -33,7 +33,8 @@ except ImportError:  # pragma: no cover - older configobj
 
 from sbio.errors import ConfigurationError, SbioError  # noqa: F401  (old location)
 
-__all__ = ["Config", "ConfigurationError", "parse_config", "load_sbio_config", "SBIO_CONFIGSPEC"]
+__all__ = ["Config", "ConfigurationError", "parse_config", "load_sbio_config", "section_defaults",
+           "SBIO_CONFIGSPEC"]
 
 log = logging.getLogger(__name__)
 
@@ -628,6 +629,27 @@ def parse_config(requesting_file_path, extra_files=(), overrides=None):
     name, module_root, root = _package_of(requesting_file_path)
     return _load(name, module_root, root, os.path.join(module_root, "configspec.ini"),
                  extra_files, overrides)
+
+
+@lru_cache(maxsize=1)
+def _sbio_spec_defaults():
+    config = Config()
+    config.configspec = _read_ini(SBIO_CONFIGSPEC, spec=True)
+    config.validate(_validator())
+    return config
+
+
+def section_defaults(section):
+    """The defaults of ``[section]`` in sbio's ``configspec.ini``, validated (a new dict).
+
+    For what is built without a configuration (``Cluster(url)``,
+    ``LiveData(server)``, ``RedisLocks(url)``): the configspec stays the one
+    place a default is written. Reads only the configspec (no files, no
+    environment), once per process.
+
+    :raises KeyError: the configspec has no such section.
+    """
+    return dict(_sbio_spec_defaults()[section])
 
 
 def load_sbio_config(extra_files=(), overrides=None):

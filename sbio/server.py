@@ -377,7 +377,7 @@ class Server:
     @functools.cached_property
     def _security_headers(self):
         """:data:`SECURITY_HEADERS`, or none with ``server.security_headers = false``."""
-        return SECURITY_HEADERS if self.config["server"].get("security_headers", True) else ()
+        return SECURITY_HEADERS if self.config["server"]["security_headers"] else ()
 
     def _add_security_headers(self, start_response):
         """*start_response*, adding each of :attr:`_security_headers` the answer lacks."""
@@ -515,7 +515,7 @@ class Server:
         except BaseException:
             for wsgi_server in self._wsgi_servers:
                 wsgi_server.close()
-            self._stop_lifecycle(float(self.config["server"].get("shutdown_timeout", 10)))
+            self._stop_lifecycle(float(self.config["server"]["shutdown_timeout"]))
             raise
         self._stopping = False
         self._stopped.clear()
@@ -541,7 +541,7 @@ class Server:
         if not self._built:
             return  # never built: nothing was started or opened
         if timeout is None:
-            timeout = float(self.config["server"].get("shutdown_timeout", 10))
+            timeout = float(self.config["server"]["shutdown_timeout"])
         if not self.started:
             self.live.stop(timeout=timeout)
             return

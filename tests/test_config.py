@@ -554,3 +554,31 @@ def test_sbio_config_patcher_restores_after_the_test(tmp_path):
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed" in result.stdout
+
+
+def test_section_defaults_are_the_configspecs_and_objects_without_config_use_them(tmp_path):
+    # The configspec is the one source of defaults: what is built without a
+    # configuration gets exactly what a configuration without files would hold.
+    import sbio.config as config_module
+    from sbio.cluster import Cluster, RedisBus, RedisLocks
+    from sbio.config import section_defaults
+
+    env = {"SBIO_CONFIG_ROOT": str(tmp_path)}  # no /etc/sbio/sbio.ini either
+    loaded = config_module._load("sbio", os.path.dirname(SBIO_CONFIGSPEC), str(tmp_path),
+                               SBIO_CONFIGSPEC, environ=env)
+    for section in ("cluster", "broadcaster", "server", "db"):
+        assert section_defaults(section) == dict(loaded[section]), section
+    first = section_defaults("cluster")
+    first["prefix"] = "changed"
+    assert section_defaults("cluster")["prefix"] == loaded["cluster"]["prefix"]
+    with pytest.raises(KeyError):
+        section_defaults("no-such-section")
+
+    url = "redis://127.0.0.1:6379/15"
+    cluster = Cluster(url)
+    assert cluster.settings == dict(loaded["cluster"])
+    assert cluster.locks.ttl == loaded["cluster"]["lock_ttl"]
+    assert cluster.bus.max_pending == loaded["cluster"]["max_pending"]
+    assert RedisBus(url).channel == f"{loaded['cluster']['prefix']}:live"
+    assert RedisLocks(url).ttl == loaded["cluster"]["lock_ttl"]
+    assert Cluster(url, {"lock_ttl": 3.0}).locks.ttl == 3.0

@@ -47,11 +47,20 @@ the subscriber greenlet), :mod:`~sbio.cluster.manager` (socket.io emits),
 # The names below were all sbio.cluster's before the split; they keep working from here.
 from .bus import RESYNC_TRIGGER, RedisBus, decode_bus_message, encode_bus_message  # noqa: F401
 from .cluster import Cluster
-from .connection import (DEFAULT_PREFIX, DEFAULTS, _backoff, _Health, _module,  # noqa: F401
-                         _require_monkey_patching, _Subscriber, check_url, make_client, redact)
+from .connection import (_backoff, _Health, _module, _require_monkey_patching,  # noqa: F401
+                         _Subscriber, check_url, make_client, redact, setting)
 from .locks import RedisLocks, _Lease, configure  # noqa: F401
 from .manager import RedisManager
 from .remote import notify_remote
 
 __all__ = ["Cluster", "RedisBus", "RedisLocks", "RedisManager", "configure", "notify_remote",
            "DEFAULT_PREFIX", "RESYNC_TRIGGER"]
+
+
+def __getattr__(name):
+    # Read from the configspec on first use, not on import (see sbio.config.section_defaults).
+    if name in ("DEFAULTS", "DEFAULT_PREFIX"):
+        from . import connection
+
+        return getattr(connection, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,8 +9,8 @@ import gevent
 import gevent.event
 
 from ..live import MANUAL_TRIGGER, Bus, live_data_on
-from .connection import DEFAULT_PREFIX, _Health, _require_monkey_patching, _Subscriber, \
-    check_url, make_client, redact
+from .connection import _Health, _require_monkey_patching, _Subscriber, check_url, make_client, \
+    redact, setting
 
 log = logging.getLogger("sbio.cluster")  # one logger for the package, as before the split
 
@@ -84,15 +84,15 @@ class RedisBus(Bus):
     #: notifications sent per Redis round trip
     batch_size = 500
 
-    def __init__(self, url, channel=f"{DEFAULT_PREFIX}:live", *, max_pending=1000,
-                 reconnect_max_delay=10.0, socket_timeout=5.0, resync_on_reconnect=True,
-                 health=None):
+    def __init__(self, url, channel=None, *, max_pending=None, reconnect_max_delay=None,
+                 socket_timeout=None, resync_on_reconnect=True, health=None):
+        # None: the [cluster] defaults (channel <prefix>:live)
         super().__init__()
         check_url(url)
         self.url = url
-        self.channel = channel
-        self.max_pending = int(max_pending)
-        self.socket_timeout = socket_timeout
+        self.channel = f"{setting(None, 'prefix')}:live" if channel is None else channel
+        self.max_pending = int(setting(max_pending, "max_pending"))
+        self.socket_timeout = socket_timeout = setting(socket_timeout, "socket_timeout")
         self.resync_on_reconnect = resync_on_reconnect
         #: tags this bus's messages, so its own subscriber skips them
         self.origin = uuid.uuid4().hex
@@ -111,7 +111,7 @@ class RedisBus(Bus):
         self._async = None
         self._hub_thread = None
         self._publisher = None
-        self._subscriber = _Subscriber(url, [channel], self.part, self._on_message,
+        self._subscriber = _Subscriber(url, [self.channel], self.part, self._on_message,
                                        self._on_connect,
                                        reconnect_max_delay=reconnect_max_delay,
                                        socket_timeout=socket_timeout, health=self.health)

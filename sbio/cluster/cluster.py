@@ -3,7 +3,8 @@ import logging
 import time
 
 from .bus import RedisBus
-from .connection import DEFAULTS, _Health, _module, _require_monkey_patching, redact
+from ..config import section_defaults
+from .connection import _Health, _module, _require_monkey_patching, redact
 from .locks import RedisLocks
 from .manager import RedisManager
 
@@ -23,13 +24,13 @@ class Cluster:
     warning per outage for the whole cluster object).
 
     :param url: the Redis URL (``server.message_queue``).
-    :param config: the ``[cluster]`` section (see :data:`DEFAULTS`).
+    :param config: the ``[cluster]`` section (missing keys: the configspec's defaults).
     """
 
     def __init__(self, url, config=None):
         _module(url)  # a bad URL or a missing client library fails here, not in a greenlet
-        settings = dict(DEFAULTS)
-        settings.update({k: v for k, v in (config or {}).items() if k in DEFAULTS})
+        settings = section_defaults("cluster")
+        settings.update({k: v for k, v in (config or {}).items() if k in settings})
         self.url = url
         self.settings = settings
         self.prefix = settings["prefix"]

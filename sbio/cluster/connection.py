@@ -14,25 +14,34 @@ from urllib.parse import urlsplit, urlunsplit
 import gevent
 import gevent.event
 
+from ..config import section_defaults
 from ..errors import SbioError, SbioTimeoutError
 
 log = logging.getLogger("sbio.cluster")  # one logger for the package, as before the split
 
-#: Prefix of every Redis channel and key sbio uses, unless configured.
-DEFAULT_PREFIX = "sbio"
 
 _SCHEMES = {"redis": "redis", "rediss": "redis", "unix": "redis",
             "valkey": "valkey", "valkeys": "valkey",
             "redis+sentinel": "redis", "valkey+sentinel": "valkey"}
 
-#: Defaults of the ``[cluster]`` configuration section.
-DEFAULTS = {
-    "prefix": DEFAULT_PREFIX,
-    "lock_ttl": 15.0,
-    "reconnect_max_delay": 10.0,
-    "max_pending": 1000,
-    "socket_timeout": 5.0,
-}
+
+
+def setting(value, key):
+    """*value*, or when it is None the ``[cluster]`` default of *key* from the configspec.
+
+    The configspec is the one place the defaults are written; every keyword
+    argument of this package that is a ``[cluster]`` key defaults to None.
+    """
+    return section_defaults("cluster")[key] if value is None else value
+
+
+def __getattr__(name):
+    # DEFAULTS and DEFAULT_PREFIX are read from the configspec on first use, not on import.
+    if name == "DEFAULTS":
+        return section_defaults("cluster")
+    if name == "DEFAULT_PREFIX":
+        return section_defaults("cluster")["prefix"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # -- connections --------------------------------------------------------------------------
@@ -70,14 +79,15 @@ def _module(url):
     return module
 
 
-def make_client(url, socket_timeout=5.0, **options):
+def make_client(url, socket_timeout=None, **options):
     """A redis-py (or valkey) client of *url* that fails fast instead of retrying.
 
     sbio handles reconnection itself (backoff, one log line per outage), so
     the client's own retries are turned off and every command is bounded by
-    *socket_timeout* seconds.
+    *socket_timeout* seconds (``[cluster] socket_timeout`` by default).
     """
     module = _module(url)
+    socket_timeout = setting(socket_timeout, "socket_timeout")
     options = dict(options)
     options.setdefault("socket_timeout", socket_timeout)
     options.setdefault("socket_connect_timeout", socket_timeout)
@@ -176,14 +186,14 @@ class _Subscriber:
     health_check_interval = 10
 
     def __init__(self, url, channels, part, on_message, on_connect=None, *,
-                 reconnect_max_delay=10.0, socket_timeout=5.0, health=None):
+                 reconnect_max_delay=None, socket_timeout=None, health=None):
         self.url = url
         self.channels = list(channels)
         self.part = part
         self.on_message = on_message
         self.on_connect = on_connect
-        self.reconnect_max_delay = reconnect_max_delay
-        self.socket_timeout = socket_timeout
+        self.reconnect_max_delay = setting(reconnect_max_delay, "reconnect_max_delay")
+        self.socket_timeout = setting(socket_timeout, "socket_timeout")
         self.health = _Health(url) if health is None else health
         self.connected = gevent.event.Event()
         self._greenlet = None

@@ -2,7 +2,7 @@
 import time
 import uuid
 
-from .connection import DEFAULT_PREFIX, DEFAULTS, _Health, check_url, make_client, redact
+from .connection import _Health, check_url, make_client, redact, setting
 
 # -- singleton tasks: the lock -------------------------------------------------------------
 
@@ -35,10 +35,16 @@ class RedisLocks:
 
     :param ttl: seconds the lock lives without renewal; a dead holder is
         replaced within this time.
+
+    *prefix*, *ttl* and *socket_timeout* default (None) to ``[cluster] prefix``,
+    ``lock_ttl`` and ``socket_timeout``.
     """
 
-    def __init__(self, url, prefix=DEFAULT_PREFIX, ttl=15.0, socket_timeout=5.0, *, health=None):
+    def __init__(self, url, prefix=None, ttl=None, socket_timeout=None, *, health=None):
         check_url(url)
+        prefix = setting(prefix, "prefix")
+        ttl = setting(ttl, "lock_ttl")
+        socket_timeout = setting(socket_timeout, "socket_timeout")
         if ttl <= 0:
             raise ValueError(f"lock ttl must be > 0, got {ttl!r}")
         self.part = f"task locks {uuid.uuid4().hex[:8]}"  # for the outage bookkeeping
@@ -128,11 +134,12 @@ class _Lease:
 
 
 
-def configure(url, lifecycle=None, *, prefix=DEFAULT_PREFIX, lock_ttl=DEFAULTS["lock_ttl"]):
+def configure(url, lifecycle=None, *, prefix=None, lock_ttl=None):
     """Give *lifecycle* (the process-wide one by default) a Redis lock for singleton tasks.
 
     For a process that runs :class:`~sbio.DaemonTask`\\ s without a server
     (a worker); a server with ``server.message_queue`` does this itself.
+    *prefix* and *lock_ttl* default to the ``[cluster]`` ones.
     Returns the :class:`RedisLocks`.
     """
     if lifecycle is None:

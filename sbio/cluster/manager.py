@@ -4,8 +4,8 @@ import logging
 import gevent.queue
 
 from ..adapter import RedisManagerBase
-from .connection import DEFAULT_PREFIX, _Health, _require_monkey_patching, _Subscriber, \
-    check_url, make_client
+from .connection import _Health, _require_monkey_patching, _Subscriber, check_url, make_client, \
+    setting
 
 # -- socket.io: the client manager ---------------------------------------------------------
 
@@ -23,9 +23,12 @@ class RedisManager(RedisManagerBase):
 
     name = "sbio-redis"
 
-    def __init__(self, url, channel=f"{DEFAULT_PREFIX}:socketio", *, reconnect_max_delay=10.0,
-                 socket_timeout=5.0, logger=None, health=None):
+    def __init__(self, url, channel=None, *, reconnect_max_delay=None, socket_timeout=None,
+                 logger=None, health=None):
+        # None: the [cluster] defaults (channel <prefix>:socketio)
         check_url(url)
+        channel = f"{setting(None, 'prefix')}:socketio" if channel is None else channel
+        socket_timeout = setting(socket_timeout, "socket_timeout")
         super().__init__(url, channel=channel, logger=logger or logging.getLogger("sbio.socketio"))
         self.part = f"socket.io manager {self.host_id[:8]}"  # for the outage bookkeeping
         self.socket_timeout = socket_timeout

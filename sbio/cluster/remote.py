@@ -5,13 +5,13 @@ import uuid
 from ..channels import channel_names
 from ..live import MANUAL_TRIGGER
 from .bus import encode_bus_message
-from .connection import DEFAULT_PREFIX, make_client
+from .connection import make_client, setting
 
 _remote_clients = {}
 _remote_lock = threading.Lock()
 
 
-def notify_remote(url, channels, trigger=None, *, prefix=DEFAULT_PREFIX, timeout=5.0):
+def notify_remote(url, channels, trigger=None, *, prefix=None, timeout=None):
     """Notify *channels* on every sbio process sharing the Redis at *url*.
 
     For programs that are not sbio servers (cron jobs, workers, scripts):
@@ -22,8 +22,9 @@ def notify_remote(url, channels, trigger=None, *, prefix=DEFAULT_PREFIX, timeout
     :param url: the cluster's ``server.message_queue``.
     :param channels: a channel name or model class, or an iterable of them.
     :param trigger: pushed with the updates (``"manual"`` by default).
-    :param prefix: the cluster's ``[cluster] prefix``.
-    :param timeout: seconds the Redis command may take.
+    :param prefix: the cluster's ``[cluster] prefix`` (its default if None).
+    :param timeout: seconds the Redis command may take (``[cluster] socket_timeout``
+        by default).
     :return: how many sbio processes received it (0: none was listening).
     :raises redis.exceptions.ConnectionError: Redis is unreachable (nothing
         is sent; retrying is up to the caller).
@@ -31,6 +32,8 @@ def notify_remote(url, channels, trigger=None, *, prefix=DEFAULT_PREFIX, timeout
     names = channel_names(channels)
     if not names:
         return 0
+    prefix = setting(prefix, "prefix")
+    timeout = setting(timeout, "socket_timeout")
     key = (url, timeout)
     with _remote_lock:
         client = _remote_clients.get(key)

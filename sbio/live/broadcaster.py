@@ -1,0 +1,517 @@
+"""The broadcaster: the subscriptions of one namespace and the greenlet that re-runs them."""
+import logging
+import time
+
+import gevent
+import gevent.event
+import gevent.pool
+
+from ..adapter import send_text, text_sender
+from ..protocol import (
+    UpdateEncoder,
+    error_envelope,
+    error_envelope_of,
+    is_valid_event_name,
+    ok_envelope,
+)
+from ..protocol import short_repr as _short
+from .subscription import (
+    _NOT_DIRTY,
+    _UNJSONABLE,
+    Subscription,
+    _check_id,
+    _encode,
+    _fingerprint,
+    _SharedGroup,
+)
+
+log = logging.getLogger("sbio.live")  # one logger for the package, as before the split
+
+# -- the broadcaster ----------------------------------------------------------------------
+
+
+class Broadcaster:
+    """The subscriptions of one namespace and the greenlet that re-runs them.
+
+    Owned by :class:`LiveData`; its greenlet starts on first use and blocks
+    on its queue between notifications. ``metrics`` counts, since creation:
+
+    ``notifications``  notifications that matched at least one subscription
+    ``cycles``         times the queue was drained
+    ``reruns``         handler runs (a shared group counts once)
+    ``pushes``         ``sbio:update`` packets sent (data or error)
+    ``skipped_unchanged`` runs whose result the client already had
+    ``errors``         runs that ended in an error (timeouts excluded)
+    ``timeouts``       runs stopped by the per-run timeout
+    ``dropped``        subscriptions dropped by the server (ACL revoked)
+    ``queue_depth``    notified channels and requested runs waiting now
+    """
+
+    def __init__(self, live, dispatcher):
+        self.live = live
+        self.dispatcher = dispatcher
+        self.namespace = dispatcher.name
+        self.sio = dispatcher.server.sio
+        #: sid -> {subscription id -> Subscription}
+        self.by_sid = {}
+        #: channel -> set of targets (Subscription, or _SharedGroup for shared ones)
+        self.index = {}
+        #: (event, canonical args) -> _SharedGroup
+        self.groups = {}
+        self.metrics = dict.fromkeys(
+            ("notifications", "cycles", "reruns", "pushes", "skipped_unchanged", "errors",
+             "timeouts", "dropped", "queue_depth"), 0)
+        self._pending = {}   # channel -> trigger, coalesced until the next cycle
+        self._requests = {}  # target -> trigger: runs asked for outside notifications
+        self._wake = gevent.event.Event()
+        self._greenlet = None
+        self._stopping = False
+        self.pool = gevent.pool.Pool(live.pool_size)
+        self._push = UpdateEncoder(self.namespace)
+
+    def __repr__(self):
+        return f"<Broadcaster {self.namespace} subscriptions={self.subscription_count()}>"
+
+    # -- registry --------------------------------------------------------------------
+
+    def subscription_count(self):
+        return sum(len(subs) for subs in self.by_sid.values())
+
+    def registry_sizes(self):
+        """Sizes of every registry (for leak checks and debugging)."""
+        return {"connections": len(self.by_sid), "subscriptions": self.subscription_count(),
+                "channels": len(self.index), "groups": len(self.groups),
+                "pending": len(self._pending), "requests": len(self._requests),
+                "running": len(self.pool)}
+
+    def subscriptions_of(self, sid):
+        """The live subscriptions of connection *sid*, by id."""
+        return dict(self.by_sid.get(sid, {}))
+
+    def _add(self, sub):
+        subs = self.by_sid.get(sub.sid)
+        if subs is None:
+            subs = self.by_sid[sub.sid] = {}
+        old = subs.get(sub.id)
+        if old is not None:
+            self._remove(old)
+            subs = self.by_sid.setdefault(sub.sid, {})
+        subs[sub.id] = sub
+        if sub.shared:
+            key = (sub.event, _encode(sub.args))
+            group = self.groups.get(key)
+            if group is None:
+                group = self.groups[key] = _SharedGroup(key, sub.event, sub.args, sub.channels)
+                self._index(group)
+            group.members[sub] = None
+            sub.group = group
+        else:
+            self._index(sub)
+
+    def _remove(self, sub):
+        if not sub.alive:
+            return
+        sub.alive = False
+        subs = self.by_sid.get(sub.sid)
+        if subs is not None and subs.get(sub.id) is sub:
+            del subs[sub.id]
+            if not subs:
+                del self.by_sid[sub.sid]
+        group = sub.group
+        if group is None:
+            self._unindex(sub)
+            self._requests.pop(sub, None)
+        else:
+            group.members.pop(sub, None)
+            if not group.members:
+                group.alive = False
+                if self.groups.get(group.key) is group:
+                    del self.groups[group.key]
+                self._unindex(group)
+                self._requests.pop(group, None)
+
+    def _index(self, target):
+        for channel in target.channels:
+            targets = self.index.get(channel)
+            if targets is None:
+                targets = self.index[channel] = set()
+            targets.add(target)
+
+    def _unindex(self, target):
+        for channel in target.channels:
+            targets = self.index.get(channel)
+            if targets is not None:
+                targets.discard(target)
+                if not targets:
+                    del self.index[channel]
+
+    def drop_connection(self, sid):
+        """Forget every subscription of connection *sid*."""
+        subs = self.by_sid.get(sid)
+        if subs:
+            for sub in list(subs.values()):
+                self._remove(sub)
+        self.by_sid.pop(sid, None)
+
+    def unsubscribe(self, sid, ids):
+        """Remove the subscriptions *ids* of *sid*; returns how many existed."""
+        subs = self.by_sid.get(sid)
+        found = 0
+        if subs:
+            for sub_id in ids:
+                sub = subs.get(sub_id)
+                if sub is not None:
+                    self._remove(sub)
+                    found += 1
+        return found
+
+    # -- notifications -----------------------------------------------------------------
+
+    def notify(self, channels, trigger):
+        """Queue the subscriptions of *channels* for the next cycle (hub thread only)."""
+        index = self.index
+        pending = self._pending
+        hit = False
+        for channel in channels:
+            if channel in index:
+                pending[channel] = trigger
+                hit = True
+        if hit:
+            self.metrics["notifications"] += 1
+            self.metrics["queue_depth"] = len(pending) + len(self._requests)
+            self._ensure_running()
+            self._wake.set()
+
+    def _request(self, target, trigger):
+        """Run *target* in the next cycle (it was notified while running)."""
+        if target.alive:
+            self._requests[target] = trigger
+            self.metrics["queue_depth"] = len(self._pending) + len(self._requests)
+            self._ensure_running()
+            self._wake.set()
+
+    def _ensure_running(self):
+        if self._greenlet is None and not self._stopping:
+            self.live.open()
+            self._greenlet = gevent.spawn(self._loop)
+            self._greenlet.name = f"sbio-broadcaster {self.namespace}"
+            if self._pending or self._requests:  # left queued by a stop()
+                self._wake.set()
+
+    def _loop(self):
+        wake = self._wake
+        metrics = self.metrics
+        while True:
+            wake.wait()
+            if self._stopping:
+                return
+            wake.clear()
+            pending, self._pending = self._pending, {}
+            requests, self._requests = self._requests, {}
+            metrics["queue_depth"] = 0
+            metrics["cycles"] += 1
+            targets = {}
+            index = self.index
+            for channel, trigger in pending.items():
+                for target in index.get(channel, ()):
+                    targets[target] = trigger
+            targets.update(requests)
+            started = coalesced = 0
+            for target, trigger in targets.items():
+                if not target.alive:
+                    continue
+                if target.running:
+                    target.dirty = trigger
+                    coalesced += 1
+                    continue
+                target.running = True
+                started += 1
+                self.pool.spawn(self._run, target, trigger)  # waits while the pool is full
+                if self._stopping:
+                    return
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("broadcaster %s: cycle of %d channel(s), %d run(s) started, "
+                          "%d coalesced into running ones; metrics %s", self.namespace,
+                          len(pending), started, coalesced, metrics)
+
+    # -- runs ---------------------------------------------------------------------------
+
+    def _call(self, sub, purpose):
+        """Run the handler of *sub* as its connection; return the envelope."""
+        try:
+            with gevent.Timeout(self.live.timeout):
+                return self.dispatcher.call_handler(sub.instance, sub.event, sub.args,
+                                                    purpose=purpose, subscription=sub)
+        except gevent.Timeout:  # fired outside the handler proper
+            return error_envelope("timeout", "the handler timed out")
+
+    def _run(self, target, trigger):
+        try:
+            if isinstance(target, _SharedGroup):
+                self._run_group(target, trigger)
+            else:
+                self._run_single(target, trigger)
+        except Exception:
+            log.exception("broadcaster %s: re-run of %r failed", self.namespace, target)
+        finally:
+            target.running = False
+            dirty = target.dirty
+            if dirty is not _NOT_DIRTY:
+                target.dirty = _NOT_DIRTY
+                self._request(target, dirty)
+
+    def _run_single(self, sub, trigger):
+        if not sub.alive:
+            return
+        self.metrics["reruns"] += 1
+        envelope = self._call(sub, "rerun")
+        if not sub.alive:  # unsubscribed, replaced or disconnected meanwhile
+            return
+        if envelope["ok"]:
+            try:
+                text = _encode(envelope["data"])
+            except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+                self._unjsonable(sub, exc)
+                self._deliver_error(sub, _UNJSONABLE)
+                return
+            self._deliver_data(sub, text, _fingerprint(text), self._update_tail(trigger, text))
+        else:
+            self._deliver_error(sub, envelope["error"])
+
+    def _run_group(self, group, trigger):
+        method = "on_" + group.event
+        runner = None
+        for member in list(group.members):
+            if not member.ready:  # its first result is being computed: run again after
+                member.dirty = trigger
+                continue
+            if member.instance.is_method_allowed(method):
+                runner = member
+                break
+            self._forbid(member, method)
+        if runner is None:
+            return
+        self.metrics["reruns"] += 1
+        envelope = self._call(runner, "rerun")
+        if envelope["ok"]:
+            try:
+                text = _encode(envelope["data"])
+            except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+                self._unjsonable(runner, exc)
+                envelope = error_envelope_of(_UNJSONABLE)
+        elif envelope["error"]["code"] == "forbidden" and runner.alive:
+            # the runner's ACL changed during the run: drop it, run again for the others
+            self._forbid(runner, method, envelope["error"])
+            group.dirty = trigger
+            return
+        if not envelope["ok"]:
+            for member in list(group.members):
+                if not member.ready:  # its first result is being computed: run again after
+                    member.dirty = trigger
+                elif not member.instance.is_method_allowed(method):
+                    self._forbid(member, method)
+                else:
+                    self._deliver_error(member, envelope["error"])
+            return
+        # The hot loop of a shared fan-out: data encoded once, one string
+        # concatenation and one Engine.IO packet per subscriber.
+        fingerprint = _fingerprint(text)
+        tail = self._update_tail(trigger, text)
+        update = self._push.update
+        send = text_sender(self.sio)
+        pushed = skipped = 0
+        for member in list(group.members):  # a copy: _forbid removes members
+            if not member.ready:
+                member.dirty = trigger
+            elif not member.instance.is_method_allowed(method):
+                self._forbid(member, method)
+            elif member.last == fingerprint:
+                skipped += 1
+            else:
+                member.last = fingerprint
+                send(member.eio_sid, update(member.id_json, tail))
+                pushed += 1
+        self.metrics["pushes"] += pushed
+        self.metrics["skipped_unchanged"] += skipped
+
+    def _unjsonable(self, sub, exc):
+        log.error("result of subscribed handler is not JSON-serializable (sid=%s namespace=%s "
+                  "event=%s): %s", sub.sid, self.namespace, sub.event, exc)
+
+    def _forbid(self, sub, method, error=None):
+        if error is None:
+            error = {"code": "forbidden", "message": f"not allowed to call {_short(sub.event)}"}
+        self.metrics["errors"] += 1
+        self.metrics["dropped"] += 1
+        log.info("subscription %r of sid=%s (namespace %s) dropped: %s no longer allowed",
+                 sub.id, sub.sid, self.namespace, method)
+        self._send_error(sub, error)
+        self._remove(sub)
+
+    _update_tail = staticmethod(UpdateEncoder.data_tail)
+
+    def _deliver_data(self, sub, text, fingerprint, tail):
+        if sub.last == fingerprint:
+            self.metrics["skipped_unchanged"] += 1
+            return
+        sub.last = fingerprint
+        self.metrics["pushes"] += 1
+        self._send(sub, self._push.update(sub.id_json, tail))
+
+    def _deliver_error(self, sub, error):
+        code = error.get("code")
+        if code == "forbidden":
+            self._forbid(sub, "on_" + sub.event, error)
+            return
+        if code == "timeout":
+            self.metrics["timeouts"] += 1
+        else:
+            self.metrics["errors"] += 1
+        fingerprint = ("error", code, error.get("message"))
+        if sub.last == fingerprint:
+            self.metrics["skipped_unchanged"] += 1
+            return
+        sub.last = fingerprint
+        self._send_error(sub, error)
+
+    def _send_error(self, sub, error):
+        self.metrics["pushes"] += 1
+        self._send(sub, self._push.error(sub.id_json, error))
+
+    def _send(self, sub, text):
+        send_text(self.sio, sub.eio_sid, text)
+
+    # -- the sbio:subscribe / sbio:unsubscribe events -----------------------------------
+
+    def handle_subscribe(self, instance, args):
+        """``sbio:subscribe`` ``{"id", "event", "args"}``: first result in the ack."""
+        if len(args) != 1 or not isinstance(args[0], dict):
+            return error_envelope("bad_request", 'sbio:subscribe takes one object '
+                                  '{"id": ..., "event": ..., "args": [...]}')
+        payload = args[0]
+        unknown = set(payload) - {"id", "event", "args"}
+        if unknown:
+            return error_envelope("bad_request", "sbio:subscribe: unknown field(s) "
+                                  + ", ".join(sorted(map(repr, unknown))))
+        sub_id = payload.get("id")
+        problem = _check_id(sub_id, "sbio:subscribe")
+        if problem:
+            return error_envelope("bad_request", problem)
+        event = payload.get("event")
+        if not is_valid_event_name(event):
+            return error_envelope("bad_request", f"sbio:subscribe: invalid event name "
+                                  f"{_short(event)}")
+        call_args = payload.get("args", [])
+        if not isinstance(call_args, list):
+            return error_envelope("bad_request", 'sbio:subscribe: "args" must be a list')
+        method = "on_" + event
+        dispatcher = self.dispatcher
+        spec = dispatcher.handler_spec(method)
+        if spec is None or not instance.is_method_allowed(method):
+            # the same forbidden / not_found answer as a call
+            return dispatcher.call_handler(instance, event, call_args, purpose="subscribe")
+        live_spec = getattr(spec.func, "_sbio_subscribes", None)
+        if live_spec is None:
+            return error_envelope("bad_request", f"event {_short(event)} cannot be "
+                                  f"subscribed to (mark {method} with @subscribes)")
+        problem = spec.check_args(event, call_args)
+        if problem is not None:
+            return error_envelope("bad_request", problem)
+        existing = self.by_sid.get(instance.sid, {})
+        if sub_id not in existing and len(existing) >= self.live.max_subscriptions:
+            return error_envelope("bad_request", f"too many subscriptions on this connection "
+                                  f"(limit {self.live.max_subscriptions})")
+        size = len(_encode(call_args))
+        held = sum(sub.size for key, sub in existing.items() if key != sub_id)
+        if held + size > self.live.max_subscription_bytes:
+            return error_envelope(
+                "bad_request", f"subscription arguments too large: this connection's "
+                f"subscriptions would hold {held + size} bytes of arguments (limit "
+                f"{self.live.max_subscription_bytes}); unsubscribe first")
+        try:
+            channels = live_spec.channels.format((instance, *call_args))
+        except Exception as exc:
+            log.warning("cannot build the channels of %s%r (namespace %s): %s", method,
+                        tuple(call_args), self.namespace, exc)
+            return error_envelope("bad_request", f"cannot build the channels of "
+                                  f"{_short(event)} from these arguments")
+        eio_sid = self.sio.manager.eio_sid_from_sid(instance.sid, self.namespace)
+        sub = Subscription(instance, eio_sid, sub_id, event, call_args, channels,
+                           live_spec.shared)
+        sub.size = size
+        # Registered before the first run: a notification arriving while it runs
+        # marks it dirty, and it runs again once the first result is out.
+        sub.running = not sub.shared
+        self._add(sub)
+        self._ensure_running()
+        try:
+            envelope = dispatcher.call_handler(instance, event, call_args,
+                                               purpose="subscribe", subscription=sub)
+        except BaseException:  # killed (GreenletExit): leave nothing behind
+            self._remove(sub)
+            raise
+        finally:
+            sub.running = False
+        if envelope["ok"]:
+            try:
+                sub.last = _fingerprint(_encode(envelope["data"]))
+            except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+                self._unjsonable(sub, exc)
+                envelope = error_envelope_of(dict(_UNJSONABLE))
+        if not envelope["ok"]:
+            self._remove(sub)  # a failed subscribe leaves nothing behind
+            return envelope
+        sub.ready = True
+        dirty = sub.dirty
+        if dirty is not _NOT_DIRTY and sub.alive:
+            sub.dirty = _NOT_DIRTY
+            self._request(sub.group or sub, dirty)
+        return envelope
+
+    def handle_unsubscribe(self, instance, args):
+        """``sbio:unsubscribe`` ``{"id": S}`` or ``{"ids": [...]}``; acks ``data: null``."""
+        if len(args) != 1 or not isinstance(args[0], dict):
+            return error_envelope("bad_request", 'sbio:unsubscribe takes one object '
+                                  '{"id": ...} or {"ids": [...]}')
+        payload = args[0]
+        if set(payload) == {"id"}:
+            ids = [payload["id"]]
+        elif set(payload) == {"ids"} and isinstance(payload["ids"], list):
+            ids = payload["ids"]
+        else:
+            return error_envelope("bad_request", 'sbio:unsubscribe takes {"id": ...} or '
+                                  '{"ids": [...]}')
+        for sub_id in ids:
+            problem = _check_id(sub_id, "sbio:unsubscribe")
+            if problem:
+                return error_envelope("bad_request", problem)
+        self.unsubscribe(instance.sid, ids)
+        return ok_envelope(None)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def stop(self, timeout=None):
+        """Stop the greenlet: join it and the runs in progress, kill what is left."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._stopping = True
+        self._wake.set()
+        try:
+            greenlet = self._greenlet
+            if greenlet is not None:
+                greenlet.join(timeout)
+                if not greenlet.dead:
+                    log.warning("broadcaster %s did not stop within %ss: killed",
+                                self.namespace, timeout)
+                    greenlet.kill(block=True, timeout=1)
+            if len(self.pool):
+                left = None if deadline is None else max(0, deadline - time.monotonic())
+                self.pool.join(timeout=left)
+                if len(self.pool):
+                    log.warning("broadcaster %s: killing %d re-run(s) still running",
+                                self.namespace, len(self.pool))
+                    self.pool.kill(block=True, timeout=1)
+        finally:
+            self._greenlet = None
+            self._stopping = False
+            self._wake.clear()
+            # What was queued stays queued: a later notification restarts the loop.

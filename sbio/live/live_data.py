@@ -1,0 +1,181 @@
+"""LiveData, one per server: its broadcasters, its bus, its place among the running servers."""
+import logging
+import time
+import weakref
+
+from ..protocol import SUBSCRIBE_EVENT, UNSUBSCRIBE_EVENT
+from .broadcaster import Broadcaster
+from .bus import Bus, LocalBus
+from .notify import _set_running
+
+log = logging.getLogger("sbio.live")  # one logger for the package, as before the split
+
+# -- LiveData: one per server ---------------------------------------------------------------
+
+
+class _BusListener:
+    """The bus callback of a LiveData, holding it weakly (a forgotten server is collected)."""
+
+    __slots__ = ("ref", "bus", "__weakref__")
+
+    def __init__(self, live):
+        self.ref = weakref.ref(live)
+        self.bus = None
+
+    def __call__(self, channels, trigger):
+        live = self.ref()
+        if live is None:
+            if self.bus is not None:
+                self.bus.unsubscribe(self)
+            return
+        live._on_notify(channels, trigger)
+
+
+class LiveData:
+    """Live data of one :class:`sbio.Server`: one :class:`Broadcaster` per namespace.
+
+    :param server: the server.
+    :param config: the ``[broadcaster]`` configuration: ``pool_size`` (re-runs
+        in parallel per namespace), ``timeout`` (seconds one re-run may take),
+        ``max_subscriptions`` and ``max_subscription_bytes`` (per connection
+        and namespace).
+    :param bus: the :class:`Bus` this server's notifications go through (a new
+        :class:`LocalBus` by default; the server passes its cluster's Redis bus).
+
+    Making one joins nothing: :meth:`open` (called by ``Server.start()``, or
+    by the first subscription of a server that was never started) joins the
+    bus and adds the server to :func:`running_servers`; :meth:`stop` undoes it.
+    """
+
+    #: Subscriptions one connection may hold in one namespace (``max_subscriptions``).
+    max_subscriptions = 1000
+    #: Bytes of JSON arguments the subscriptions of one connection may hold in one
+    #: namespace (``max_subscription_bytes``).
+    max_subscription_bytes = 250_000
+
+    #: The broadcaster class, one per namespace.
+    broadcaster_class = Broadcaster
+
+    def __init__(self, server, config=None, bus=None):
+        config = config or {}
+        self.server = server
+        self.pool_size = int(config.get("pool_size", 100))
+        self.timeout = float(config.get("timeout", 10))
+        self.max_subscriptions = int(config.get("max_subscriptions", self.max_subscriptions))
+        self.max_subscription_bytes = int(config.get("max_subscription_bytes",
+                                                     self.max_subscription_bytes))
+        #: namespace name -> Broadcaster
+        self.broadcasters = {}
+        self._listener = _BusListener(self)
+        self.bus = _check_bus(LocalBus() if bus is None else bus)
+        self._joined = False
+        self._finalizer = None
+
+    def __repr__(self):
+        return f"<LiveData namespaces={sorted(self.broadcasters)}>"
+
+    def add_dispatcher(self, dispatcher):
+        """Serve ``sbio:subscribe`` / ``sbio:unsubscribe`` on *dispatcher*'s namespace."""
+        if dispatcher.name in self.broadcasters:
+            return self.broadcasters[dispatcher.name]
+        broadcaster = self.broadcaster_class(self, dispatcher)
+        self.broadcasters[dispatcher.name] = broadcaster
+        dispatcher.internal_events[SUBSCRIBE_EVENT] = broadcaster.handle_subscribe
+        dispatcher.internal_events[UNSUBSCRIBE_EVENT] = broadcaster.handle_unsubscribe
+        dispatcher.disconnect_hooks.append(
+            lambda instance, reason: broadcaster.drop_connection(instance.sid))
+        return broadcaster
+
+    def broadcaster(self, namespace):
+        """The :class:`Broadcaster` of *namespace* (e.g. for its ``metrics``)."""
+        return self.broadcasters[namespace]
+
+    @property
+    def metrics(self):
+        """The metrics of every broadcaster, by namespace."""
+        return {name: dict(b.metrics) for name, b in self.broadcasters.items()}
+
+    def resync(self, trigger="resync"):
+        """Re-run every subscription of every namespace once; push only what changed.
+
+        For when notifications may have been missed, e.g. after the Redis
+        bus of a cluster reconnects (see :mod:`sbio.cluster`).
+        """
+        for broadcaster in self.broadcasters.values():
+            channels = tuple(broadcaster.index)
+            if channels:
+                broadcaster.notify(channels, trigger)
+
+    def _on_notify(self, channels, trigger):
+        for broadcaster in self.broadcasters.values():
+            broadcaster.notify(channels, trigger)
+
+    def _join(self, bus):
+        self._listener.bus = bus
+        bus.subscribe(self._listener)
+        # a server dropped without stop() leaves the bus when it is collected
+        self._finalizer = weakref.finalize(self, bus.unsubscribe, self._listener)
+
+    def _leave(self):
+        self._finalizer.detach()
+        self.bus.unsubscribe(self._listener)
+        self._listener.bus = None
+
+    def set_bus(self, bus):
+        """Use *bus* from now on and return the previous one (e.g. a spy in a test).
+
+        Open live data leaves the old bus and joins *bus*. Call it from the
+        thread running the server.
+        """
+        _check_bus(bus)
+        old = self.bus
+        if bus is not old:
+            if self._joined:
+                self._leave()
+                self.bus = bus
+                self._join(bus)
+            else:
+                self.bus = bus
+        return old
+
+    def open(self):
+        """Join the bus and count the server among :func:`running_servers`. Idempotent."""
+        if not self._joined:
+            self._joined = True
+            self._join(self.bus)
+            _set_running(self.server, True)
+
+    def stop(self, timeout=None):
+        """Leave the bus and stop every broadcaster (joined, then killed). Idempotent.
+
+        Subscriptions stay registered; a later ``sbio:subscribe`` opens the
+        live data again and starts the broadcaster (an in-process test
+        server may be used again after ``stop()``).
+        """
+        if self._joined:
+            self._joined = False
+            self._leave()
+            _set_running(self.server, False)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for broadcaster in list(self.broadcasters.values()):
+            left = None if deadline is None else max(0, deadline - time.monotonic())
+            try:
+                broadcaster.stop(left)
+            except Exception:
+                log.exception("stopping the broadcaster of %s failed", broadcaster.namespace)
+
+
+def _check_bus(bus):
+    if not isinstance(bus, Bus):
+        raise TypeError(f"a live-data bus must be a sbio.live.Bus, got {bus!r}")
+    return bus
+
+
+def live_data_on(bus):
+    """The :class:`LiveData` instances (one per server) listening on *bus* now."""
+    found = []
+    for callback, _ in bus._subscribers:
+        live = callback.ref() if isinstance(callback, _BusListener) else None
+        if live is not None:
+            found.append(live)
+    return found

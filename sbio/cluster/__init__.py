@@ -47,8 +47,17 @@ the subscriber greenlet), :mod:`~sbio.cluster.manager` (socket.io emits),
 # The names below were all sbio.cluster's before the split; they keep working from here.
 from .bus import RESYNC_TRIGGER, RedisBus, decode_bus_message, encode_bus_message  # noqa: F401
 from .cluster import Cluster
-from .connection import (_backoff, _Health, _module, _require_monkey_patching,  # noqa: F401
-                         _Subscriber, check_url, make_client, redact, setting)
+from .connection import (  # noqa: F401
+    _backoff,
+    _Health,
+    _module,
+    _require_monkey_patching,
+    _Subscriber,
+    check_url,
+    make_client,
+    redact,
+    setting,
+)
 from .locks import RedisLocks, _Lease, configure  # noqa: F401
 from .manager import RedisManager
 from .remote import notify_remote

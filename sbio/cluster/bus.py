@@ -9,8 +9,15 @@ import gevent
 import gevent.event
 
 from ..live import MANUAL_TRIGGER, Bus, live_data_on
-from .connection import _Health, _require_monkey_patching, _Subscriber, check_url, make_client, \
-    redact, setting
+from .connection import (
+    _Health,
+    _require_monkey_patching,
+    _Subscriber,
+    check_url,
+    make_client,
+    redact,
+    setting,
+)
 
 log = logging.getLogger("sbio.cluster")  # one logger for the package, as before the split
 

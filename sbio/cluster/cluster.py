@@ -2,8 +2,8 @@
 import logging
 import time
 
-from .bus import RedisBus
 from ..config import section_defaults
+from .bus import RedisBus
 from .connection import _Health, _module, _require_monkey_patching, redact
 from .locks import RedisLocks
 from .manager import RedisManager

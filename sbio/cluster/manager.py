@@ -4,8 +4,14 @@ import logging
 import gevent.queue
 
 from ..adapter import RedisManagerBase
-from .connection import _Health, _require_monkey_patching, _Subscriber, check_url, make_client, \
-    setting
+from .connection import (
+    _Health,
+    _require_monkey_patching,
+    _Subscriber,
+    check_url,
+    make_client,
+    setting,
+)
 
 # -- socket.io: the client manager ---------------------------------------------------------
 

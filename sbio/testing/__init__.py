@@ -56,9 +56,18 @@ from .db_fixtures import *  # noqa: E402,F401,F403
 from .live_client import LiveClient  # noqa: E402
 from .local_client import LocalClient, _ErrorCapture, _Router  # noqa: E402,F401
 from .server_fixtures import sbio_client, sbio_config, sbio_live_client, sbio_server  # noqa: E402,F401
-from .services import (DEFAULT_POSTGRES_URL, DEFAULT_REDIS_URL,  # noqa: E402,F401
-                       REQUIRE_SERVICES_ENV, _network_service, _port_open, _services_required,
-                       missing_service, sbio_chromium, sbio_postgres_url, sbio_redis_url)
+from .services import (  # noqa: E402,F401
+    DEFAULT_POSTGRES_URL,
+    DEFAULT_REDIS_URL,
+    REQUIRE_SERVICES_ENV,
+    _network_service,
+    _port_open,
+    _services_required,
+    missing_service,
+    sbio_chromium,
+    sbio_postgres_url,
+    sbio_redis_url,
+)
 from .task_fixtures import *  # noqa: E402,F401,F403
 
 __all__ = ["CallError", "LocalClient", "LiveClient", "Subscription", "missing_service"]

@@ -7,7 +7,6 @@ from .live_client import LiveClient
 from .local_client import LocalClient, _ErrorCapture
 
 
-
 @pytest.fixture
 def sbio_config():
     """sbio's configuration for the test servers: defaults, 127.0.0.1, a free port."""

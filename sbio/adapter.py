@@ -1261,9 +1261,9 @@ def _install_outbound_limits(eio, server_config, base=eio_socket.Socket):
     them is both.
     """
     socket_class = type("SbioEngineIOSocket", (_OutboundSocket, base), {
-        "max_outbound_messages": int(server_config.get("max_outbound_messages", 10000)),
-        "max_outbound_bytes": int(server_config.get("max_outbound_bytes", 16_000_000)),
-        "http_timeout": float(server_config.get("http_timeout", 10.0)) or None,
+        "max_outbound_messages": int(server_config["max_outbound_messages"]),
+        "max_outbound_bytes": int(server_config["max_outbound_bytes"]),
+        "http_timeout": float(server_config["http_timeout"]) or None,
         # owns the greenlets closing dropped connections (killed by close_transports)
         "closers": gevent.pool.Group(),
     })

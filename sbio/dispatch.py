@@ -114,7 +114,7 @@ class NamespaceDispatcher:
         self._specs = {}
         self._check_handlers(cls)
         #: handler calls of one connection running at once (``server.max_calls_in_flight``)
-        self.max_calls_in_flight = int(server.config["server"].get("max_calls_in_flight", 256))
+        self.max_calls_in_flight = int(server.config["server"]["max_calls_in_flight"])
         #: event -> (per_second, burst) of the handlers marked ``@rate_limit``
         self.rate_limits = {name[3:]: cls.handler_function(name)._sbio_rate_limit
                             for name in cls.handler_names()

@@ -19,6 +19,7 @@ and spawns accordingly. The limits are ``[server]`` keys of the configuration
 import json
 import time
 
+from .config import section_defaults
 from .errors import BadJSON
 
 __all__ = ["rate_limit", "TokenBucket", "LogLimiter", "ConnectionGuard", "Limits",
@@ -180,12 +181,14 @@ class Limits:
     __slots__ = ("max_calls_in_flight", "rate", "burst", "close_after", "max_json_depth")
 
     def __init__(self, server_config=None):
-        cfg = server_config or {}
-        self.max_calls_in_flight = int(cfg.get("max_calls_in_flight", 256))
-        self.rate = float(cfg.get("rate_limit", 0))
-        self.burst = max(1, int(cfg.get("rate_limit_burst", 100)))
-        self.close_after = int(cfg.get("rate_limit_close_after", 1000))
-        self.max_json_depth = int(cfg.get("max_json_depth", 64))
+        # keys missing (or no config): the configspec's defaults, the one place they are written
+        cfg = section_defaults("server")
+        cfg.update(server_config or {})
+        self.max_calls_in_flight = int(cfg["max_calls_in_flight"])
+        self.rate = float(cfg["rate_limit"])
+        self.burst = max(1, int(cfg["rate_limit_burst"]))
+        self.close_after = int(cfg["rate_limit_close_after"])
+        self.max_json_depth = int(cfg["max_json_depth"])
 
 
 # -- JSON hygiene --------------------------------------------------------------------------

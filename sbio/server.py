@@ -488,11 +488,11 @@ class Server:
                                "create a new Server")
         self._build()
         server_cfg = self.config["server"]
-        http_timeout = float(server_cfg.get("http_timeout", 10))
+        http_timeout = float(server_cfg["http_timeout"])
         handler = websocket_handler_class(
             self.max_message_size, self.sio.eio,
-            tcp_nodelay=bool(server_cfg.get("tcp_nodelay", True)), http_timeout=http_timeout)
-        max_connections = connection_cap(int(server_cfg.get("max_connections", 0)))
+            tcp_nodelay=bool(server_cfg["tcp_nodelay"]), http_timeout=http_timeout)
+        max_connections = connection_cap(int(server_cfg["max_connections"]))
         self._wsgi_servers = [ConnectionLimitedWSGIServer(
             listener, self.wsgi_app, handler_class=handler,
             max_connections=max_connections, linger=min(1.0, http_timeout),

@@ -582,3 +582,12 @@ def test_section_defaults_are_the_configspecs_and_objects_without_config_use_the
     assert RedisBus(url).channel == f"{loaded['cluster']['prefix']}:live"
     assert RedisLocks(url).ttl == loaded["cluster"]["lock_ttl"]
     assert Cluster(url, {"lock_ttl": 3.0}).locks.ttl == 3.0
+
+    from sbio.live import LiveData
+
+    live = LiveData(server=None)
+    assert live.pool_size == loaded["broadcaster"]["pool_size"]
+    assert live.timeout == loaded["broadcaster"]["timeout"]
+    assert live.max_subscriptions == loaded["broadcaster"]["max_subscriptions"]
+    assert live.max_subscription_bytes == loaded["broadcaster"]["max_subscription_bytes"]
+    assert LiveData(None, {"max_subscriptions": 3}).max_subscriptions == 3

@@ -3,6 +3,7 @@ import logging
 import time
 import weakref
 
+from ..config import section_defaults
 from ..protocol import SUBSCRIBE_EVENT, UNSUBSCRIBE_EVENT
 from .broadcaster import Broadcaster
 from .bus import Bus, LocalBus
@@ -38,7 +39,8 @@ class LiveData:
     :param config: the ``[broadcaster]`` configuration: ``pool_size`` (re-runs
         in parallel per namespace), ``timeout`` (seconds one re-run may take),
         ``max_subscriptions`` and ``max_subscription_bytes`` (per connection
-        and namespace).
+        and namespace); a key it lacks (or no *config*) takes the configspec's
+        default.
     :param bus: the :class:`Bus` this server's notifications go through (a new
         :class:`LocalBus` by default; the server passes its cluster's Redis bus).
 
@@ -47,23 +49,20 @@ class LiveData:
     bus and adds the server to :func:`running_servers`; :meth:`stop` undoes it.
     """
 
-    #: Subscriptions one connection may hold in one namespace (``max_subscriptions``).
-    max_subscriptions = 1000
-    #: Bytes of JSON arguments the subscriptions of one connection may hold in one
-    #: namespace (``max_subscription_bytes``).
-    max_subscription_bytes = 250_000
-
     #: The broadcaster class, one per namespace.
     broadcaster_class = Broadcaster
 
     def __init__(self, server, config=None, bus=None):
-        config = config or {}
+        settings = section_defaults("broadcaster")
+        settings.update({k: v for k, v in (config or {}).items() if k in settings})
         self.server = server
-        self.pool_size = int(config.get("pool_size", 100))
-        self.timeout = float(config.get("timeout", 10))
-        self.max_subscriptions = int(config.get("max_subscriptions", self.max_subscriptions))
-        self.max_subscription_bytes = int(config.get("max_subscription_bytes",
-                                                     self.max_subscription_bytes))
+        self.pool_size = int(settings["pool_size"])
+        self.timeout = float(settings["timeout"])
+        #: Subscriptions one connection may hold in one namespace (``max_subscriptions``).
+        self.max_subscriptions = int(settings["max_subscriptions"])
+        #: Bytes of JSON arguments the subscriptions of one connection may hold in one
+        #: namespace (``max_subscription_bytes``).
+        self.max_subscription_bytes = int(settings["max_subscription_bytes"])
         #: namespace name -> Broadcaster
         self.broadcasters = {}
         self._listener = _BusListener(self)

@@ -35,6 +35,20 @@ def gunicorn_available():
         missing_service("gunicorn (pip install 'sbio[gunicorn]')")
 
 
+def _no_control_socket():
+    """gunicorn's --no-control-socket where it has one (newer releases open a
+    control socket by default; 23.x, the declared floor, has none)."""
+    try:
+        from gunicorn.config import KNOWN_SETTINGS
+    except ImportError:
+        return []
+    names = {setting.name for setting in KNOWN_SETTINGS}
+    return ["--no-control-socket"] if "control_socket_disable" in names else []
+
+
+_NO_CONTROL_SOCKET = _no_control_socket()
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -44,7 +58,7 @@ def _free_port():
 def _start(workdir, app, **env):
     port = _free_port()
     cmd = [sys.executable, "-m", "gunicorn", "-k", "sbio.gunicorn.Worker", "-w", "1",
-           "-b", f"127.0.0.1:{port}", "--no-control-socket", app]
+           "-b", f"127.0.0.1:{port}", *_NO_CONTROL_SOCKET, app]
     env = dict(os.environ, PYTHONUNBUFFERED="1", **env)
     env["PYTHONPATH"] = os.pathsep.join([REPO, str(workdir), env.get("PYTHONPATH", "")])
     proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE,

@@ -38,6 +38,7 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
@@ -80,10 +81,8 @@ def serve_bare(host, port, tcp_nodelay=True):
         # accepted connection, before the first request is read.
         def handle(self):
             if tcp_nodelay:
-                try:
+                with contextlib.suppress(OSError):
                     self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                except OSError:
-                    pass
             return super().handle()
 
     sio = socketio.Server(async_mode="gevent", logger=False, engineio_logger=False)
@@ -129,7 +128,8 @@ def sbio_live_api():
 
 
 def sbio_namespace():
-    """The benchmark contract as an sbio.Namespace (plus the live-data handlers when sbio has them)."""
+    """The benchmark contract as an sbio.Namespace (plus the live-data handlers when sbio
+    has them)."""
     import sbio
 
     live = sbio_live_api()
@@ -192,7 +192,8 @@ def main(argv=None):
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--tcp-nodelay", choices=("on", "off"), default="on",
-                        help="TCP_NODELAY on accepted sockets (default on, as sbio's server.tcp_nodelay)")
+                        help="TCP_NODELAY on accepted sockets "
+                             "(default on, as sbio's server.tcp_nodelay)")
     args = parser.parse_args(argv)
     _quiet_logging()
     SERVERS[args.kind](args.host, args.port, tcp_nodelay=args.tcp_nodelay == "on")

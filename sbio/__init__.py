@@ -24,6 +24,7 @@ does not import socket.io (or the network libraries it pulls in) before you
 had the chance to monkey-patch.
 """
 import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
@@ -54,8 +55,32 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
+if TYPE_CHECKING:
+    # What type checkers see (``X as X``: an explicit re-export); at run time
+    # __getattr__ below loads each name on first use.
+    from .cluster import notify_remote as notify_remote
+    from .config import parse_config as parse_config
+    from .errors import ConfigurationError as ConfigurationError
+    from .errors import ConnectionRefused as ConnectionRefused
+    from .errors import LifecycleError as LifecycleError
+    from .errors import QueueFull as QueueFull
+    from .errors import RpcError as RpcError
+    from .errors import SbioError as SbioError
+    from .errors import SbioTimeoutError as SbioTimeoutError
+    from .live import notifies as notifies
+    from .live import notify as notify
+    from .live import subscribes as subscribes
+    from .namespace import Namespace as Namespace
+    from .server import Server as Server
+    from .tasks import Caller as Caller
+    from .tasks import DaemonTask as DaemonTask
+    from .tasks import GenericCaller as GenericCaller
+    from .tasks import on_shutdown as on_shutdown
+    from .tasks import on_startup as on_startup
+    from .tasks import stopped as stopped
 
-def __getattr__(name):
+
+def __getattr__(name: str) -> object:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'sbio' has no attribute {name!r}")
@@ -64,5 +89,5 @@ def __getattr__(name):
     return value
 
 
-def __dir__():
+def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))

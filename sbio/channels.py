@@ -7,24 +7,25 @@ module turns those into the string with :func:`channel_name`, so a commit
 the same subscriptions. Pure functions, no imports of sbio.
 """
 import re
+from typing import Any
 
 __all__ = ["channel_name", "channel_names", "model_channel", "snake_case"]
 
 _CAMEL_RE = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
 
-def snake_case(name):
+def snake_case(name: str) -> str:
     """``"WebsiteURL"`` -> ``"website_url"``, ``"HTTPRequest"`` -> ``"http_request"``."""
     return _CAMEL_RE.sub("_", name).lower()
 
 
-def _table_name(cls):
+def _table_name(cls: type) -> str | None:
     """``__table__.name``, else ``__tablename__``, else None."""
     table = getattr(cls, "__table__", None)
     return getattr(table, "name", None) or getattr(cls, "__tablename__", None) or None
 
 
-def model_channel(model):
+def model_channel(model: object) -> str:
     """The channel of a mapped model class or instance: its table's name.
 
     Equal to ``__tablename__`` for ordinary models; a single-table-inheritance
@@ -39,7 +40,7 @@ def model_channel(model):
     return name
 
 
-def channel_name(obj):
+def channel_name(obj: object) -> str:
     """The channel name of *obj*.
 
     A string is a channel name as it is. A class (for instance an SQLAlchemy
@@ -65,7 +66,7 @@ def channel_name(obj):
     return name
 
 
-def channel_names(channels):
+def channel_names(channels: Any) -> tuple[str, ...]:
     """A tuple of distinct channel names from one channel or an iterable of them."""
     if isinstance(channels, (str, type)):
         return (channel_name(channels),)

@@ -9,21 +9,33 @@ A module-level ``blueprint`` (a :class:`flask.Blueprint`) of such a module is
 registered on the server's Flask app: that is how an application adds pages.
 SIGINT and SIGTERM stop the server gracefully.
 """
+from __future__ import annotations
+
 import argparse
 import importlib
 import logging
 import os
 import signal
 import sys
+from collections.abc import Iterable, Iterator, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from .errors import NamespaceLoadError
+
+if TYPE_CHECKING:
+    from flask import Blueprint
+
+    from .config import Config
+    from .namespace import Namespace
+    from .server import Server
 
 log = logging.getLogger("sbio.cli")
 
 __all__ = ["main", "make_server", "load_namespaces", "load_blueprints", "NamespaceLoadError"]
 
 
-def _module_entries(directory):
+def _module_entries(directory: str) -> Iterator[tuple[str, str]]:
     for entry in sorted(os.listdir(directory)):
         path = os.path.join(directory, entry)
         if entry.startswith(("_", ".", "test_")):
@@ -34,7 +46,7 @@ def _module_entries(directory):
             yield entry, os.path.join(path, "__init__.py")
 
 
-def _import_modules(directories):
+def _import_modules(directories: Iterable[str]) -> Iterator[tuple[str, ModuleType]]:
     """Import every module of *directories*; yield ``(module_name, module)``.
 
     :raises NamespaceLoadError: naming the file, when a module fails to import.
@@ -68,7 +80,7 @@ def _import_modules(directories):
             yield module_name, module
 
 
-def load_namespaces(directories):
+def load_namespaces(directories: Iterable[str]) -> list[type[Namespace]]:
     """Import every module of *directories*; return the Namespace subclasses they define.
 
     Each directory is put on ``sys.path`` so its modules and packages import
@@ -78,7 +90,7 @@ def load_namespaces(directories):
     """
     from .namespace import Namespace
 
-    found = []
+    found: list[type[Namespace]] = []
     for module_name, module in _import_modules(directories):
         for value in vars(module).values():
             if (isinstance(value, type) and issubclass(value, Namespace)
@@ -89,7 +101,7 @@ def load_namespaces(directories):
     return found
 
 
-def load_blueprints(directories):
+def load_blueprints(directories: Iterable[str]) -> list[Blueprint]:
     """The module-level ``blueprint`` (a :class:`flask.Blueprint`) of each module of *directories*.
 
     Modules are imported as :func:`load_namespaces` does (once: Python
@@ -99,7 +111,7 @@ def load_blueprints(directories):
     """
     from flask import Blueprint
 
-    found = []
+    found: list[Blueprint] = []
     for _, module in _import_modules(directories):
         blueprint = getattr(module, "blueprint", None)
         if isinstance(blueprint, Blueprint) and blueprint not in found:
@@ -107,7 +119,7 @@ def load_blueprints(directories):
     return found
 
 
-def make_server(config):
+def make_server(config: Config) -> Server:
     """The :class:`sbio.Server` that ``sbio run`` serves for *config*, not started.
 
     Its namespaces and blueprints are those of the modules in
@@ -123,11 +135,12 @@ def make_server(config):
     namespaces = load_namespaces(config["server"]["namespaces"])
     blueprints = load_blueprints(config["server"]["namespaces"])
     if not namespaces:
-        log.warning("no Namespace subclasses found in %s", ", ".join(config["server"]["namespaces"]))
+        log.warning("no Namespace subclasses found in %s",
+                    ", ".join(config["server"]["namespaces"]))
     return Server(namespaces, config=config, blueprints=blueprints)
 
 
-def _parser():
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sbio", description="sbio: real-time web applications on gevent and socket.io")
     commands = parser.add_subparsers(dest="command")
@@ -145,7 +158,7 @@ def _parser():
     return parser
 
 
-def _configure_logging(level, debug):
+def _configure_logging(level: str, debug: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if debug else getattr(logging, level, logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not debug:
@@ -153,10 +166,10 @@ def _configure_logging(level, debug):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def run(args):
+def run(args: argparse.Namespace) -> int:
     from .config import ConfigurationError, load_sbio_config
 
-    overrides = {}
+    overrides: dict[str, object] = {}
     if args.host is not None:
         overrides["server.host"] = args.host
     if args.port is not None:
@@ -186,7 +199,7 @@ def run(args):
 
     import gevent
 
-    def stop(signum):
+    def stop(signum: int) -> None:
         log.info("received %s, stopping", signal.Signals(signum).name)
         gevent.spawn(server.stop)
 
@@ -206,7 +219,7 @@ def run(args):
     return 0
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sbio`` and ``run_server`` commands."""
     # Patch first, before anything imports socket, ssl or threading.
     from gevent import monkey

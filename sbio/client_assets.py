@@ -20,7 +20,7 @@ a page never runs an ``sbio.js`` older than the server it talks to.
 import logging
 import os
 
-from flask import Blueprint, abort, send_file
+from flask import Blueprint, Flask, Response, abort, send_file
 
 __all__ = ["URL_PREFIX", "FILES", "asset_path", "blueprint", "install"]
 
@@ -44,17 +44,17 @@ FILES = {
 #: The files a build must find (the others are copied when present).
 REQUIRED = ("sbio.js", "socket.io.min.js")
 
-_warned = set()
+_warned: set[str] = set()
 
 
-def _is_checkout():
+def _is_checkout() -> bool:
     """True when sbio runs from a source checkout (static/ beside the package is sbio's)."""
     return (os.path.isfile(os.path.join(_CHECKOUT, "pyproject.toml"))
             and os.path.isfile(os.path.join(_CHECKOUT_STATIC, "package.json"))
             and os.path.isfile(os.path.join(_CHECKOUT_STATIC, "sbio.js")))
 
 
-def asset_path(name):
+def asset_path(name: str) -> str | None:
     """The file served as ``/sbio/<name>``, or None when it is not there.
 
     Package data first (an installed wheel), else the checkout's ``static/``.
@@ -80,12 +80,12 @@ def asset_path(name):
     return path
 
 
-def blueprint():
+def blueprint() -> Blueprint:
     """A Flask blueprint serving :data:`FILES` at :data:`URL_PREFIX` (one per app)."""
     bp = Blueprint("sbio_client", __name__, url_prefix=URL_PREFIX)
 
     @bp.route("/<name>")
-    def asset(name):
+    def asset(name: str) -> Response:
         path = asset_path(name)
         if path is None:
             abort(404)
@@ -96,7 +96,7 @@ def blueprint():
     return bp
 
 
-def install(app):
+def install(app: Flask) -> None:
     """Serve the client files on the Flask *app* (once per app; the Server calls this)."""
     if "sbio_client" not in app.blueprints:
         app.register_blueprint(blueprint())

@@ -21,8 +21,9 @@ import csv
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import lru_cache
+from typing import Any
 
 from configobj import ConfigObj, ConfigObjError, Section, get_extra_values
 
@@ -72,6 +73,9 @@ _EXPECTED = {
     "mixed_list": "a list",
 }
 
+#: *extra_files*: one path or several.
+FilesArg = str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
+
 _INTERPOLATION = re.compile(r"%(?:(%)|\(([^)]*)\)s)")
 _AT_LINE = re.compile(r"\s*at line \d+\.?$")
 
@@ -79,15 +83,15 @@ _AT_LINE = re.compile(r"\s*at line \d+\.?$")
 # --------------------------------------------------------------------------
 # dotted keys
 
-def _has(mapping, key):
+def _has(mapping: Any, key: Any) -> bool:
     return dict.__contains__(mapping, key) if isinstance(mapping, dict) else key in mapping
 
 
-def _raw(mapping, key):
+def _raw(mapping: Any, key: Any) -> Any:
     return dict.__getitem__(mapping, key) if isinstance(mapping, dict) else mapping[key]
 
 
-def _resolve(mapping, key):
+def _resolve(mapping: Any, key: Any) -> tuple[Any, Any]:
     """``(container, leaf)`` for a possibly dotted *key* in nested *mapping*.
 
     A key present as written wins; otherwise the first dot whose left part
@@ -108,8 +112,8 @@ def _resolve(mapping, key):
     return mapping, key
 
 
-def _section_path(section):
-    path = []
+def _section_path(section: Any) -> tuple[str, ...]:
+    path: list[str] = []
     while isinstance(section, Section) and section.parent is not section:
         path.append(section.name)
         section = section.parent
@@ -127,11 +131,11 @@ class Config(ConfigObj):
     sections without dotted access.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__(interpolation=False)
-        self._sources = {}
+        self._sources: dict[tuple[str, ...], str] = {}
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: str) -> Any:
         container, leaf = _resolve(self, key)
         try:
             if container is self:
@@ -140,25 +144,25 @@ class Config(ConfigObj):
         except KeyError:
             raise KeyError(key) from None
 
-    def __contains__(self, key):
+    def __contains__(self, key: object) -> bool:
         container, leaf = _resolve(self, key)
         return _has(container, leaf)
 
-    def __setitem__(self, key, value, unrepr=False):
+    def __setitem__(self, key: str, value: Any, unrepr: bool = False) -> None:
         container, leaf = _resolve(self, key)
         if container is self:
             ConfigObj.__setitem__(self, leaf, value, unrepr)
         else:
             container[leaf] = value
 
-    def get(self, key, default=None):
+    def get(self, key: str, default: Any = None) -> Any:
         """``self[key]`` (dotted keys allowed), or *default* when missing."""
         try:
             return self[key]
         except KeyError:
             return default
 
-    def source(self, key):
+    def source(self, key: str) -> str | None:
         """Where the loaded value of *key* came from, for diagnostics.
 
         A file path, ``"environment variable NAME"``, ``"overrides"``,
@@ -166,7 +170,7 @@ class Config(ConfigObj):
         or None for a key added after loading.
         """
         container, leaf = _resolve(self, key)
-        path = _section_path(container) + (leaf,)
+        path = (*_section_path(container), leaf)
         if path in self._sources:
             return self._sources[path]
         if isinstance(container, Section) and leaf in container.defaults:
@@ -177,7 +181,7 @@ class Config(ConfigObj):
 # --------------------------------------------------------------------------
 # reading files
 
-def _syntax_error(path, exc):
+def _syntax_error(path: str, exc: Exception) -> ConfigurationError:
     problems = getattr(exc, "errors", None) or [exc]
     entries = []
     for problem in problems:
@@ -194,7 +198,7 @@ def _syntax_error(path, exc):
         f"{len(entries)} syntax errors in {path}:\n" + "\n".join(lines), errors)
 
 
-def _read_ini(path, spec=False):
+def _read_ini(path: str, spec: bool = False) -> ConfigObj:
     """Parse one ini file (no interpolation, no validation)."""
     try:
         with open(path, encoding="utf-8-sig") as f:
@@ -218,32 +222,34 @@ def _read_ini(path, spec=False):
 # --------------------------------------------------------------------------
 # building the layered config
 
-def _put(section, key, value):
+def _put(section: Any, key: str, value: Any) -> None:
     """Set *key* in *section*, replacing a value by a section or vice versa."""
-    if dict.__contains__(section, key):
-        if isinstance(dict.__getitem__(section, key), Section) != isinstance(value, Mapping):
-            Section.__delitem__(section, key)
+    if dict.__contains__(section, key) and (
+            isinstance(dict.__getitem__(section, key), Section) != isinstance(value, Mapping)):
+        Section.__delitem__(section, key)
     Section.__setitem__(section, key, value)
 
 
-def _subsection(section, name):
+def _subsection(section: Any, name: str) -> Any:
     if not isinstance(dict.get(section, name), Section):
         _put(section, name, {})
     return dict.__getitem__(section, name)
 
 
-def _merge(config, target, mapping, origin, path=()):
+def _merge(config: "Config", target: Any, mapping: Mapping[str, Any], origin: str,
+           path: tuple[str, ...] = ()) -> None:
     for key, value in mapping.items():
         if isinstance(value, Mapping):
-            _merge(config, _subsection(target, key), value, origin, path + (key,))
+            _merge(config, _subsection(target, key), value, origin, (*path, key))
         else:
             if isinstance(value, tuple):
                 value = list(value)
             _put(target, key, value)
-            config._sources[path + (key,)] = origin
+            where = (*path, key)
+            config._sources[where] = origin
 
 
-def _spec_section(spec, path):
+def _spec_section(spec: Any, path: Iterable[str]) -> Any:
     for name in path:
         if spec is None:
             return None
@@ -256,12 +262,12 @@ def _spec_section(spec, path):
     return spec
 
 
-def _check_name(check):
+def _check_name(check: str | None) -> str | None:
     match = re.match(r"\s*([A-Za-z_]\w*)", check or "")
     return match.group(1) if match else None
 
 
-def _spec_check(spec, path, key):
+def _spec_check(spec: Any, path: Iterable[str], key: str) -> str | None:
     section = _spec_section(spec, path)
     if section is None:
         return None
@@ -272,19 +278,19 @@ def _spec_check(spec, path, key):
     return None
 
 
-def _split_list(text):
+def _split_list(text: str) -> list[str]:
     """``"a, b"`` -> ``["a", "b"]``; double quotes protect commas; empty -> []."""
     items = next(csv.reader([text], skipinitialspace=True), [])
     return [item.strip() for item in items if item.strip()]
 
 
-def _coerce_for_check(value, check):
+def _coerce_for_check(value: Any, check: str | None) -> Any:
     if isinstance(value, str) and _check_name(check) in _LIST_CHECKS:
         return _split_list(value)
     return value
 
 
-def _match_name(candidates, name):
+def _match_name(candidates: Iterable[str], name: str) -> str:
     lowered = name.lower()
     for candidate in candidates:
         if candidate.lower() == lowered and candidate != "__many__":
@@ -292,7 +298,8 @@ def _match_name(candidates, name):
     return lowered
 
 
-def _env_entries(env_prefix, spec, environ):
+def _env_entries(env_prefix: str, spec: Any, environ: Mapping[str, str]
+                 ) -> Iterator[tuple[tuple[str, ...], str, Any, str]]:
     """``(path, key, value, origin)`` for each ``<PREFIX>_<SECTION>__<KEY>`` variable."""
     prefix = env_prefix + "_"
     for var in sorted(environ):
@@ -302,7 +309,7 @@ def _env_entries(env_prefix, spec, environ):
         if not all(parts):
             log.debug("ignoring environment variable %s: empty section or key", var)
             continue
-        path = []
+        path: list[str] = []
         for part in parts[:-1]:
             section = _spec_section(spec, path)
             path.append(_match_name(section.sections if section is not None else (), part))
@@ -312,7 +319,7 @@ def _env_entries(env_prefix, spec, environ):
         yield tuple(path), key, value, f"environment variable {var}"
 
 
-def _apply_overrides(config, spec, overrides):
+def _apply_overrides(config: "Config", spec: Any, overrides: Mapping[str, Any]) -> None:
     for dotted, value in overrides.items():
         if value is None:
             continue
@@ -323,12 +330,13 @@ def _apply_overrides(config, spec, overrides):
                 container = _subsection(container, name)
         path = _section_path(container)
         if isinstance(value, Mapping):
-            _merge(config, _subsection(container, leaf), value, "overrides", path + (leaf,))
+            _merge(config, _subsection(container, leaf), value, "overrides", (*path, leaf))
             continue
         if isinstance(value, tuple):
             value = list(value)
         _put(container, leaf, _coerce_for_check(value, _spec_check(spec, path, leaf)))
-        config._sources[path + (leaf,)] = "overrides"
+        where = (*path, leaf)
+        config._sources[where] = "overrides"
 
 
 # --------------------------------------------------------------------------
@@ -340,7 +348,7 @@ class _InterpolationProblem(Exception):
     pass
 
 
-def _find_for_interpolation(section, name):
+def _find_for_interpolation(section: Any, name: str) -> tuple[Any, Any]:
     while True:
         if dict.__contains__(section, name):
             value = dict.__getitem__(section, name)
@@ -351,13 +359,14 @@ def _find_for_interpolation(section, name):
         section = section.parent
 
 
-def _interpolate(section, value, pending, trail):
+def _interpolate(section: Any, value: Any, pending: Callable[[Any, str], bool],
+                 trail: frozenset[tuple[int, str]]) -> Any:
     if isinstance(value, list):
         return [_interpolate(section, item, pending, trail) for item in value]
     if not isinstance(value, str) or "%" not in value:
         return value
 
-    def replace(match):
+    def replace(match: re.Match[str]) -> str:
         if match.group(1):
             return "%"
         name = match.group(2)
@@ -378,14 +387,16 @@ def _interpolate(section, value, pending, trail):
     return _INTERPOLATION.sub(replace, value)
 
 
-def _scalars(section, path=()):
+def _scalars(section: Any, path: tuple[str, ...] = ()
+             ) -> Iterator[tuple[Any, tuple[str, ...], str]]:
     for key in section.scalars:
         yield section, path, key
     for name in section.sections:
-        yield from _scalars(dict.__getitem__(section, name), path + (name,))
+        yield from _scalars(dict.__getitem__(section, name), (*path, name))
 
 
-def _interpolate_all(config, pending, report):
+def _interpolate_all(config: "Config", pending: Callable[[Any, str], bool],
+                     report: Callable[[tuple[str, ...], str], None]) -> None:
     updates = []
     for section, path, key in _scalars(config):
         if not pending(section, key):
@@ -394,7 +405,7 @@ def _interpolate_all(config, pending, report):
         try:
             new = _interpolate(section, value, pending, frozenset({(id(section), key)}))
         except _InterpolationProblem as e:
-            report(path + (key,), str(e))
+            report((*path, key), str(e))
             continue
         if new != value:
             updates.append((section, key, new))
@@ -407,8 +418,8 @@ def _interpolate_all(config, pending, report):
 # --------------------------------------------------------------------------
 # validation
 
-def _single_as_list(check):
-    def accept_single(value, *args, **kwargs):
+def _single_as_list(check: Callable[..., Any]) -> Callable[..., Any]:
+    def accept_single(value: Any, *args: Any, **kwargs: Any) -> Any:
         if isinstance(value, str):
             value = [value] if value.strip() else []
         return check(value, *args, **kwargs)
@@ -416,14 +427,15 @@ def _single_as_list(check):
 
 
 @lru_cache(maxsize=1)
-def _validator():
+def _validator() -> Any:
     validator = _validate.Validator()
     for name in _SINGLE_AS_LIST:
         validator.functions[name] = _single_as_list(validator.functions[name])
     return validator
 
 
-def _check_shape(section, spec, path, report):
+def _check_shape(section: Any, spec: Any, path: tuple[str, ...],
+                 report: Callable[[tuple[str, ...], str], None]) -> None:
     """Report (and drop) sections given as values and values given as sections.
 
     configobj's own validation crashes on both.
@@ -431,26 +443,26 @@ def _check_shape(section, spec, path, report):
     for name in spec.sections:
         if name != "__many__" and dict.__contains__(section, name) \
                 and not isinstance(dict.__getitem__(section, name), Section):
-            report(path + (name,), "expected a section, got a single value")
+            report((*path, name), "expected a section, got a single value")
             Section.__delitem__(section, name)
     for name in spec.scalars:
         if name not in ("__many__", "___many___") \
                 and isinstance(dict.get(section, name), Section):
-            report(path + (name,), "expected a single value, got a section")
+            report((*path, name), "expected a single value, got a section")
             Section.__delitem__(section, name)
     for name in list(section.sections):
         sub_spec = _spec_section(spec, (name,))
         if sub_spec is not None:
-            _check_shape(dict.__getitem__(section, name), sub_spec, path + (name,), report)
+            _check_shape(dict.__getitem__(section, name), sub_spec, (*path, name), report)
 
 
-def _bound(args, kwargs, name, position):
+def _bound(args: Any, kwargs: Any, name: str, position: int) -> Any:
     if name in kwargs:
         return kwargs[name]
     return args[position] if len(args) > position else None
 
 
-def _describe(error, check):
+def _describe(error: Any, check: str | None) -> str:
     if error is False:
         return "missing (required, the configspec has no default)"
     message = str(error).rstrip(".")
@@ -473,7 +485,8 @@ def _describe(error, check):
     return message
 
 
-def _flatten(results, spec, path=()):
+def _flatten(results: Any, spec: Any, path: tuple[str, ...] = ()
+             ) -> Iterator[tuple[tuple[str, ...], Any]]:
     """``(path, error)`` for each failure in configobj's validation results."""
     if results is True or spec is None:
         return
@@ -486,22 +499,22 @@ def _flatten(results, spec, path=()):
             try:
                 _validator().get_default_value(spec[key])
             except (KeyError, _validate.ValidateError):
-                yield path + (key,), False
+                yield (*path, key), False
         for key in spec.sections:
             if key != "__many__":
-                yield from _flatten(False, spec[key], path + (key,))
+                yield from _flatten(False, spec[key], (*path, key))
         return
     for key, value in results.items():
         if isinstance(value, dict) or (value is False and key in spec.sections):
-            yield from _flatten(value, _spec_section(spec, (key,)), path + (key,))
+            yield from _flatten(value, _spec_section(spec, (key,)), (*path, key))
         elif value is not True:
-            yield path + (key,), value
+            yield (*path, key), value
 
 
 # --------------------------------------------------------------------------
 # public entry points
 
-def _package_of(requesting_file_path):
+def _package_of(requesting_file_path: str | os.PathLike[str]) -> tuple[str, str, str]:
     """``(name, module_root, root)`` for a file (or directory) of a package."""
     path = os.path.abspath(os.fspath(requesting_file_path))
     directory = path if os.path.isdir(path) else os.path.dirname(path)
@@ -513,7 +526,9 @@ def _package_of(requesting_file_path):
     return os.path.basename(directory), directory, os.path.dirname(directory)
 
 
-def _load(name, module_root, root, spec_path, extra_files=(), overrides=None, environ=None):
+def _load(name: str, module_root: str, root: str, spec_path: str,
+          extra_files: FilesArg = (), overrides: Mapping[str, Any] | None = None,
+          environ: Mapping[str, str] | None = None) -> "Config":
     environ = os.environ if environ is None else environ
     if isinstance(extra_files, (str, bytes, os.PathLike)):
         extra_files = [extra_files]
@@ -530,21 +545,21 @@ def _load(name, module_root, root, spec_path, extra_files=(), overrides=None, en
         config._sources[(key,)] = "computed"
 
     system_dir = environ.get(CONFIG_ROOT_ENV) or DEFAULT_CONFIG_ROOT
-    for path in (os.path.join(system_dir, f"{name}.ini"),
+    for file in (os.path.join(system_dir, f"{name}.ini"),
                  os.path.join(root, "development-defaults.ini"),
                  os.path.join(root, "development.ini")):
-        if os.path.isfile(path):
-            log.debug("%s: reading %s", name, path)
-            _merge(config, config, _read_ini(path), path)
+        if os.path.isfile(file):
+            log.debug("%s: reading %s", name, file)
+            _merge(config, config, _read_ini(file), file)
         else:
-            log.debug("%s: no %s, skipped", name, path)
-    for path in extra_files:
-        path = os.path.abspath(os.fspath(path))
-        if not os.path.exists(path):
+            log.debug("%s: no %s, skipped", name, file)
+    for extra in extra_files:
+        file = os.path.abspath(os.fspath(extra))
+        if not os.path.exists(file):
             raise ConfigurationError(
-                f"configuration file not found: {path}", [(path, "not found")])
-        log.debug("%s: reading %s", name, path)
-        _merge(config, config, _read_ini(path), path)
+                f"configuration file not found: {file}", [(file, "not found")])
+        log.debug("%s: reading %s", name, file)
+        _merge(config, config, _read_ini(file), file)
 
     env_prefix = re.sub(r"\W", "_", name).upper()
     for path, key, value, origin in _env_entries(env_prefix, spec, environ):
@@ -552,7 +567,8 @@ def _load(name, module_root, root, spec_path, extra_files=(), overrides=None, en
         for section in path:
             target = _subsection(target, section)
         _put(target, key, value)
-        config._sources[path + (key,)] = origin
+        where = (*path, key)
+        config._sources[where] = origin
     if overrides:
         _apply_overrides(config, spec, overrides)
 
@@ -561,9 +577,9 @@ def _load(name, module_root, root, spec_path, extra_files=(), overrides=None, en
         _put(config, key, value)
         config._sources[(key,)] = "computed"
 
-    problems = {}
+    problems: dict[tuple[str, ...], str] = {}
 
-    def report(path, problem):
+    def report(path: tuple[str, ...], problem: str) -> None:
         problems.setdefault(path, problem)
 
     computed = {"root", "module_root"}
@@ -585,8 +601,8 @@ def _load(name, module_root, root, spec_path, extra_files=(), overrides=None, en
         for path, problem in problems.items():
             key = ".".join(path)
             errors.append((key, problem))
-            origin = config._sources.get(path)
-            lines.append(f"  {key}: {problem}" + (f"; set in {origin}" if origin else ""))
+            set_in = config._sources.get(path)
+            lines.append(f"  {key}: {problem}" + (f"; set in {set_in}" if set_in else ""))
         count = f"{len(errors)} errors" if len(errors) > 1 else "1 error"
         raise ConfigurationError(
             f"invalid configuration for {name} ({count}):\n" + "\n".join(lines), errors)
@@ -595,13 +611,14 @@ def _load(name, module_root, root, spec_path, extra_files=(), overrides=None, en
         for path, key in get_extra_values(config):
             if not path and key in computed:
                 continue
-            dotted = ".".join(path + (key,))
-            log.debug("%s: unknown configuration key %s (%s)", name, dotted,
-                      config._sources.get(path + (key,), "section"))
+            where = (*path, key)
+            log.debug("%s: unknown configuration key %s (%s)", name, ".".join(where),
+                      config._sources.get(where, "section"))
     return config
 
 
-def parse_config(requesting_file_path, extra_files=(), overrides=None):
+def parse_config(requesting_file_path: str | os.PathLike[str], extra_files: FilesArg = (),
+                 overrides: Mapping[str, Any] | None = None) -> Config:
     """The validated configuration of the package that *requesting_file_path* is in.
 
     Call it as ``config = parse_config(__file__)`` from any module of the
@@ -632,14 +649,14 @@ def parse_config(requesting_file_path, extra_files=(), overrides=None):
 
 
 @lru_cache(maxsize=1)
-def _sbio_spec_defaults():
+def _sbio_spec_defaults() -> Config:
     config = Config()
     config.configspec = _read_ini(SBIO_CONFIGSPEC, spec=True)
     config.validate(_validator())
     return config
 
 
-def section_defaults(section):
+def section_defaults(section: str) -> dict[str, Any]:
     """The defaults of ``[section]`` in sbio's ``configspec.ini``, validated (a new dict).
 
     For what is built without a configuration (``Cluster(url)``,
@@ -652,7 +669,8 @@ def section_defaults(section):
     return dict(_sbio_spec_defaults()[section])
 
 
-def load_sbio_config(extra_files=(), overrides=None):
+def load_sbio_config(extra_files: FilesArg = (),
+                     overrides: Mapping[str, Any] | None = None) -> Config:
     """sbio's own validated configuration, as the server and the CLI use it.
 
     Like :func:`parse_config` for the package ``sbio`` (``SBIO_*`` environment

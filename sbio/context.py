@@ -4,6 +4,8 @@ A module of its own so that the dispatcher (which sets it) and everything
 that reads it (Namespace, live data) import it without importing each other.
 """
 import contextvars
+from collections.abc import Callable, Sequence
+from typing import Any
 
 __all__ = ["CallContext", "current_call"]
 
@@ -20,21 +22,23 @@ class CallContext:
     __slots__ = ("namespace", "event", "args", "after_success", "finished", "purpose",
                  "subscription")
 
-    def __init__(self, namespace, event, args, purpose="call", subscription=None):
+    def __init__(self, namespace: Any, event: str, args: Sequence[Any], purpose: str = "call",
+                 subscription: Any = None) -> None:
         self.namespace = namespace
         self.event = event
         self.args = args
-        self.after_success = []
+        self.after_success: list[Callable[[], object]] = []
         self.finished = False
         #: "call" for a client call, "subscribe" / "rerun" for live data.
         self.purpose = purpose
         self.subscription = subscription
 
 
-_current_call = contextvars.ContextVar("sbio_current_call", default=None)
+_current_call: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar(
+    "sbio_current_call", default=None)
 
 
-def current_call():
+def current_call() -> CallContext | None:
     """The :class:`CallContext` of the handler running in this greenlet, or None."""
     ctx = _current_call.get()
     if ctx is not None and ctx.finished:

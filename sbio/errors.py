@@ -21,6 +21,8 @@ The old import locations (``sbio.config.ConfigurationError``,
 """
 
 import queue as _stdlib_queue
+from collections.abc import Iterable
+from typing import Any
 
 __all__ = ["SbioError", "RpcError", "ConnectionRefused", "SbioTimeoutError",
            "ConfigurationError", "LifecycleError", "QueueFull", "NamespaceLoadError", "BadJSON"]
@@ -40,18 +42,18 @@ class RpcError(SbioError):
     :param message: a human-readable explanation sent to the client.
     """
 
-    def __init__(self, code, message=""):
+    def __init__(self, code: str, message: object = "") -> None:
         if not isinstance(code, str) or not code:
             raise TypeError("RpcError code must be a non-empty string")
         super().__init__(code, message)
         self.code = code
         self.message = str(message)
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, str]:
         """The ``error`` object of the wire envelope."""
         return {"code": self.code, "message": self.message}
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.code}: {self.message}" if self.message else self.code
 
 
@@ -62,12 +64,12 @@ class ConnectionRefused(SbioError):
     *message* and whose ``data`` is *data* (any JSON-able value).
     """
 
-    def __init__(self, message="Connection refused", data=None):
+    def __init__(self, message: object = "Connection refused", data: Any = None) -> None:
         super().__init__(message, data)
         self.message = str(message)
         self.data = data
 
-    def __str__(self):
+    def __str__(self) -> str:
         return self.message
 
 
@@ -84,7 +86,7 @@ class ConfigurationError(SbioError, ValueError):
     *where* being a dotted key or ``"<file>, line <n>"``.
     """
 
-    def __init__(self, message, errors=()):
+    def __init__(self, message: str, errors: Iterable[tuple[str, str]] = ()) -> None:
         super().__init__(message)
         self.errors = list(errors)
 
@@ -100,7 +102,8 @@ class LifecycleError(SbioError):
         hooks that also failed while start-up was being rolled back.
     """
 
-    def __init__(self, message, hook=None, shutdown_errors=()):
+    def __init__(self, message: str, hook: str | None = None,
+                 shutdown_errors: Iterable[tuple[str, BaseException]] = ()) -> None:
         super().__init__(message)
         self.hook = hook
         self.shutdown_errors = list(shutdown_errors)

@@ -25,10 +25,16 @@ the access log is sbio's ``sbio.access`` logger, not ``--access-logfile``.
 Importing this module imports gunicorn's gevent worker, nothing of sbio's
 server: gunicorn's master process imports the worker class before it forks.
 """
+from __future__ import annotations
+
 import sys
+from typing import TYPE_CHECKING
 
 import gevent
 from gunicorn.workers.ggevent import GeventWorker
+
+if TYPE_CHECKING:
+    from .server import Server
 
 __all__ = ["Worker"]
 
@@ -37,12 +43,13 @@ _WORKER_BOOT_ERROR = 3
 
 
 class Worker(GeventWorker):
-    """gunicorn's gevent worker, serving an :class:`sbio.Server` through :meth:`~sbio.Server.start`."""
+    """gunicorn's gevent worker, serving an :class:`sbio.Server` through
+    :meth:`~sbio.Server.start`."""
 
     #: the :class:`sbio.Server` this worker runs (set when gunicorn loads the app)
-    sbio_server = None
+    sbio_server: Server | None = None
 
-    def load_wsgi(self):
+    def load_wsgi(self) -> None:
         super().load_wsgi()  # after gevent's monkey-patching (GeventWorker.init_process)
         from .server import Server
 
@@ -63,10 +70,11 @@ class Worker(GeventWorker):
                 "instead (docs/scaling.md)", self.cfg.workers)
         self.sbio_server = server
 
-    def run(self):
+    def run(self) -> None:
         server = self.sbio_server
+        assert server is not None, "gunicorn calls load_wsgi() before run()"
         for sock in self.sockets:
-            sock.setblocking(1)
+            sock.setblocking(True)
         try:
             server.start(listeners=self.sockets)
         except Exception:
@@ -84,7 +92,7 @@ class Worker(GeventWorker):
             finally:
                 beat.kill()
 
-    def _heartbeat(self):
+    def _heartbeat(self) -> None:
         while True:
             self.tmp.notify()  # Worker.notify, without GeventWorker's exit on a new parent
             gevent.sleep(1.0)

@@ -14,6 +14,7 @@ It imports nothing of sbio: every module may import it.
 """
 import json
 import re
+from typing import Any
 
 from socketio import packet as sio_packet
 
@@ -53,17 +54,17 @@ UNSUBSCRIBE_EVENT = "sbio:unsubscribe"
 # -- envelopes -------------------------------------------------------------------------------
 
 
-def ok_envelope(data):
+def ok_envelope(data: Any) -> dict[str, Any]:
     """The success envelope of an ack: ``{"ok": True, "data": data}``."""
     return {"ok": True, "data": data}
 
 
-def error_envelope(code, message):
+def error_envelope(code: str, message: str) -> dict[str, Any]:
     """The failure envelope of an ack: ``{"ok": False, "error": {...}}``."""
     return {"ok": False, "error": {"code": code, "message": message}}
 
 
-def error_envelope_of(error):
+def error_envelope_of(error: Any) -> dict[str, Any]:
     """The failure envelope carrying an ``error`` object as it is (e.g. ``RpcError.to_dict()``)."""
     return {"ok": False, "error": error}
 
@@ -76,12 +77,12 @@ EVENT_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
 _MAX_NAME_IN_MESSAGE = 64
 
 
-def is_valid_event_name(name):
+def is_valid_event_name(name: object) -> bool:
     """True when *name* is a string a client may use as an event name."""
     return isinstance(name, str) and EVENT_NAME_RE.match(name) is not None
 
 
-def short_repr(name):
+def short_repr(name: object) -> str:
     """``repr(name)``, cut to a length fit for an error message or a log line."""
     text = repr(name)
     return text if len(text) <= _MAX_NAME_IN_MESSAGE else text[:_MAX_NAME_IN_MESSAGE] + "...'"
@@ -90,14 +91,15 @@ def short_repr(name):
 # -- pushes ------------------------------------------------------------------------------------
 
 
-def error_push_packet(namespace, event, error, packet_class=sio_packet.Packet):
+def error_push_packet(namespace: str, event: object, error: dict[str, Any],
+                      packet_class: Any = sio_packet.Packet) -> Any:
     """The ``sbio:error`` push (a socket.io EVENT packet) for a failed un-acked *event*."""
-    body = {"event": event if isinstance(event, str) else None}
+    body: dict[str, Any] = {"event": event if isinstance(event, str) else None}
     body.update(error)
     return packet_class(sio_packet.EVENT, namespace=namespace, data=[ERROR_EVENT, body])
 
 
-def _json(value):
+def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
@@ -115,7 +117,7 @@ class UpdateEncoder:
 
     _MARK = "sbio-update-id"
 
-    def __init__(self, namespace, packet_class=sio_packet.Packet):
+    def __init__(self, namespace: str, packet_class: Any = sio_packet.Packet) -> None:
         framed = packet_class(sio_packet.EVENT, namespace=namespace,
                               data=[UPDATE_EVENT, {"id": self._MARK}]).encode()
         mark = _json(self._MARK) + "}]"
@@ -125,19 +127,19 @@ class UpdateEncoder:
         self.prefix = framed[:-len(mark)]
 
     @staticmethod
-    def id_json(sub_id):
+    def id_json(sub_id: Any) -> str:
         """The JSON of a subscription id, computed once per subscription."""
         return json.dumps(sub_id)
 
     @staticmethod
-    def data_tail(trigger, text):
+    def data_tail(trigger: Any, text: str) -> str:
         """The part after the id of a data push; *text* is the data's JSON."""
         return ',"trigger":' + json.dumps(trigger) + ',"data":' + text + "}]"
 
-    def update(self, id_json, tail):
+    def update(self, id_json: str, tail: str) -> str:
         """The packet text of one push: ``{"id": ..., <tail>``."""
         return self.prefix + id_json + tail
 
-    def error(self, id_json, error):
+    def error(self, id_json: str, error: Any) -> str:
         """The packet text of an error push ``{"id": ..., "error": error}``."""
         return self.prefix + id_json + ',"error":' + _json(error) + "}]"

@@ -15,12 +15,21 @@ A Server is a WSGI application, but only :class:`sbio.gunicorn.Worker` (or
 broadcasters, sbio's websocket limits. Under anything else the first request
 logs an error that says so.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .server import Server
+
+    app: Server  # built on first access by __getattr__ below
+
 __all__ = ["app"]
 
-_app = None
+_app: Server | None = None
 
 
-def _build():
+def _build() -> Server:
     from .cli import _configure_logging, make_server
     from .config import load_sbio_config
 
@@ -29,7 +38,7 @@ def _build():
     return make_server(config)
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Server:
     global _app
     if name != "app":
         raise AttributeError(f"module 'sbio.wsgi' has no attribute {name!r}")

@@ -202,3 +202,21 @@ def test_the_js_client_carries_the_python_version():
     package = json.loads((root / "static" / "package.json").read_text())
     assert package["version"] == sbio.__version__
     assert f'var VERSION = "{sbio.__version__}";' in (root / "static" / "sbio.js").read_text()
+
+
+# -- typing ------------------------------------------------------------------------------------
+
+
+def test_type_checkers_see_every_public_name():
+    # sbio/__init__.py loads its names lazily (_EXPORTS); its `if TYPE_CHECKING:`
+    # block imports the same names from the same modules, for mypy and IDEs.
+    tree = ast.parse((PACKAGE / "__init__.py").read_text())
+    block = next(node for node in tree.body if isinstance(node, ast.If)
+                 and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING")
+    seen = {}
+    for node in block.body:
+        assert isinstance(node, ast.ImportFrom) and node.level == 1, ast.dump(node)
+        for alias in node.names:
+            assert alias.asname == alias.name, f"{alias.name}: re-export it as `X as X`"
+            seen[alias.name] = f"sbio.{node.module}"
+    assert seen == sbio._EXPORTS

@@ -118,7 +118,7 @@ def test_broken_namespace_module_fails_with_one_line(tmp_path):
                                 "    name = '/good'\n")
     (ns / "broken.py").write_text("import sbio\n\nvalue = undefined_name\n")
     proc = sbio_run("--port", str(free_port()), "--namespaces", str(ns), cwd=tmp_path)
-    out, err = proc.communicate(timeout=20)
+    _out, err = proc.communicate(timeout=20)
     assert proc.returncode == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
@@ -137,7 +137,7 @@ def test_startup_hook_failure_aborts_with_a_clear_message(tmp_path):
             raise ConnectionError("backend unreachable")
         """))
     proc = sbio_run("--port", str(free_port()), "--namespaces", str(ns), cwd=tmp_path)
-    out, err = proc.communicate(timeout=20)
+    _out, err = proc.communicate(timeout=20)
     assert proc.returncode == 1
     assert "connect_to_backend" in err and "backend unreachable" in err
     assert "Traceback" not in err
@@ -146,7 +146,7 @@ def test_startup_hook_failure_aborts_with_a_clear_message(tmp_path):
 def test_bad_configuration_is_reported(tmp_path):
     (tmp_path / "development.ini").write_text("[server]\nport = many\n")
     proc = sbio_run(cwd=tmp_path)
-    out, err = proc.communicate(timeout=20)
+    _out, err = proc.communicate(timeout=20)
     assert proc.returncode == 2
     assert "server.port" in err
     assert "Traceback" not in err

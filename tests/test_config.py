@@ -7,7 +7,6 @@ import textwrap
 
 import pytest
 
-from sbio._fixtures_config import sbio_config_patcher  # noqa: F401  (the fixture under test)
 from sbio.config import (
     SBIO_CONFIGSPEC,
     Config,
@@ -169,7 +168,7 @@ def test_missing_extra_file_is_an_error(app, tmp_path):
 
 def test_unreadable_file_is_an_error(app, tmp_path):
     (tmp_path / "proj" / "development.ini").write_bytes(b"[server]\nport = \xff\n")
-    with pytest.raises(ConfigurationError, match="development.ini: not UTF-8"):
+    with pytest.raises(ConfigurationError, match=r"development\.ini: not UTF-8"):
         parse_config(app)
 
 
@@ -295,7 +294,8 @@ def test_bad_type(app, monkeypatch):
     ("port", "70000", 'the value "70000" is too big (maximum 65535)'),
     ("port", "-1", 'the value "-1" is too small (minimum 0)'),
     ("debug", "maybe",
-     'the value "maybe" is of the wrong type (expected a boolean: true/false, yes/no, on/off, 1/0)'),
+     'the value "maybe" is of the wrong type '
+     '(expected a boolean: true/false, yes/no, on/off, 1/0)'),
     ("ratio", "lots", 'the value "lots" is of the wrong type (expected a number)'),
     ("level", "LOUD", 'the value "LOUD" is unacceptable (expected one of: DEBUG, INFO)'),
 ])
@@ -413,7 +413,7 @@ def test_dotted_access(app, tmp_path):
     assert config.get("db.nope", 7) == 7
     assert config["top.level"] == "literal"          # a key spelled with a dot wins
     assert config["loggers.sbio.live"] == "DEBUG"    # dotted key inside a section
-    with pytest.raises(KeyError, match="db.nope"):
+    with pytest.raises(KeyError, match=r"db\.nope"):
         config["db.nope"]
     config["db.url"] = "sqlite://"
     assert config["db"]["url"] == "sqlite://"

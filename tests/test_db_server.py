@@ -27,7 +27,8 @@ class Work(Namespace):
         return "pong"
 
 
-def test_fifty_db_greenlets_and_a_responsive_server(sbio_postgres_url, sbio_server, sbio_live_client):
+def test_fifty_db_greenlets_and_a_responsive_server(sbio_postgres_url, sbio_server,
+                                                     sbio_live_client):
     engine = ENGINE["engine"] = create_engine(sbio_postgres_url, pool_size=50, max_overflow=0)
     try:
         server = sbio_server(Work)

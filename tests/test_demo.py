@@ -23,7 +23,7 @@ from sbio.testing import CallError, LiveClient
 with lifecycle.isolated():
     import board
     from board import BoardNamespace, blueprint
-    from board.models import Card, Session, seed
+    from board.models import Session, seed
     from board.tasks import stats_task
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,7 +77,8 @@ def test_wrong_password_is_refused_with_a_message(sbio_client, sbio_db):
     c = sbio_client(BoardNamespace)
     with pytest.raises(CallError) as err:
         c.call("login", "ann", "guess")
-    assert (err.value.code, err.value.message) == ("bad_credentials", "Wrong user name or password.")
+    assert (err.value.code, err.value.message) == ("bad_credentials",
+                                                   "Wrong user name or password.")
     with pytest.raises(CallError) as err:
         c.call("login", "mallory", "secret")
     assert err.value.code == "bad_credentials"
@@ -223,7 +224,8 @@ def test_throttling_is_logged_once_not_per_guess(sbio_client, sbio_db, caplog):
                         f"5 failed logins on connection {c.sid} within 60.0 s: throttled"]
 
 
-def test_a_login_resets_the_count_and_the_window_ends(sbio_client, sbio_db, failed_logins, monkeypatch):
+def test_a_login_resets_the_count_and_the_window_ends(sbio_client, sbio_db, failed_logins,
+                                                      monkeypatch):
     c = sbio_client(BoardNamespace)
     for _ in range(2):
         for _ in range(4):
@@ -259,7 +261,7 @@ def test_failed_logins_are_remembered_for_a_bounded_number_of_users(
 
 
 def test_chat_logout_leaves_every_room(sbio_server, sbio_live_client):
-    import chat                                           # namespaces/chat.py, over a real socket
+    import chat  # namespaces/chat.py, over a real socket
 
     server = sbio_server(chat.Chat)
     ann, bob = sbio_live_client(server, "/chat"), sbio_live_client(server, "/chat")

@@ -86,7 +86,7 @@ def _stop(proc):
     except subprocess.TimeoutExpired:
         proc.kill()
         output = proc.communicate(timeout=5)[0]
-        raise AssertionError(f"gunicorn did not stop within {STOP_TIMEOUT} s:\n{output}")
+        raise AssertionError(f"gunicorn did not stop within {STOP_TIMEOUT} s:\n{output}") from None
     return proc.returncode, output
 
 

@@ -12,7 +12,8 @@ from sbio.server import Server
 from sbio.tasks import lifecycle
 
 with lifecycle.isolated():
-    from board import BoardNamespace, blueprint as board_pages
+    from board import BoardNamespace
+    from board import blueprint as board_pages
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STATIC_DIR = os.path.join(REPO, "static")
@@ -79,7 +80,8 @@ def test_every_answer_of_the_default_app_has_the_security_headers(serve, static_
         "index": get(server, "/"),
         "blueprint page": get(server, "/board/"),
         "static file": get(server, "/static/sbio.js"),
-        "browser bundle": get(server, "/static/node_modules/socket.io-client/dist/socket.io.min.js"),
+        "browser bundle": get(server,
+                              "/static/node_modules/socket.io-client/dist/socket.io.min.js"),
         "404": get(server, "/nope"),
         "static 404": get(server, "/static/package.json"),
         "Engine.IO handshake": get(server, "/socket.io/?EIO=4&transport=polling"),

@@ -35,7 +35,8 @@ def _run(cmd, timeout, env=None):
         output = exc.stdout or ""
         if isinstance(output, bytes):
             output = output.decode("utf-8", "replace")
-        pytest.fail(f"`{' '.join(cmd)}` in static/ took more than {timeout} s:\n{output}", pytrace=False)
+        pytest.fail(f"`{' '.join(cmd)}` in static/ took more than {timeout} s:\n{output}",
+                    pytrace=False)
 
 
 @pytest.mark.timeout(NPM_CI_TIMEOUT + NPM_TEST_TIMEOUT + 60)
@@ -47,9 +48,11 @@ def test_js_client_node_tests():
     if not os.path.isdir(os.path.join(STATIC, "node_modules", "socket.io-client")):
         result = _run([npm, "ci", "--no-audit", "--no-fund"], NPM_CI_TIMEOUT)
         if result.returncode != 0:
-            pytest.fail(f"`npm ci` in static/ failed (exit {result.returncode}):\n{result.stdout}", pytrace=False)
+            pytest.fail(f"`npm ci` in static/ failed (exit {result.returncode}):\n{result.stdout}",
+                        pytrace=False)
 
     env = dict(os.environ, SBIO_PYTHON=sys.executable)
     result = _run([npm, "test"], NPM_TEST_TIMEOUT, env=env)
     if result.returncode != 0:
-        pytest.fail(f"`npm test` in static/ failed (exit {result.returncode}):\n{result.stdout}", pytrace=False)
+        pytest.fail(f"`npm test` in static/ failed (exit {result.returncode}):\n{result.stdout}",
+                    pytrace=False)

@@ -161,7 +161,8 @@ def test_non_json_payload_closes_the_connection_and_others_keep_working(server, 
     assert bystander.call("login", "ann", "secret") == {"user": "ann"}
 
 
-def test_oversize_websocket_message_closes_with_1009_and_others_keep_working(server, sbio_live_client):
+def test_oversize_websocket_message_closes_with_1009_and_others_keep_working(server,
+                                                                            sbio_live_client):
     bystander = sbio_live_client(server, "/chat")
     ws = _raw_websocket(server)
     big = '42/chat,["login","' + "x" * 2_000_000 + '","secret"]'
@@ -189,7 +190,8 @@ def test_oversize_polling_message_is_refused(server):
 
 def test_foreign_origin_is_refused_same_origin_accepted(server):
     base = f"{server.url}/socket.io/?EIO=4&transport=polling"
-    assert requests.get(base, headers={"Origin": "http://evil.example"}, timeout=5).status_code == 400
+    assert requests.get(base, headers={"Origin": "http://evil.example"},
+                        timeout=5).status_code == 400
     # a look-alike of the host must not pass either (Sideboard's substring check did)
     assert requests.get(base, headers={"Origin": f"{server.url}.evil.example"},
                         timeout=5).status_code == 400
@@ -201,15 +203,19 @@ def test_foreign_origin_is_refused_same_origin_accepted(server):
 def test_configured_cors_origin_is_accepted(sbio_server, sbio_config):
     from sbio.config import load_sbio_config
 
-    config = load_sbio_config(overrides={"server.host": "127.0.0.1", "server.port": 0,
-                                         "server.cors_allowed_origins": ["http://app.example"]})
+    config = load_sbio_config(overrides={
+        "server.host": "127.0.0.1", "server.port": 0,
+        "server.cors_allowed_origins": ["http://app.example"]})
     server = sbio_server(Chat, config=config)
     base = f"{server.url}/socket.io/?EIO=4&transport=polling"
-    assert requests.get(base, headers={"Origin": "http://app.example"}, timeout=5).status_code == 200
-    assert requests.get(base, headers={"Origin": "http://evil.example"}, timeout=5).status_code == 400
+    assert requests.get(base, headers={"Origin": "http://app.example"},
+                        timeout=5).status_code == 200
+    assert requests.get(base, headers={"Origin": "http://evil.example"},
+                        timeout=5).status_code == 400
 
 
-def test_bad_input_is_never_logged_as_an_unhandled_exception(server, sbio_live_client, caplog, capfd):
+def test_bad_input_is_never_logged_as_an_unhandled_exception(server, sbio_live_client, caplog,
+                                                             capfd):
     caplog.set_level(logging.INFO)
     c = sbio_live_client(server, "/chat")
     c.call_envelope("nope")
@@ -331,7 +337,8 @@ class NoDelay(Namespace):
 
 
 @pytest.mark.parametrize("setting", [None, True, False], ids=["default", "on", "off"])
-def test_tcp_nodelay_on_accepted_sockets_follows_the_setting(sbio_server, sbio_live_client, setting):
+def test_tcp_nodelay_on_accepted_sockets_follows_the_setting(sbio_server, sbio_live_client,
+                                                             setting):
     from sbio.config import load_sbio_config
 
     overrides = {"server.host": "127.0.0.1", "server.port": 0, "server.secret_key": "sbio-tests"}
@@ -357,7 +364,7 @@ def test_invalid_utf8_text_closes_1007(server):
 
 def test_fragmented_text_message_is_reassembled(server):
     ws = _raw_websocket(server)
-    text = '42/chat,7["login","ann","secret"]'.encode()
+    text = b'42/chat,7["login","ann","secret"]'
     # multi-byte UTF-8 split across frames too
     ws.send_frame(websocket.ABNF(0, 0, 0, 0, websocket.ABNF.OPCODE_TEXT, 1, text[:10]))
     ws.send_frame(websocket.ABNF(0, 0, 0, 0, websocket.ABNF.OPCODE_CONT, 1, text[10:]))

@@ -15,6 +15,7 @@ after something that did arrive.
 import collections
 import os
 import uuid
+from typing import ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
 import gevent
@@ -150,7 +151,8 @@ def test_a_notify_in_a_handler_reaches_only_its_server(pair_configs, servers, sb
     assert_pushes(sub_b, 1, settle=0)
 
 
-def test_a_commit_in_a_handler_reaches_only_its_server(sbio_db, servers, sbio_live_client, sbio_config):
+def test_a_commit_in_a_handler_reaches_only_its_server(sbio_db, servers, sbio_live_client,
+                                                       sbio_config):
     a, b = servers(sbio_config), servers(sbio_config)
     sub_a, sub_b = subscriber(sbio_live_client, a), subscriber(sbio_live_client, b)
     assert sbio_live_client(b, NS).call("commit", "one")
@@ -173,7 +175,8 @@ def test_a_notify_from_outside_reaches_every_running_server(pair_configs, server
 def test_two_servers_on_one_prefix_are_one_cluster(sbio_redis_url, servers, sbio_live_client):
     """Same URL and prefix: the two servers hear each other (through Redis), once."""
     prefix = f"sbiotest-two-{uuid.uuid4().hex[:12]}"
-    a, b = servers(redis_config(sbio_redis_url, prefix)), servers(redis_config(sbio_redis_url, prefix))
+    a = servers(redis_config(sbio_redis_url, prefix))
+    b = servers(redis_config(sbio_redis_url, prefix))
     sub_a, sub_b = subscriber(sbio_live_client, a), subscriber(sbio_live_client, b)
     assert sbio_live_client(a, NS).call("tell")
     assert sub_a.wait_update() == {"runs": 2}
@@ -265,7 +268,7 @@ def test_a_stopped_server_leaves_nothing_behind(pair_configs, servers):
 
 class Hooked(Namespace):
     name = "/hooked"
-    calls = []
+    calls: ClassVar[list[str]] = []
 
     @classmethod
     def on_startup(cls):

@@ -37,7 +37,8 @@ class Card(Base):                          # table and channel "card"
 
 
 class Login(Base):                         # a logged-in browser, remembered by its token
-    token = Column(String(64), nullable=False, unique=True, default=lambda: secrets.token_urlsafe(32))
+    token = Column(String(64), nullable=False, unique=True,
+                   default=lambda: secrets.token_urlsafe(32))
     user = Column(String(40), nullable=False)
 
 

@@ -140,7 +140,8 @@ class BoardNamespace(Namespace):
     def on_boards(self):
         with Session() as s:
             rows = s.execute(select(Board.name, func.count(Card.id))
-                             .outerjoin(Card).group_by(Board.id).order_by(Board.created, Board.name))
+                             .outerjoin(Card).group_by(Board.id)
+                             .order_by(Board.created, Board.name))
             return {"columns": COLUMNS,
                     "boards": [{"name": name, "cards": count} for name, count in rows]}
 

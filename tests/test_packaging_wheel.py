@@ -136,6 +136,14 @@ def test_sbio_comes_from_the_wheel(venv, tmp_path):
     assert where[1] == os.path.join(os.path.dirname(where[0]), "_client", "sbio.js")
 
 
+def test_the_installed_wheel_is_marked_typed(venv, tmp_path):
+    # py.typed (PEP 561): a project's type checker reads sbio's annotations
+    found = _run([str(venv / "python"), "-c", "import os, sbio; print(os.path.isfile("
+                  "os.path.join(os.path.dirname(sbio.__file__), 'py.typed')))"],
+                 cwd=tmp_path, env=_clean_env(), timeout=60).stdout.split()
+    assert found == ["True"]
+
+
 def test_the_installed_wheel_serves_the_client(app):
     url, _ = app
     r = requests.get(url + "/sbio/sbio.js", timeout=10)

@@ -67,6 +67,7 @@ if TYPE_CHECKING:
     from .errors import RpcError as RpcError
     from .errors import SbioError as SbioError
     from .errors import SbioTimeoutError as SbioTimeoutError
+    from .limits import rate_limit as rate_limit
     from .live import notifies as notifies
     from .live import notify as notify
     from .live import subscribes as subscribes

@@ -31,6 +31,7 @@ one of these libraries, this file is the one to read against its changes.
   transport (publish / listen) handed to public-named methods that
   :class:`sbio.cluster.RedisManager` implements.
 """
+import contextlib
 import json
 import logging
 import re
@@ -38,6 +39,7 @@ import socket
 import struct
 import time
 import urllib.parse
+from typing import Any
 
 import gevent
 import gevent.pool
@@ -52,9 +54,9 @@ from geventwebsocket.websocket import Header, WebSocket
 from socketio import packet as sio_packet
 
 from .dispatch import NamespaceDispatcher
+from .limits import ABUSE_WINDOW, BadJSON, ConnectionGuard, Limits, StrictJSON
 from .protocol import error_envelope, error_push_packet
 from .protocol import short_repr as _short
-from .limits import ABUSE_WINDOW, BadJSON, ConnectionGuard, Limits, StrictJSON
 
 __all__ = ["SocketIOServer", "ProtocolViolation", "MessageTooBig", "websocket_handler_class",
            "close_transports", "send_text", "text_sender", "feed_connect", "feed_message",
@@ -66,6 +68,9 @@ log = logging.getLogger(__name__)
 
 class SocketIOServer(socketio.Server):
     """``socketio.Server`` with sbio's per-connection dispatch (see the module doc)."""
+
+    #: set by socketio.Server: "*" or the list of namespace names served
+    namespaces: Any
 
     def __init__(self, sbio_server, **kwargs):
         self.sbio_server = sbio_server
@@ -109,7 +114,7 @@ class SocketIOServer(socketio.Server):
         dispatcher = NamespaceDispatcher(self.sbio_server, cls)
         self.dispatchers[cls.name] = dispatcher
         if self.namespaces != "*" and cls.name not in self.namespaces:
-            self.namespaces = list(self.namespaces) + [cls.name]
+            self.namespaces = [*self.namespaces, cls.name]
         return dispatcher
 
     # -- overrides of python-socketio internals --------------------------------------
@@ -541,7 +546,7 @@ class _StrictEngineSocket(eio_socket.Socket):
     attributes of the subclass each server makes.
     """
 
-    sio = None
+    sio: Any = None
     max_post_packets = 16
 
     def receive(self, pkt):
@@ -682,6 +687,10 @@ class _LimitedWebSocket(WebSocket):
     # subclass, and the running byte count lives on the (per-connection) handler.
     __slots__ = ()
     max_message_size = None
+    # slots of WebSocket, which mypy does not see (gevent-websocket is untyped)
+    stream: Any
+    raw_write: Any
+    raw_read: Any
 
     # Replaces geventwebsocket.websocket.WebSocket.read_frame (0.10.1):
     # checks the size from the header before reading the payload, unmasks in C.
@@ -763,7 +772,8 @@ class _LimitedWebSocket(WebSocket):
         if sock is None:
             return
         drained = 0
-        with gevent.Timeout(seconds, False):
+        # Timeout(s, False) expires silently, as gevent documents (its stubs want an exception)
+        with gevent.Timeout(seconds, False):  # type: ignore[arg-type]
             while drained < max_bytes:
                 try:
                     chunk = sock.recv(65536)
@@ -786,7 +796,8 @@ class _LimitedWebSocket(WebSocket):
         except WebSocketError:
             log.debug("could not send the close frame", exc_info=True)
         finally:
-            self.closed = True
+            # (closed: a slot of WebSocket, which mypy cannot see)
+            self.closed = True  # type: ignore[misc]
             self.stream = None
             self.raw_write = None
             self.raw_read = None
@@ -817,10 +828,8 @@ class _SbioWebSocketHandler(WebSocketHandler):
         # client delays its ACK (up to 40 ms): a connection that gets several
         # messages in a row (broadcasts, an update after an ack) stalls.
         if self.tcp_nodelay:
-            try:
+            with contextlib.suppress(OSError):  # the peer is already gone; nothing to tune
                 self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:  # the peer is already gone; nothing to tune
-                pass
         if self.http_timeout:
             self._head_timer = gevent.Timeout(self.http_timeout)
         try:
@@ -874,10 +883,8 @@ class _SbioWebSocketHandler(WebSocketHandler):
         note = self.timeout_log or log.log
         note(logging.INFO, "closing connection from %s: no complete request head within %s s "
              "(server.http_timeout)", _peer(self.client_address), self.http_timeout)
-        try:
+        with contextlib.suppress(OSError):
             self.socket.sendall(_REQUEST_TIMEOUT)
-        except OSError:
-            pass
 
     def close_tcp_later(self):
         """Shut the TCP connection down in ``http_timeout`` s unless the handler ends first.
@@ -960,7 +967,8 @@ def close_transports(sio, timeout):
             sock.close(wait=False, reason=eio.reason.SERVER_DISCONNECT)
         except Exception:
             log.exception("closing connection %s at shutdown failed", sock.sid)
-    with gevent.Timeout(timeout, False):
+    # Timeout(s, False) expires silently, as gevent documents (its stubs want an exception)
+    with gevent.Timeout(timeout, False):  # type: ignore[arg-type]
         for sock in sockets:
             sock.queue.join()
     socket_class = getattr(eio.sockets, "socket_class", None)
@@ -1116,7 +1124,7 @@ class _OutboundSocket(eio_socket.Socket):
     max_outbound_messages = 10000
     max_outbound_bytes = 16_000_000
     http_timeout = 10.0
-    closers = None
+    closers: Any = None
 
     _queued_bytes = 0  # bytes put since the queue was last empty (see send)
     _dropped = False
@@ -1240,6 +1248,7 @@ class _SocketTable(dict):
     """engineio.Server.sockets, giving each new socket the outbound limits (see above)."""
 
     __slots__ = ("socket_class",)
+    socket_class: type
 
     def __setitem__(self, sid, sock):
         if type(sock) is eio_socket.Socket:
@@ -1291,10 +1300,8 @@ def _peer(address):
 
 
 def _shutdown_quietly(sock):
-    try:
+    with contextlib.suppress(OSError):  # closed meanwhile
         sock.shutdown(socket.SHUT_RDWR)
-    except OSError:  # closed meanwhile
-        pass
 
 
 # -- HTTP: request-head timeout (see _SbioWebSocketHandler), connection cap -------------
@@ -1379,7 +1386,8 @@ class ConnectionLimitedWSGIServer(WSGIServer):
             sock.sendall(_UNAVAILABLE)
             sock.shutdown(socket.SHUT_WR)
             drained = 0
-            with gevent.Timeout(self._linger, False):
+            # Timeout(s, False) expires silently, as gevent documents (its stubs want an exception)
+            with gevent.Timeout(self._linger, False):  # type: ignore[arg-type]
                 while drained < 65536:
                     chunk = sock.recv(16384)
                     if not chunk:

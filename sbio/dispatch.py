@@ -24,7 +24,7 @@ import socketio
 from .context import CallContext, _current_call, current_call
 from .errors import ConnectionRefused, RpcError, SbioTimeoutError
 from .namespace import RESERVED_HANDLERS
-from .protocol import ERROR_EVENT  # noqa: F401  (old location)
+from .protocol import ERROR_EVENT as ERROR_EVENT  # re-exported: its old location
 from .protocol import EVENT_NAME_RE, error_envelope, error_envelope_of, ok_envelope, short_repr
 
 __all__ = ["NamespaceDispatcher", "CallContext", "current_call",

@@ -17,7 +17,10 @@ and spawns accordingly. The limits are ``[server]`` keys of the configuration
 :func:`rate_limit` gives one handler a bucket of its own, per connection.
 """
 import json
+import logging
 import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from .config import section_defaults
 from .errors import BadJSON
@@ -30,19 +33,21 @@ ABUSE_WINDOW = 10.0
 
 _clock = time.monotonic
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
 
 class TokenBucket:
     """*rate* tokens a second, at most *burst* saved up; :meth:`take` spends one."""
 
     __slots__ = ("rate", "burst", "tokens", "stamp")
 
-    def __init__(self, rate, burst):
+    def __init__(self, rate: float, burst: float) -> None:
         self.rate = float(rate)
         self.burst = float(burst)
         self.tokens = float(burst)
         self.stamp = _clock()
 
-    def take(self):
+    def take(self) -> bool:
         """True (and one token spent) when a token is left, else False."""
         tokens = self.tokens
         if tokens < 1.0:
@@ -56,7 +61,7 @@ class TokenBucket:
         return True
 
 
-def rate_limit(per_second, burst=None):
+def rate_limit(per_second: float, burst: int | None = None) -> Callable[[_F], _F]:
     """Limit calls of one handler to *per_second* per connection, *burst* at once.
 
     ::
@@ -78,8 +83,10 @@ def rate_limit(per_second, burst=None):
     elif int(burst) < 1:
         raise ValueError(f"rate_limit: burst must be >= 1, got {burst!r}")
 
-    def mark(func):
-        func._sbio_rate_limit = (per_second, int(burst))
+    limit = (per_second, int(burst))
+
+    def mark(func: _F) -> _F:
+        func._sbio_rate_limit = limit  # type: ignore[attr-defined]  # a mark on the function
         return func
 
     return mark
@@ -99,10 +106,11 @@ class LogLimiter:
 
     __slots__ = ("_kinds",)
 
-    def __init__(self):
-        self._kinds = {}  # kind -> [left out, time last logged]
+    def __init__(self) -> None:
+        self._kinds: dict[str, list[float]] = {}  # kind -> [left out, time last logged]
 
-    def log(self, logger, level, kind, msg, *args, exc_info=None):
+    def log(self, logger: logging.Logger, level: int, kind: str, msg: str, *args: object,
+            exc_info: Any = None) -> None:
         """``logger.log(level, msg, *args)`` unless *kind* was logged in the last interval."""
         now = _clock()
         kinds = self._kinds
@@ -127,7 +135,7 @@ class LogLimiter:
             args += (left_out,)
         logger.log(level, msg, *args, exc_info=exc_info)
 
-    def flush(self, logger, who):
+    def flush(self, logger: logging.Logger, who: str) -> None:
         """Log the counts of what was left out (e.g. when the connection ends)."""
         for kind, entry in self._kinds.items():
             if entry[0]:
@@ -143,7 +151,7 @@ class ConnectionGuard:
 
     __slots__ = ("limits", "bucket", "refused", "window_start", "log", "handler_buckets")
 
-    def __init__(self, limits):
+    def __init__(self, limits: "Limits") -> None:
         self.limits = limits
         self.bucket = (TokenBucket(limits.rate, limits.burst) if limits.rate > 0 else None)
         self.refused = 0
@@ -151,9 +159,9 @@ class ConnectionGuard:
         #: repeated errors of this connection are logged once, with a count
         self.log = LogLimiter()
         #: (namespace, event) -> TokenBucket, for handlers marked @rate_limit
-        self.handler_buckets = None
+        self.handler_buckets: dict[tuple[str, str], TokenBucket] | None = None
 
-    def handler_bucket(self, namespace, event, spec):
+    def handler_bucket(self, namespace: str, event: str, spec: tuple[float, int]) -> TokenBucket:
         buckets = self.handler_buckets
         if buckets is None:
             buckets = self.handler_buckets = {}
@@ -162,7 +170,7 @@ class ConnectionGuard:
             bucket = buckets[namespace, event] = TokenBucket(*spec)
         return bucket
 
-    def strike(self):
+    def strike(self) -> bool:
         """Count one refused event; True when the connection should now be closed."""
         close_after = self.limits.close_after
         if not close_after:
@@ -180,7 +188,7 @@ class Limits:
 
     __slots__ = ("max_calls_in_flight", "rate", "burst", "close_after", "max_json_depth")
 
-    def __init__(self, server_config=None):
+    def __init__(self, server_config: Mapping[str, Any] | None = None) -> None:
         # keys missing (or no config): the configspec's defaults, the one place they are written
         cfg = section_defaults("server")
         cfg.update(server_config or {})
@@ -194,20 +202,20 @@ class Limits:
 # -- JSON hygiene --------------------------------------------------------------------------
 
 
-def _refuse_constant(name):
+def _refuse_constant(name: str) -> Any:
     raise BadJSON(f"{name} is not JSON")
 
 
-def _parse_float(text):
+def _parse_float(text: str) -> float:
     value = float(text)
     if value - value != 0.0:  # inf (1e999): NaN never gets here
         raise BadJSON(f"{text} is out of range")
     return value
 
 
-def _too_deep(value, limit):
+def _too_deep(value: Any, limit: int) -> bool:
     """True when *value* nests lists/dicts more than *limit* levels deep (iterative)."""
-    stack = [(value, 1)]
+    stack: list[tuple[Any, int]] = [(value, 1)]
     pop, push = stack.pop, stack.append
     while stack:
         item, depth = pop()
@@ -238,12 +246,12 @@ class StrictJSON:
       socket.io-client drop the connection with "parse error".
     """
 
-    def __init__(self, max_depth=64):
+    def __init__(self, max_depth: int = 64) -> None:
         self.max_depth = max_depth
         self._decoder = json.JSONDecoder(parse_constant=_refuse_constant,
                                          parse_float=_parse_float)
 
-    def loads(self, text, **kwargs):
+    def loads(self, text: str, **kwargs: Any) -> Any:
         try:
             value = self._decoder.decode(text)
         except RecursionError:
@@ -254,7 +262,7 @@ class StrictJSON:
             raise BadJSON(f"nested deeper than {limit} levels")
         return value
 
-    def dumps(self, value, **kwargs):
+    def dumps(self, value: Any, **kwargs: Any) -> str:
         if kwargs == _COMPACT_KWARGS:  # what python-socketio's Packet.encode passes
             return _compact_encoder.encode(value)
         kwargs["allow_nan"] = False

@@ -11,6 +11,8 @@ or ``{"ok": false, "error": {"code": ..., "message": ...}}``.
 """
 import inspect
 import logging
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar, TypeVar
 
 import gevent
 from gevent.pool import Group
@@ -23,6 +25,8 @@ __all__ = ["Namespace"]
 log = logging.getLogger(__name__)
 
 #: Methods named ``on_*`` that are lifecycle hooks, never client events.
+_F = TypeVar("_F", bound=Callable[..., Any])
+
 RESERVED_HANDLERS = frozenset({"on_connect", "on_disconnect", "on_startup", "on_shutdown"})
 
 
@@ -52,9 +56,14 @@ class Namespace:
     """
 
     #: The socket.io namespace this class serves, e.g. ``"/chat"``.
-    name = None
+    name: str | None = None
 
-    def __init__(self, server, sid, environ, session=None, connection_session=None):
+    # the handler names of one class, cached on it by handler_names()
+    _sbio_handler_names: ClassVar[frozenset[str]]
+
+    def __init__(self, server: Any, sid: str, environ: dict[str, Any],
+                 session: dict[str, Any] | None = None,
+                 connection_session: dict[str, Any] | None = None) -> None:
         self.server = server
         self.sid = sid
         self.environ = environ
@@ -62,17 +71,18 @@ class Namespace:
         self.session = {} if session is None else session
         self.connection_session = {} if connection_session is None else connection_session
         self.jobs = Group()
-        self.allowed_methods = None
+        self.allowed_methods: set[str] | None = None
         self.connected = False
-        self._sbio_calls = set()  # greenlets running handler calls (killed at disconnect)
-        self._sbio_guard = None   # the connection's sbio.limits.ConnectionGuard
+        # greenlets running handler calls (killed at disconnect)
+        self._sbio_calls: set[gevent.Greenlet] = set()
+        self._sbio_guard: Any = None   # the connection's sbio.limits.ConnectionGuard
         self.reset_acl()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.namespace} sid={self.sid}>"
 
     @property
-    def subscription(self):
+    def subscription(self) -> Any:
         """The :class:`sbio.live.Subscription` being computed, or None.
 
         Set while a ``@subscribes`` handler runs for a subscription (its first
@@ -86,17 +96,17 @@ class Namespace:
 
     # -- hooks ---------------------------------------------------------------
 
-    def on_connect(self, auth):
+    def on_connect(self, auth: Any) -> bool | None:
         """Called when a client connects; *auth* is the client's auth payload or None.
 
         Raise :class:`sbio.ConnectionRefused` (or return ``False``) to refuse
         the connection. The default accepts everyone.
         """
 
-    def on_disconnect(self, reason):
+    def on_disconnect(self, reason: str) -> None:
         """Called once when the connection to this namespace ends, with socket.io's reason."""
 
-    def exception_handler_decorator(self, fn):
+    def exception_handler_decorator(self, fn: _F) -> _F:
         """Wrap every handler call and every :meth:`spawn`\\ ed function.
 
         Override to add cross-cutting error handling (e.g. rolling back a
@@ -108,7 +118,7 @@ class Namespace:
 
     # -- ACL (names follow gevent-socketio's BaseNamespace) ------------------
 
-    def get_initial_acl(self):
+    def get_initial_acl(self) -> Iterable[str] | str | None:
         """Return the handler names allowed when the connection starts.
 
         ``None`` (the default) allows every handler; any iterable of names
@@ -117,7 +127,7 @@ class Namespace:
         """
         return None
 
-    def reset_acl(self):
+    def reset_acl(self) -> None:
         """Restore the ACL to :meth:`get_initial_acl`."""
         initial = self.get_initial_acl()
         if initial is None:
@@ -127,16 +137,16 @@ class Namespace:
         else:
             self.allowed_methods = set(initial)
 
-    def lift_acl_restrictions(self):
+    def lift_acl_restrictions(self) -> None:
         """Allow every handler on this connection."""
         self.allowed_methods = None
 
-    def add_acl_method(self, method_name):
+    def add_acl_method(self, method_name: str) -> None:
         """Allow *method_name* (e.g. ``"on_whoami"``). A no-op when everything is allowed."""
         if self.allowed_methods is not None:
             self.allowed_methods.add(method_name)
 
-    def del_acl_method(self, method_name):
+    def del_acl_method(self, method_name: str) -> None:
         """Forbid *method_name*; every other handler keeps its current access.
 
         On an unrestricted ACL this forbids only *method_name*: the ACL
@@ -147,13 +157,13 @@ class Namespace:
             self.allowed_methods = set(type(self).handler_names())
         self.allowed_methods.discard(method_name)
 
-    def is_method_allowed(self, method_name):
+    def is_method_allowed(self, method_name: str) -> bool:
         """True when the ACL lets this connection call *method_name*."""
         allowed = self.allowed_methods
         return allowed is None or method_name in allowed
 
     @classmethod
-    def handler_function(cls, method_name):
+    def handler_function(cls, method_name: str) -> Callable[..., Any] | None:
         """The plain function behind handler *method_name*, or None if it is not one.
 
         A handler is a regular method named ``on_<event>`` (not a lifecycle
@@ -170,7 +180,7 @@ class Namespace:
         return raw
 
     @classmethod
-    def handler_names(cls):
+    def handler_names(cls) -> frozenset[str]:
         """The names of every client-callable handler (``on_*``) of the class."""
         names = cls.__dict__.get("_sbio_handler_names")
         if names is None:
@@ -181,12 +191,13 @@ class Namespace:
 
     # -- talking to clients ----------------------------------------------------
 
-    def emit(self, event, *args, to=None):
+    def emit(self, event: str, *args: Any, to: Any = None) -> None:
         """Send *event* with *args* to this connection, or to *to* (a sid, a room or a list)."""
         self.server.sio.emit(event, args, to=self.sid if to is None else to,
                              namespace=self.namespace)
 
-    def broadcast(self, event, *args, room=None, include_self=True):
+    def broadcast(self, event: str, *args: Any, room: Any = None,
+                  include_self: bool = True) -> None:
         """Send *event* to every connection of the namespace, or of *room*.
 
         :param include_self: False leaves this connection out.
@@ -194,11 +205,11 @@ class Namespace:
         self.server.sio.emit(event, args, to=room, namespace=self.namespace,
                              skip_sid=None if include_self else self.sid)
 
-    def send(self, data, to=None):
+    def send(self, data: Any, to: Any = None) -> None:
         """Send a socket.io ``message`` event (the client's ``on("message")``)."""
         self.emit("message", data, to=to)
 
-    def call(self, event, *args, timeout=10):
+    def call(self, event: str, *args: Any, timeout: float = 10) -> Any:
         """Emit *event* to this client and wait for its acknowledgement.
 
         Returns the client's ack value (a single value, or a tuple when the
@@ -215,31 +226,31 @@ class Namespace:
                 f"client {self.sid} did not acknowledge {event!r} within {timeout}s") from None
         return result
 
-    def error(self, code, message, event=None):
+    def error(self, code: str, message: str, event: str | None = None) -> None:
         """Push an ``sbio:error`` event ``{"event", "code", "message"}`` to this connection."""
         self.emit("sbio:error", {"event": event, "code": code, "message": message})
 
-    def disconnect(self):
+    def disconnect(self) -> None:
         """Close this connection to the namespace (``on_disconnect`` runs)."""
         self.server.sio.disconnect(self.sid, namespace=self.namespace)
 
     # -- rooms -------------------------------------------------------------------
 
-    def enter_room(self, room):
+    def enter_room(self, room: str) -> None:
         """Add this connection to *room* (see :meth:`broadcast` and ``emit(to=room)``)."""
         self.server.sio.enter_room(self.sid, room, namespace=self.namespace)
 
-    def leave_room(self, room):
+    def leave_room(self, room: str) -> None:
         """Remove this connection from *room*."""
         self.server.sio.leave_room(self.sid, room, namespace=self.namespace)
 
-    def rooms(self):
+    def rooms(self) -> list[str]:
         """The rooms this connection is in (its own sid room included)."""
         return self.server.sio.rooms(self.sid, namespace=self.namespace)
 
     # -- greenlets ---------------------------------------------------------------
 
-    def spawn(self, fn, *args, **kwargs):
+    def spawn(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> gevent.Greenlet:
         """Run ``fn(*args, **kwargs)`` in a greenlet owned by this connection.
 
         The greenlet is killed when the connection ends (or by
@@ -248,7 +259,7 @@ class Namespace:
         """
         wrapped = self.exception_handler_decorator(fn)
 
-        def run():
+        def run() -> Any:
             try:
                 return wrapped(*args, **kwargs)
             except gevent.GreenletExit:
@@ -259,6 +270,6 @@ class Namespace:
 
         return self.jobs.spawn(run)
 
-    def kill_local_jobs(self, timeout=5):
+    def kill_local_jobs(self, timeout: float = 5) -> None:
         """Kill every greenlet started with :meth:`spawn` (waits up to *timeout* s)."""
         self.jobs.kill(block=True, timeout=timeout)

@@ -48,9 +48,11 @@ a { color: #2563eb; } .muted { color: #6b7280; }
 </style></head>
 <body><h1>sbio</h1><p class="muted">Real-time web applications on gevent and socket.io.</p>
 {% if pages %}<h2>Pages</h2>
-<ul>{% for page in pages %}<li><a href="{{ page.url }}">{{ page.url }}</a> &mdash; {{ page.doc }}</li>{% endfor %}</ul>{% endif %}
+<ul>{% for page in pages %}<li><a href="{{ page.url }}">{{ page.url }}</a> \
+&mdash; {{ page.doc }}</li>{% endfor %}</ul>{% endif %}
 <h2>Namespaces</h2><p>Namespaces mounted on this server:</p>
-<ul>{% for ns in namespaces %}<li><code>{{ ns.name }}</code> &mdash; {{ ns.doc }}</li>{% endfor %}</ul>
+<ul>{% for ns in namespaces %}<li><code>{{ ns.name }}</code> &mdash; {{ ns.doc }}</li>\
+{% endfor %}</ul>
 </body></html>"""
 
 

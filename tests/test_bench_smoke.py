@@ -26,7 +26,8 @@ BENCH_DIR = os.path.join(REPO_ROOT, "bench")
 
 
 def _load_runner():
-    spec = importlib.util.spec_from_file_location("sbio_bench_run", os.path.join(BENCH_DIR, "run.py"))
+    spec = importlib.util.spec_from_file_location("sbio_bench_run",
+                                                  os.path.join(BENCH_DIR, "run.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -86,7 +87,8 @@ def test_echo_every_ack_returns(server, node_ready, tmp_path):
 def test_fanout_every_receiver_gets_every_broadcast(server, node_ready, tmp_path):
     _require_server(server)
     receivers = 5
-    r = _run(server, "smoke-fanout", "fanout", {"receivers": receivers, "window": 2, "count": 20}, tmp_path)
+    r = _run(server, "smoke-fanout", "fanout",
+             {"receivers": receivers, "window": 2, "count": 20}, tmp_path)
     checks = r["loadgen"]["checks"]
     assert checks["broadcasts"] > 0
     assert checks["acked"] == checks["broadcasts"], checks
@@ -118,7 +120,8 @@ def test_slow_consumer_is_dropped_and_every_receiver_gets_every_broadcast(node_r
     assert checks["receivers_complete"] == receivers, checks
     assert checks["deliveries"] == checks["broadcasts"] * receivers, checks
     assert checks["duplicates"] == 0 and checks["stuck_after_drain"] == 0, checks
-    assert set(r["server_rss_kb_by_mark"]) >= {"connected", "measure-start", "measure-end", "after-drop"}
+    assert set(r["server_rss_kb_by_mark"]) >= {"connected", "measure-start", "measure-end",
+                                               "after-drop"}
     assert r["server_rss_growth_kb"] <= bench.SLOW_RSS_BOUND_KB
     assert r["ok"], r.get("error")
     log_text = "".join((tmp_path / name).read_text() for name in os.listdir(tmp_path)
@@ -132,7 +135,8 @@ def test_live_every_subscriber_holds_the_last_tick(handler, node_ready, tmp_path
     if why:
         pytest.skip(f"sbio live data not benchmarkable yet: {why}")
     subscribers = 5
-    r = _run("sbio", "smoke-live", "live", {"receivers": subscribers, "rate": 20, "handler": handler}, tmp_path)
+    r = _run("sbio", "smoke-live", "live",
+             {"receivers": subscribers, "rate": 20, "handler": handler}, tmp_path)
     checks = r["loadgen"]["checks"]
     assert checks["bumps"] > 0
     assert checks["acked"] == checks["bumps"], checks
@@ -148,8 +152,9 @@ def test_live_every_subscriber_holds_the_last_tick(handler, node_ready, tmp_path
 def test_runner_cli_end_to_end(node_ready, tmp_path):
     """`python bench/run.py` with a tiny plan prints a summary with the bare server in it."""
     proc = subprocess.run(
-        [sys.executable, os.path.join(BENCH_DIR, "run.py"), "--scenarios", "echo-1", "--servers", "bare",
-         "--duration", "0.5", "--warmup", "0.2", "--rounds", "1", "--no-save", "--json"],
+        [sys.executable, os.path.join(BENCH_DIR, "run.py"), "--scenarios", "echo-1",
+         "--servers", "bare", "--duration", "0.5", "--warmup", "0.2", "--rounds", "1",
+         "--no-save", "--json"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -168,7 +173,8 @@ def test_cluster_fanout_every_receiver_on_every_process_gets_every_broadcast_onc
     if why:
         pytest.skip(f"sbio server not benchmarkable yet: {why}")
     receivers = 6
-    r = _run(server, "smoke-cluster-fanout", "fanout", {"receivers": receivers, "window": 2, "count": 20},
+    r = _run(server, "smoke-cluster-fanout", "fanout",
+             {"receivers": receivers, "window": 2, "count": 20},
              tmp_path, redis_url=sbio_redis_url)
     processes = bench.SERVERS[server].processes
     assert r["processes"] == processes and len(r["ports"]) == processes

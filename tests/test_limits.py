@@ -11,10 +11,10 @@
 
 The attacker speaks raw Engine.IO frames over a websocket (``websocket-client``).
 """
+import contextlib
 import gc
 import json
 import logging
-import math
 
 import gevent
 import gevent.event
@@ -167,10 +167,8 @@ class Raw:
                     return data[1:]
 
     def close(self):
-        try:
+        with contextlib.suppress(Exception):
             self.ws.close()
-        except Exception:
-            pass
 
 
 @pytest.fixture
@@ -289,7 +287,7 @@ def test_handler_greenlets_end_when_the_connection_closes(sbio_server, raw, ns):
     server = sbio_server(ns)
     before = _handler_greenlets(server)
     conn = raw(server)
-    for i in range(1200):
+    for _ in range(1200):
         conn.emit("block")
     _wait_for(lambda: ns.started >= 256, "the calls to start")
     gevent.sleep(0.3)
@@ -305,7 +303,7 @@ def test_leaving_a_namespace_ends_its_handler_greenlets(sbio_server, raw, ns):
     server = sbio_server(ns)
     before = _handler_greenlets(server)
     conn = raw(server)
-    for i in range(10):
+    for _ in range(10):
         conn.emit("block")
     _wait_for(lambda: ns.started == 10, "the calls to start")
     conn.send(f"41{NS},")

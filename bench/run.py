@@ -79,7 +79,8 @@ class Scenario:
     compare_to: tuple = None  # (scenario, server) whose CPU/op this one is compared with
     group: str = "main"  # "main" or "cluster"; --scenarios takes group names too
     server_env: dict = None  # extra environment of the sbio server processes (SBIO_* settings)
-    check: object = None  # callable(result) -> None, or why the run failed (beyond loadgen's checks)
+    # callable(result) -> None, or why the run failed (beyond loadgen's checks)
+    check: object = None
 
 
 SCENARIOS = {}
@@ -119,17 +120,20 @@ for _r, _w in ((100, 64), (1000, 16)):
 # calling `bump` (which notifies) 10 times a second; one operation = one
 # `sbio:update` received. Compared with the raw python-socketio broadcast of
 # the same size at the same rate (fanout-1000-10hz on bare), per delivery.
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _live_missing():
     """None when the sbio benchmark server has the live-data handlers, else why not."""
     why = _sbio_missing()
     if why:
         return why
-    code = "import sys; sys.path.insert(0, %r); import servers; sys.exit(0 if servers.sbio_live_api() else 3)" % (
-        BENCH_DIR,)
+    code = (f"import sys; sys.path.insert(0, {BENCH_DIR!r}); import servers; "
+            "sys.exit(0 if servers.sbio_live_api() else 3)")
     env = dict(os.environ, PYTHONPATH=_pythonpath())
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
-    return None if proc.returncode == 0 else "sbio live data (subscribes / notifies) not available yet"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True)
+    if proc.returncode == 0:
+        return None
+    return "sbio live data (subscribes / notifies) not available yet"
 
 
 scenario("fanout-1000-10hz", "fanout", {"receivers": 1000, "rate": 10, "window": 16}, "deliveries",
@@ -137,7 +141,8 @@ scenario("fanout-1000-10hz", "fanout", {"receivers": 1000, "rate": 10, "window":
          servers=("bare",), requires=_live_missing)
 for _kind, _what in (("shared", "shared=True handler (computed once per notify)"),
                      ("private", "per-connection handler (re-run for each subscriber)")):
-    scenario(f"live-{_kind}-1000", "live", {"receivers": 1000, "rate": 10, "handler": f"tick_{_kind}"},
+    scenario(f"live-{_kind}-1000", "live",
+             {"receivers": 1000, "rate": 10, "handler": f"tick_{_kind}"},
              "updates", f"1000 subscribers of a {_what}; 10 notifies/s",
              servers=("sbio",), requires=_live_missing, compare_to=("fanout-1000-10hz", "bare"))
 
@@ -147,14 +152,15 @@ for _kind, _what in (("shared", "shared=True handler (computed once per notify)"
 # process with the same Redis and one process without it, in one run. The
 # driver (connection 0) is on process A; A delivers to its own receivers
 # directly and publishes the broadcast on Redis, B delivers it to its own.
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cluster_missing():
     why = _sbio_missing()
     if why:
         return why
     code = "import sbio.cluster, redis"
     env = dict(os.environ, PYTHONPATH=_pythonpath())
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["import failed"])[-1]
         return f"sbio.cluster / the redis package not importable: {last}"
@@ -204,7 +210,8 @@ scenario("slow-consumer", "fanout",
          {"receivers": 100, "window": 16, "payload_size": 8000, "slow": 1, "drop_timeout": 30},
          "deliveries",
          "fanout-100 (8 kB payloads) with one more connection that never reads: it must be dropped "
-         f"(server.max_outbound_bytes {SLOW_MAX_OUTBOUND_BYTES}), every receiver gets every broadcast, "
+         f"(server.max_outbound_bytes {SLOW_MAX_OUTBOUND_BYTES}), "
+         "every receiver gets every broadcast, "
          f"server RSS grows < {SLOW_RSS_BOUND_KB // 1024} MB",
          servers=("sbio",), timeout=120,
          server_env={"SBIO_SERVER__MAX_OUTBOUND_BYTES": str(SLOW_MAX_OUTBOUND_BYTES)},
@@ -220,18 +227,20 @@ DEFAULT_GROUPS = ("main", "cluster")
 # Server registry
 # --------------------------------------------------------------------------
 def _python_server(kind):
-    return lambda port, opts: [sys.executable, os.path.join(BENCH_DIR, "servers.py"), kind, "--port", str(port),
+    return lambda port, opts: [sys.executable, os.path.join(BENCH_DIR, "servers.py"), kind,
+                               "--port", str(port),
                                "--tcp-nodelay", getattr(opts, "tcp_nodelay", "on")]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sbio_missing(features=()):
     """None when `import sbio` has Server, Namespace and *features*, else why not."""
-    names = ("Server", "Namespace") + tuple(features)
-    code = ("import sbio, sys; missing = [n for n in %r if not hasattr(sbio, n)]; "
-            "print(' '.join(missing)); sys.exit(3 if missing else 0)" % (names,))
+    names = ("Server", "Namespace", *features)
+    code = (f"import sbio, sys; missing = [n for n in {names!r} if not hasattr(sbio, n)]; "
+            "print(' '.join(missing)); sys.exit(3 if missing else 0)")
     env = dict(os.environ, PYTHONPATH=_pythonpath())
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True)
     if proc.returncode == 0:
         return None
     if proc.returncode == 3:
@@ -255,8 +264,10 @@ class ServerKind:
     command: object  # (port, opts) -> argv
     missing: object  # () -> None or reason
     optional: bool = False  # absent: skip quietly (not an error)
-    processes: int = 1  # server processes, each on its own port; the generator splits its connections
-    message_queue: bool = False  # sbio processes share the Redis of --redis (a fresh prefix per run)
+    # server processes, each on its own port; the generator splits its connections
+    processes: int = 1
+    # sbio processes share the Redis of --redis (a fresh prefix per run)
+    message_queue: bool = False
     cluster: bool = False  # only for scenarios naming it (the cluster group)
     label: str = ""  # how the cluster table calls it
 
@@ -265,12 +276,14 @@ SERVERS = {
     "bare": ServerKind("bare", _python_server("bare"), lambda: None),
     "sbio": ServerKind("sbio", _python_server("sbio"), _sbio_missing, label="1 process"),
     "node": ServerKind(
-        "node", lambda port, opts: ["node", os.path.join(BENCH_DIR, "node_server.js"), "--port", str(port)],
+        "node",
+        lambda port, opts: ["node", os.path.join(BENCH_DIR, "node_server.js"), "--port", str(port)],
         _node_server_missing, optional=True),
-    "sbio-redis": ServerKind("sbio-redis", _python_server("sbio"), _cluster_missing, message_queue=True,
-                             cluster=True, label="1 process + Redis"),
-    "sbio-redis-x2": ServerKind("sbio-redis-x2", _python_server("sbio"), _cluster_missing, processes=2,
-                                message_queue=True, cluster=True, label="2 processes + Redis"),
+    "sbio-redis": ServerKind("sbio-redis", _python_server("sbio"), _cluster_missing,
+                             message_queue=True, cluster=True, label="1 process + Redis"),
+    "sbio-redis-x2": ServerKind("sbio-redis-x2", _python_server("sbio"), _cluster_missing,
+                                processes=2, message_queue=True, cluster=True,
+                                label="2 processes + Redis"),
 }
 
 
@@ -293,7 +306,7 @@ def cpu_layout():
 
 
 def pinned(argv, cpus):
-    return (["taskset", "-c", cpus] + argv) if cpus else argv
+    return ["taskset", "-c", cpus, *argv] if cpus else argv
 
 
 def free_port():
@@ -347,7 +360,7 @@ def system_busy_seconds():
     """CPU time all cores spent busy (not idle / iowait) since boot, from /proc/stat."""
     with open("/proc/stat") as f:
         fields = [int(x) for x in f.readline().split()[1:]]
-    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
     return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
@@ -405,18 +418,22 @@ class RedisProbe:
         return rest.decode(errors="replace")
 
     def info(self, section):
-        with socket.create_connection((self.host, self.port), timeout=self.timeout) as sock:
-            with sock.makefile("rb") as f:
-                if self.password:
-                    auth = ("AUTH", self.username, self.password) if self.username else ("AUTH", self.password)
-                    sock.sendall(self._command(*auth))
-                    self._reply(f)
-                sock.sendall(self._command("INFO", section))
-                text = self._reply(f) or ""
-        return dict(line.split(":", 1) for line in text.splitlines() if ":" in line and not line.startswith("#"))
+        address = (self.host, self.port)
+        with socket.create_connection(address, timeout=self.timeout) as sock, \
+                sock.makefile("rb") as f:
+            if self.password:
+                auth = (("AUTH", self.username, self.password) if self.username
+                        else ("AUTH", self.password))
+                sock.sendall(self._command(*auth))
+                self._reply(f)
+            sock.sendall(self._command("INFO", section))
+            text = self._reply(f) or ""
+        return dict(line.split(":", 1) for line in text.splitlines()
+                    if ":" in line and not line.startswith("#"))
 
     def local_pid(self):
-        """redis-server's pid when it runs on this machine (its /proc entry is a Redis), else None."""
+        """redis-server's pid when it runs on this machine (its /proc entry is a Redis),
+        else None."""
         try:
             pid = int(self.info("server")["process_id"])
             with open(f"/proc/{pid}/comm") as f:
@@ -514,25 +531,29 @@ def run_one(scn, server, opts, log_dir=None):
     env.update(scn.server_env or {})
     log_dir = log_dir or RESULTS_DIR
     os.makedirs(log_dir, exist_ok=True)
-    log_paths = [os.path.join(log_dir, f"server-{server}-{scn.name}" + (f"-{i}" if kind.processes > 1 else "")
-                              + ".log") for i in range(kind.processes)]
+    log_paths = [os.path.join(log_dir, f"server-{server}-{scn.name}"
+                              + (f"-{i}" if kind.processes > 1 else "") + ".log")
+                 for i in range(kind.processes)]
     result = {"scenario": scn.name, "server": server, "unit": scn.unit,
               "port": ports[0], "ports": ports, "processes": kind.processes,
-              "tcp_nodelay": getattr(opts, "tcp_nodelay", "on") if kind.name != "node" else "on (ws default)",
+              "tcp_nodelay": (getattr(opts, "tcp_nodelay", "on") if kind.name != "node"
+                              else "on (ws default)"),
               "pinning": {"server": server_cpus, "loadgen": loadgen_cpus}}
     if kind.message_queue:
-        result["redis"] = {"url": _redact(redis_url), "prefix": env["SBIO_CLUSTER__PREFIX"], "pid": redis_pid}
+        result["redis"] = {"url": _redact(redis_url), "prefix": env["SBIO_CLUSTER__PREFIX"],
+                           "pid": redis_pid}
     srvs = []
     gen = None
     try:
         # Every process of one server kind on the server core(s): one or two
         # processes share the same CPU budget (see docs/benchmarks.md).
-        for port, log_path in zip(ports, log_paths):
+        for port, log_path in zip(ports, log_paths, strict=True):
             with open(log_path, "w") as log:
-                srvs.append(subprocess.Popen(pinned(kind.command(port, opts), server_cpus), cwd=REPO_ROOT,
-                                             env=env, stdout=log, stderr=subprocess.STDOUT,
+                srvs.append(subprocess.Popen(pinned(kind.command(port, opts), server_cpus),
+                                             cwd=REPO_ROOT, env=env, stdout=log,
+                                             stderr=subprocess.STDOUT,
                                              stdin=subprocess.DEVNULL))
-        for port, srv in zip(ports, srvs):
+        for port, srv in zip(ports, srvs, strict=True):
             wait_for_port(port, srv)
         argv = ["node", os.path.join(BENCH_DIR, "loadgen.js"),
                 "--url", ",".join(f"http://127.0.0.1:{port}" for port in ports),
@@ -582,7 +603,8 @@ def run_one(scn, server, opts, log_dir=None):
                 raise RuntimeError(f"server{f' {i}' if len(srvs) > 1 else ''} exited with code "
                                    f"{srv.returncode} during the run")
         if payload is None:
-            raise RuntimeError(f"loadgen printed no result (exit {gen.returncode}): {stderr.strip()[-500:]}")
+            raise RuntimeError(f"loadgen printed no result (exit {gen.returncode}): "
+                               f"{stderr.strip()[-500:]}")
         result["loadgen"] = payload
         if "error" in payload:
             raise RuntimeError(f"loadgen: {payload['error']}")
@@ -591,15 +613,17 @@ def run_one(scn, server, opts, log_dir=None):
         a, b = marks["measure-start"], marks["measure-end"]
         m = payload["measure"]
         window = b["t"] - a["t"]
-        stat_by_proc = [y - x for x, y in zip(a["stat"], b["stat"])]
-        sched_by_proc = [None if x is None or y is None else y - x for x, y in zip(a["sched"], b["sched"])]
+        stat_by_proc = [y - x for x, y in zip(a["stat"], b["stat"], strict=False)]
+        sched_by_proc = [None if x is None or y is None else y - x
+                         for x, y in zip(a["sched"], b["sched"], strict=False)]
         stat_cpu = sum(stat_by_proc)
         sched = _sum(sched_by_proc)
         # schedstat has ns resolution; utime+stime comes in 10 ms ticks. They
         # agree to within the tick (checked); use the precise one when present.
         cpu = sched if sched is not None else stat_cpu
         cpu_by_proc = sched_by_proc if sched is not None else stat_by_proc
-        redis_cpu = (b["redis"] - a["redis"]) if a["redis"] is not None and b["redis"] is not None else None
+        redis_cpu = ((b["redis"] - a["redis"]) if a["redis"] is not None and b["redis"] is not None
+                     else None)
         # CPU the rest of the machine used meanwhile (other processes, the
         # kernel's softirq work not charged to ours): a noise indicator.
         other = max(0.0, (b["busy"] - a["busy"]) - cpu - (b["gen"] - a["gen"]) - (redis_cpu or 0.0))
@@ -630,14 +654,15 @@ def run_one(scn, server, opts, log_dir=None):
             broadcasts = m.get("broadcasts")
             result.update({
                 "redis_cpu_s": None if redis_cpu is None else round(redis_cpu, 6),
-                "redis_util": round(redis_cpu / window, 3) if redis_cpu is not None and window > 0 else None,
+                "redis_util": (round(redis_cpu / window, 3)
+                               if redis_cpu is not None and window > 0 else None),
                 "cpu_us_per_op_with_redis": round((cpu + redis_cpu) * 1e6 / m["ops"], 3)
                 if m["ops"] and redis_cpu is not None else None,
                 # ~1 PUBLISH per broadcast (+1 for the INFO read at the end mark);
                 # well above that, something else used this Redis in the window
                 "redis_commands": cmds,
-                "redis_commands_per_broadcast": round(cmds / broadcasts, 2) if cmds is not None and broadcasts
-                else None,
+                "redis_commands_per_broadcast": (round(cmds / broadcasts, 2)
+                                                 if cmds is not None and broadcasts else None),
             })
         elif kind.cluster or scn.group == "cluster":
             # no Redis involved: the per-delivery total is the server's own
@@ -699,16 +724,20 @@ def aggregate(runs):
             out[key].update({
                 "processes": rs[0].get("processes", 1),
                 "cpu_us_per_op_with_redis": _median(with_redis),
-                "cpu_us_per_op_with_redis_range": [min(with_redis), max(with_redis)] if with_redis else None,
+                "cpu_us_per_op_with_redis_range": ([min(with_redis), max(with_redis)]
+                                                   if with_redis else None),
                 "redis_util": _median([r.get("redis_util") for r in good]),
-                "redis_commands_per_broadcast": _median([r.get("redis_commands_per_broadcast") for r in good]),
-                "p50_ms_by_process": [_median(xs) for xs in zip(*[r["p50_ms_by_process"] for r in good
-                                                                   if r.get("p50_ms_by_process")])] or None,
+                "redis_commands_per_broadcast": _median(
+                    [r.get("redis_commands_per_broadcast") for r in good]),
+                "p50_ms_by_process": [_median(xs) for xs in zip(
+                    *[r["p50_ms_by_process"] for r in good if r.get("p50_ms_by_process")],
+                    strict=False)] or None,
             })
     return out
 
 
-def ratios(summary, scenario_names, runs=(), numerator="sbio", denominator="bare", key="cpu_us_per_op"):
+def ratios(summary, scenario_names, runs=(), numerator="sbio", denominator="bare",
+           key="cpu_us_per_op"):
     """Ratios of the medians, plus the range of the per-round (paired) CPU/op ratios
     (*key*: the CPU per operation compared)."""
     out = {}
@@ -756,11 +785,16 @@ def comparisons(summary, plan):
 
 def format_comparisons(rows):
     header = ["scenario", "server", "CPU µs/op", "reference", "ref CPU µs/op", "ratio"]
-    body = [[r["scenario"], r["server"], f'{_fmt(r["cpu_us_per_op"], ".1f")} per {r["unit"][:-1] if r["unit"] != "deliveries" else "delivery"}',
-             r["reference"], f'{_fmt(r["reference_cpu_us_per_op"], ".1f")}', _fmt(r["ratio"], ".2f")]
+    def per(unit):
+        return unit[:-1] if unit != "deliveries" else "delivery"
+
+    body = [[r["scenario"], r["server"], f'{_fmt(r["cpu_us_per_op"], ".1f")} per {per(r["unit"])}',
+             r["reference"], f'{_fmt(r["reference_cpu_us_per_op"], ".1f")}',
+             _fmt(r["ratio"], ".2f")]
             for r in rows]
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=False)]
+    line = lambda cells: "| " + " | ".join(  # noqa: E731
+        str(c).ljust(w) for c, w in zip(cells, widths, strict=False)) + " |"
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(header), sep] + [line(r) for r in body])
 
@@ -787,7 +821,8 @@ def format_table(summary, scenario_names, server_names, rat):
             if s is None:
                 continue
             rr = rat.get(name, {}) if server == "sbio" else {}
-            flag = "" if s["ok_rounds"] == s["rounds"] else f" ({s['rounds'] - s['ok_rounds']} failed)"
+            flag = ("" if s["ok_rounds"] == s["rounds"]
+                    else f" ({s['rounds'] - s['ok_rounds']} failed)")
             rows.append([
                 name, server + flag,
                 (_fmt(s["ops_per_s"], ",.0f") + f" {unit}") if s["ops_per_s"] is not None else "-",
@@ -795,11 +830,13 @@ def format_table(summary, scenario_names, server_names, rat):
                 _fmt(s["cpu_us_per_op"], ".1f"),
                 _fmt(None if s["server_util"] is None else s["server_util"] * 100, ".0f") + "%",
                 _fmt(None if s["other_cpu"] is None else s["other_cpu"] * 100, ".0f") + "%",
-                (_fmt(rr.get("cpu_per_op"), ".2f") + _range(rr.get("cpu_per_op_rounds"))) if rr else "",
+                ((_fmt(rr.get("cpu_per_op"), ".2f") + _range(rr.get("cpu_per_op_rounds")))
+                 if rr else ""),
                 _fmt(rr.get("throughput"), ".2f") if rr else "",
             ])
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    line = lambda cells: "| " + " | ".join(  # noqa: E731
+        str(c).ljust(w) for c, w in zip(cells, widths, strict=False)) + " |"
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(header), sep] + [line(r) for r in rows])
 
@@ -813,15 +850,17 @@ def cluster_ratios(summary, scenario_names, runs):
             continue
         for name in scenario_names:
             alone = ratios(summary, [name], runs, server, "sbio").get(name)
-            total = ratios(summary, [name], runs, server, "sbio", key="cpu_us_per_op_with_redis").get(name)
+            total = ratios(summary, [name], runs, server, "sbio",
+                           key="cpu_us_per_op_with_redis").get(name)
             if alone or total:
                 out.setdefault(name, {})[server] = {"sbio": alone, "with_redis": total}
     return out
 
 
 def format_cluster_table(summary, scenario_names, server_names, crat):
-    header = ["scenario", "setup", "rate /s", "p50 ms", "p99 ms", "sbio CPU µs/op", "sbio+Redis CPU µs/op",
-              "sbio CPU", "Redis CPU", "other", "Redis cmds/bcast", "vs 1 process: sbio [rounds]",
+    header = ["scenario", "setup", "rate /s", "p50 ms", "p99 ms", "sbio CPU µs/op",
+              "sbio+Redis CPU µs/op", "sbio CPU", "Redis CPU", "other", "Redis cmds/bcast",
+              "vs 1 process: sbio [rounds]",
               "vs 1 process: sbio+Redis [rounds]", "rate vs 1 process"]
     rows = []
     for name in scenario_names:
@@ -832,7 +871,8 @@ def format_cluster_table(summary, scenario_names, server_names, crat):
                 continue
             rr = crat.get(name, {}).get(server) or {}
             alone, total = rr.get("sbio") or {}, rr.get("with_redis") or {}
-            flag = "" if s["ok_rounds"] == s["rounds"] else f" ({s['rounds'] - s['ok_rounds']} failed)"
+            flag = ("" if s["ok_rounds"] == s["rounds"]
+                    else f" ({s['rounds'] - s['ok_rounds']} failed)")
             p50 = _fmt(s["p50_ms"], ".2f")
             if s.get("p50_ms_by_process") and len(s["p50_ms_by_process"]) > 1:
                 p50 += " (" + " / ".join(_fmt(x, ".1f") for x in s["p50_ms_by_process"]) + ")"
@@ -846,13 +886,17 @@ def format_cluster_table(summary, scenario_names, server_names, crat):
                 (_fmt(None if s.get("redis_util") is None else s["redis_util"] * 100, ".1f") + "%")
                 if SERVERS[server].message_queue else "-",
                 pct(s["other_cpu"]),
-                _fmt(s.get("redis_commands_per_broadcast"), ".2f") if SERVERS[server].message_queue else "",
-                (_fmt(alone.get("cpu_per_op"), ".2f") + _range(alone.get("cpu_per_op_rounds"))) if alone else "",
-                (_fmt(total.get("cpu_per_op"), ".2f") + _range(total.get("cpu_per_op_rounds"))) if total else "",
+                (_fmt(s.get("redis_commands_per_broadcast"), ".2f")
+                 if SERVERS[server].message_queue else ""),
+                ((_fmt(alone.get("cpu_per_op"), ".2f") + _range(alone.get("cpu_per_op_rounds")))
+                 if alone else ""),
+                ((_fmt(total.get("cpu_per_op"), ".2f") + _range(total.get("cpu_per_op_rounds")))
+                 if total else ""),
                 _fmt(alone.get("throughput"), ".2f") if alone else "",
             ])
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    line = lambda cells: "| " + " | ".join(  # noqa: E731
+        str(c).ljust(w) for c, w in zip(cells, widths, strict=False)) + " |"
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(header), sep] + [line(r) for r in rows])
 
@@ -861,8 +905,9 @@ def format_cluster_table(summary, scenario_names, server_names, crat):
 # main
 # --------------------------------------------------------------------------
 def parse_args(argv):
-    p = argparse.ArgumentParser(description="sbio benchmarks: same load against bare python-socketio, "
-                                            "sbio (and Node socket.io) in one run.")
+    p = argparse.ArgumentParser(description="sbio benchmarks: same load against bare "
+                                            "python-socketio, sbio (and Node socket.io) "
+                                            "in one run.")
     p.add_argument("--quick", action="store_true",
                    help="one short round, bare and sbio only (~1 minute)")
     p.add_argument("--scenarios", help="comma-separated scenarios or groups (" + ", ".join(GROUPS) +
@@ -872,13 +917,16 @@ def parse_args(argv):
                    help="TCP_NODELAY on the Python servers' accepted sockets, bare and sbio alike "
                         "(default on, sbio's server.tcp_nodelay default; node always sets it)")
     p.add_argument("--redis", dest="redis_url", default=DEFAULT_REDIS_URL,
-                   help="Redis of the cluster group (default %(default)s, or $SBIO_BENCH_REDIS_URL); "
+                   help="Redis of the cluster group "
+                        "(default %(default)s, or $SBIO_BENCH_REDIS_URL); "
                         "each run uses a fresh [cluster] prefix")
     p.add_argument("--duration", type=float, help="measured seconds per run (default 3, quick 1)")
     p.add_argument("--warmup", type=float, help="warm-up seconds per run (default 1, quick 0.5)")
     p.add_argument("--rounds", type=int, help="rounds, median reported (default 3, quick 1)")
-    p.add_argument("--no-save", action="store_true", help="do not write bench/results/<timestamp>.json")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON instead of the table")
+    p.add_argument("--no-save", action="store_true",
+                   help="do not write bench/results/<timestamp>.json")
+    p.add_argument("--json", action="store_true",
+                   help="print the summary as JSON instead of the table")
     opts = p.parse_args(argv)
     if opts.duration is None:
         opts.duration = 1.0 if opts.quick else 3.0
@@ -903,18 +951,20 @@ def main(argv=None):
     names = []
     for token in (opts.scenarios.split(",") if opts.scenarios else DEFAULT_GROUPS):
         if token in GROUPS:
-            names += [n for n, s in SCENARIOS.items() if s.group == token and (s.quick or not opts.quick)]
+            names += [n for n, s in SCENARIOS.items()
+                      if s.group == token and (s.quick or not opts.quick)]
         elif token in SCENARIOS:
             names.append(token)
         else:
-            print(f"unknown scenario {token}; known: {', '.join(SCENARIOS)}, or a group: {', '.join(GROUPS)}",
-                  file=sys.stderr)
+            print(f"unknown scenario {token}; known: {', '.join(SCENARIOS)}, "
+                  f"or a group: {', '.join(GROUPS)}", file=sys.stderr)
             return 2
     names = list(dict.fromkeys(names))
     wanted = opts.servers.split(",") if opts.servers else None
     unknown = [n for n in wanted or () if n not in SERVERS]
     if unknown:
-        print(f"unknown server(s) {', '.join(unknown)}; known: {', '.join(SERVERS)}", file=sys.stderr)
+        print(f"unknown server(s) {', '.join(unknown)}; known: {', '.join(SERVERS)}",
+              file=sys.stderr)
         return 2
     plan, skipped = [], {}
     for name in names:
@@ -935,7 +985,8 @@ def main(argv=None):
         if not usable:
             continue
         if scn.group == "cluster" and not any(SERVERS[n].message_queue for n in usable):
-            print(f"skipping scenario {name}: no server with a message queue to compare", file=sys.stderr)
+            print(f"skipping scenario {name}: no server with a message queue to compare",
+                  file=sys.stderr)
             continue
         why = scn.requires() if scn.requires else None
         if why:
@@ -969,10 +1020,11 @@ def main(argv=None):
                 with_redis = ""
                 if SERVERS[server].message_queue:
                     with_redis = f"({_fmt(r.get('cpu_us_per_op_with_redis'), '.1f')} with Redis)  "
+                other_pct = None if r.get("other_cpu") is None else r["other_cpu"] * 100
                 print(f"# round {rnd + 1}/{opts.rounds} {scn.name:<19} {server:<13} "
                       f"{_fmt(r.get('ops_per_s'), ',.0f'):>9} {scn.unit}/s  "
                       f"{_fmt(r.get('cpu_us_per_op'), '.1f'):>6} µs/op  {with_redis}"
-                      f"other {_fmt(None if r.get('other_cpu') is None else r['other_cpu'] * 100, '.0f'):>3}%  "
+                      f"other {_fmt(other_pct, '.0f'):>3}%  "
                       f"{status}",
                       file=sys.stderr, flush=True)
     elapsed = time.monotonic() - t_start
@@ -982,7 +1034,8 @@ def main(argv=None):
     cluster_names = [scn.name for scn, _ in plan if scn.group == "cluster"]
     main_servers = [n for n in servers if not SERVERS[n].cluster and any(
         n in used for scn, used in plan if scn.group != "cluster")]
-    cluster_servers = [n for n in servers if any(n in used for scn, used in plan if scn.group == "cluster")]
+    cluster_servers = [n for n in servers
+                       if any(n in used for scn, used in plan if scn.group == "cluster")]
     rat = ratios(summary, scen_names, runs)
     crat = cluster_ratios(summary, cluster_names, runs)
     rat_node = ratios(summary, scen_names, runs, "node", "bare")
@@ -993,8 +1046,10 @@ def main(argv=None):
         "options": {k: v for k, v in vars(opts).items()},
         "git": git_state,
         "tcp_nodelay": opts.tcp_nodelay,
-        "machine": {"cpus": os.cpu_count(), "pinning": {"server": server_cpus, "loadgen": loadgen_cpus},
-                    "python": sys.version.split()[0], "node": _node_version(), "versions": _versions()},
+        "machine": {"cpus": os.cpu_count(),
+                    "pinning": {"server": server_cpus, "loadgen": loadgen_cpus},
+                    "python": sys.version.split()[0], "node": _node_version(),
+                    "versions": _versions()},
         "servers": servers,
         "skipped_servers": skipped,
         "scenarios": {scn.name: {"loadgen": scn.loadgen, "args": scn.args, "unit": scn.unit,
@@ -1008,8 +1063,9 @@ def main(argv=None):
     }
     if cluster_names:
         doc["cluster"] = {"redis": _redact(opts.redis_url),
-                          "pinning": f"every sbio process on cpu {server_cpus or '-'}, the generator on cpu "
-                                     f"{loadgen_cpus or '-'}, redis-server where the kernel puts it"}
+                          "pinning": f"every sbio process on cpu {server_cpus or '-'}, "
+                                     f"the generator on cpu {loadgen_cpus or '-'}, "
+                                     "redis-server where the kernel puts it"}
     if not opts.no_save:
         os.makedirs(RESULTS_DIR, exist_ok=True)
         path = os.path.join(RESULTS_DIR, f"{stamp}.json")
@@ -1030,22 +1086,26 @@ def main(argv=None):
             print(format_comparisons(comps))
         if cluster_names:
             print(("\n" if scen_names else "") + "Two sbio processes on one Redis vs one process "
-                  "(receivers split evenly; p50 per process in brackets, the driver's first; every sbio "
-                  f"process on cpu {server_cpus or '-'}):\n")
+                  "(receivers split evenly; p50 per process in brackets, the driver's first; "
+                  f"every sbio process on cpu {server_cpus or '-'}):\n")
             print(format_cluster_table(summary, cluster_names, cluster_servers, crat))
         rev = git_state["commit"] or "?"
         if git_state["sbio_dirty"]:
             rev += " + uncommitted changes in sbio/"
-        print(f"\nsbio at {rev}. {len(runs)} runs in {elapsed:.0f}s; medians of {opts.rounds} round(s), "
-              f"{opts.duration:g}s measured each. CPU µs/op = server on-CPU time (schedstat) over the "
-              f"measured window / ops in it; srv CPU = server CPU time / window wall time; other = CPU used "
+        print(f"\nsbio at {rev}. {len(runs)} runs in {elapsed:.0f}s; "
+              f"medians of {opts.rounds} round(s), "
+              f"{opts.duration:g}s measured each. CPU µs/op = server on-CPU time (schedstat) "
+              f"over the measured window / ops in it; "
+              f"srv CPU = server CPU time / window wall time; "
+              f"other = CPU used "
               f"by everything else on the machine in the window (noise; the generator excluded"
               f"{' and redis-server, whose CPU is its own column' if cluster_names else ''}). "
               f"Python servers with TCP_NODELAY {opts.tcp_nodelay}.")
         noisy = [k for k, v in summary.items() if (v["other_cpu"] or 0) > 0.10]
         if noisy:
             print(f"\nWARNING: other processes used more than 10% of a core during "
-                  f"{len(noisy)} of {len(summary)} measurements: rates and latencies are unreliable, "
+                  f"{len(noisy)} of {len(summary)} measurements: "
+                  "rates and latencies are unreliable, "
                   f"CPU µs/op less so; rerun on a quiet machine.")
     return 0 if all(r.get("ok") for r in runs) else 1
 
@@ -1065,7 +1125,8 @@ def _git_state():
 
 def _node_version():
     try:
-        return subprocess.run(["node", "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
+        return subprocess.run(["node", "--version"], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
 

@@ -6,23 +6,23 @@ import os
 
 from gevent import monkey
 
-if os.environ.get("SBIO_MONKEY_PATCH", "1").lower() not in ("0", "false", "no"):
-    if not monkey.is_module_patched("select"):  # pragma: no cover - the plugin patched already
-        monkey.patch_all()
+if (os.environ.get("SBIO_MONKEY_PATCH", "1").lower() not in ("0", "false", "no")
+        and not monkey.is_module_patched("select")):  # pragma: no cover - the plugin did
+    monkey.patch_all()
 
-import datetime  # noqa: E402
-import enum  # noqa: E402
-import logging  # noqa: E402
-import sys  # noqa: E402
-import types  # noqa: E402
-import uuid  # noqa: E402
-from decimal import Decimal  # noqa: E402
-from typing import Optional  # noqa: E402
+import datetime
+import enum
+import logging
+import sys
+import types
+import uuid
+from decimal import Decimal
+from typing import ClassVar
 
-import gevent  # noqa: E402
-import pytest  # noqa: E402
-import sqlalchemy  # noqa: E402
-from sqlalchemy import (  # noqa: E402
+import gevent
+import pytest
+import sqlalchemy
+from sqlalchemy import (
     Boolean,
     Column,
     Enum,
@@ -37,15 +37,15 @@ from sqlalchemy import (  # noqa: E402
     text,
     update,
 )
-from sqlalchemy import inspect as sa_inspect  # noqa: E402
-from sqlalchemy.exc import StatementError  # noqa: E402
-from sqlalchemy.orm import Mapped, mapped_column, relationship  # noqa: E402
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.exc import StatementError
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-import sbio.sa  # noqa: E402
-import sbio.testing  # noqa: E402
-from sbio._fixtures_db import DbFixture, temporary_database  # noqa: E402
-from sbio.errors import RpcError  # noqa: E402
-from sbio.sa import (  # noqa: E402
+import sbio.sa
+import sbio.testing
+from sbio._fixtures_db import DbFixture, temporary_database
+from sbio.errors import RpcError
+from sbio.sa import (
     JSON,
     UUID,
     SessionManager,
@@ -98,7 +98,8 @@ class Website(Base):
     created = Column(UTCDateTime, nullable=False, default=utcnow)
     meta = Column(JSON, default={})
     doubled = Column(Integer, default=lambda ctx: ctx.get_current_parameters()["score"] * 2)
-    pages = relationship("WebPage", back_populates="website", cascade="all, delete-orphan", order_by="WebPage.path")
+    pages = relationship("WebPage", back_populates="website", cascade="all, delete-orphan",
+                         order_by="WebPage.path")
     tags = relationship("Tag", secondary=website_tag, order_by="Tag.name")
 
     @property
@@ -134,7 +135,7 @@ class Sample(Base):
 
 
 class HTTPRequestLog(Base):
-    _repr_attr_names = ["id", "method"]
+    _repr_attr_names: ClassVar[list[str]] = ["id", "method"]
     method = Column(String(8))
 
 
@@ -211,14 +212,15 @@ def test_single_table_inheritance_keeps_parent_table():
 
     class Animal(B):
         kind = Column(String(10))
-        __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "animal"}
+        __mapper_args__: ClassVar[dict[str, str]] = {"polymorphic_on": "kind",
+                                                     "polymorphic_identity": "animal"}
 
     class Dog(Animal):
-        __mapper_args__ = {"polymorphic_identity": "dog"}
+        __mapper_args__: ClassVar[dict[str, str]] = {"polymorphic_identity": "dog"}
 
     class Cat(Animal):
         id = Column(Integer, ForeignKey("animal.id"), primary_key=True)
-        __mapper_args__ = {"polymorphic_identity": "cat"}
+        __mapper_args__: ClassVar[dict[str, str]] = {"polymorphic_identity": "cat"}
 
     assert Dog.__table__ is Animal.__table__
     assert model_channel(Dog) == "animal"
@@ -236,9 +238,9 @@ def test_mapped_column_style_and_set_collections():
         items: Mapped[set["Item"]] = relationship(back_populates="owner")
 
     class Item(B):
-        owner_id: Mapped[Optional[int]] = mapped_column(ForeignKey("owner.id"))
+        owner_id: Mapped[int | None] = mapped_column(ForeignKey("owner.id"))
         label: Mapped[str]
-        owner: Mapped[Optional[Owner]] = relationship(back_populates="items")
+        owner: Mapped[Owner | None] = relationship(back_populates="items")
 
     class SpecialItem(Item):  # no own primary key: single-table inheritance
         pass
@@ -325,9 +327,8 @@ def test_uuid_round_trip(sbio_db):
 
 
 def test_uuid_rejects_garbage(sbio_db):
-    with pytest.raises(StatementError, match="not a UUID"):
-        with Session() as s:
-            s.execute(select(Website).where(Website.id == "nope")).all()
+    with pytest.raises(StatementError, match="not a UUID"), Session() as s:
+        s.execute(select(Website).where(Website.id == "nope")).all()
 
 
 def test_json_round_trip(sbio_db):
@@ -370,11 +371,10 @@ def test_utcdatetime_rejects_naive(sbio_db):
     with pytest.raises(ValueError, match="naive datetime 2024-05-01T12:00:00"):
         Website(url="x", created=naive)
     site = Website(url="x")
-    with pytest.raises(ValueError, match="Website.created refuses the naive"):
+    with pytest.raises(ValueError, match=r"Website\.created refuses the naive"):
         site.created = naive
-    with pytest.raises(StatementError, match="refuses the naive"):
-        with Session() as s:
-            s.execute(select(Website).where(Website.created < naive)).all()
+    with pytest.raises(StatementError, match="refuses the naive"), Session() as s:
+        s.execute(select(Website).where(Website.created < naive)).all()
 
 
 # --------------------------------------------------------------------------
@@ -391,8 +391,8 @@ def site_with_pages(sbio_db):
     with Session() as s:
         site = s.get(Website, site.id)
         for page in site.pages:  # load while attached
-            page.website
-        site.tags
+            page.website  # noqa: B018 (reading the attribute loads it)
+        site.tags  # noqa: B018 (reading the attribute loads it)
         return site
 
 
@@ -402,7 +402,8 @@ def test_to_dict_default(site_with_pages):
     assert list(d)[:2] == ["_model", "id"]
     assert d["_model"] == "Website"
     assert d["id"] == site.id and d["url"] == "https://s" and d["score"] == 0
-    assert set(d) == {"_model", "id", "url", "title", "score", "status", "created", "meta", "doubled"}
+    assert set(d) == {"_model", "id", "url", "title", "score", "status", "created", "meta",
+                      "doubled"}
 
 
 def test_to_dict_spec_follows_relationships(site_with_pages):
@@ -412,11 +413,13 @@ def test_to_dict_spec_follows_relationships(site_with_pages):
         "pages": [{"path": "/1"}, {"path": "/2"}],
         "page_count": 2,
     }
-    nested = site.to_dict({"url": True, "tags": ["name"], "pages": {"path": True, "website": ["url"]}})
+    nested = site.to_dict({"url": True, "tags": ["name"],
+                           "pages": {"path": True, "website": ["url"]}})
     assert nested == {
         "url": "https://s",
         "tags": [{"name": "a"}, {"name": "b"}],
-        "pages": [{"path": "/1", "website": {"url": "https://s"}}, {"path": "/2", "website": {"url": "https://s"}}],
+        "pages": [{"path": "/1", "website": {"url": "https://s"}},
+                  {"path": "/2", "website": {"url": "https://s"}}],
     }
     default_nested = site.to_dict(["pages"])["pages"][0]
     assert default_nested["_model"] == "WebPage" and default_nested["path"] == "/1"
@@ -445,7 +448,8 @@ def test_from_dict_validates_types_all_at_once():
     site = Website(url="x", score=1)
     with pytest.raises(ValidationError) as info:
         site.from_dict(
-            {"url": None, "score": "3", "title": "x" * 21, "created": "2024-01-01T00:00:00", "bogus": 1, "title2": 2}
+            {"url": None, "score": "3", "title": "x" * 21, "created": "2024-01-01T00:00:00",
+             "bogus": 1, "title2": 2}
         )
     errors = info.value.errors
     assert errors == {
@@ -543,7 +547,8 @@ def test_from_dict_relationship_by_primary_key(sbio_db, site_with_pages):
         assert info.value.errors["website"].startswith("no Website with id=")
         with pytest.raises(ValidationError) as info:
             page.from_dict({"website": None, "path": 5})
-        assert info.value.errors == {"website": "may not be null", "path": "expected a string, got int"}
+        assert info.value.errors == {"website": "may not be null",
+                                     "path": "expected a string, got int"}
         with pytest.raises(ValidationError) as info:
             page.from_dict({"website": {"url": None}})
         assert info.value.errors == {"website.url": "may not be null"}
@@ -569,7 +574,8 @@ def test_from_dict_nested_restriction():
         site.from_dict({"pages": [{"path": "/a", "website": {"url": "evil"}}]}, attrs=["pages"])
     assert info.value.errors == {"pages[0].website": "not allowed"}
     with pytest.raises(ValidationError) as info:
-        site.from_dict({"pages": [{"path": "/a", "id": str(uuid.uuid4())}]}, attrs={"pages": ["path"]})
+        site.from_dict({"pages": [{"path": "/a", "id": str(uuid.uuid4())}]},
+                       attrs={"pages": ["path"]})
     assert info.value.errors == {"pages[0].id": "not allowed"}
 
 
@@ -592,11 +598,10 @@ def test_with_session_commits_and_closes(sbio_db):
 
 
 def test_with_session_rolls_back_on_error(sbio_db, notified):
-    with pytest.raises(RuntimeError, match="boom"):
-        with Session() as s:
-            s.add(Website(url="https://r"))
-            s.flush()
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), Session() as s:
+        s.add(Website(url="https://r"))
+        s.flush()
+        raise RuntimeError("boom")
     assert not s.in_transaction()
     assert sbio_db.engine.pool.checkedout() == 0
     with Session() as s:
@@ -606,9 +611,8 @@ def test_with_session_rolls_back_on_error(sbio_db, notified):
 
 def test_failed_commit_rolls_back_and_closes(sbio_db, notified):
     one_site(sbio_db, url="dup")
-    with pytest.raises(sqlalchemy.exc.IntegrityError):
-        with Session() as s:
-            s.add(Website(url="dup"))
+    with pytest.raises(sqlalchemy.exc.IntegrityError), Session() as s:
+        s.add(Website(url="dup"))
     assert sbio_db.engine.pool.checkedout() == 0
     assert notified == []
 
@@ -654,9 +658,8 @@ def test_get_base_resolution():
 
 @pytest.mark.parametrize("sbio_db_backend", ["sqlite"])
 def test_sqlite_foreign_keys_enforced(sbio_db):
-    with pytest.raises(sqlalchemy.exc.IntegrityError):
-        with Session() as s:
-            s.add(WebPage(path="/orphan", website_id=uuid.uuid4()))
+    with pytest.raises(sqlalchemy.exc.IntegrityError), Session() as s:
+        s.add(WebPage(path="/orphan", website_id=uuid.uuid4()))
 
 
 # --------------------------------------------------------------------------
@@ -684,11 +687,10 @@ def test_notifies_changed_tables_once_per_commit(sbio_db, notified):
 
 def test_no_notification_on_rollback_or_without_changes(sbio_db, notified):
     site = one_site(sbio_db)
-    with pytest.raises(ZeroDivisionError):
-        with Session() as s:
-            s.get(Website, site.id).title = "x"
-            s.flush()
-            1 / 0
+    with pytest.raises(ZeroDivisionError), Session() as s:
+        s.get(Website, site.id).title = "x"
+        s.flush()
+        1 / 0  # noqa: B018 (the exception inside the session is the point)
     with Session() as s:
         loaded = s.get(Website, site.id)
         loaded.title = loaded.title  # a no-op change
@@ -719,11 +721,10 @@ def test_savepoints(sbio_db, notified):
     with Session() as s:
         s.add(Website(url="https://kept"))
         s.flush()
-        with pytest.raises(ValueError):
-            with s.begin_nested():
-                s.add(Tag(name="lost"))
-                s.flush()
-                raise ValueError
+        with pytest.raises(ValueError), s.begin_nested():
+            s.add(Tag(name="lost"))
+            s.flush()
+            raise ValueError
         with s.begin_nested():
             s.add(WebPage(path="/", website=s.website("https://kept")))
     assert notified == [["web_page", "website"]]  # not "tag": that savepoint rolled back
@@ -746,10 +747,9 @@ def test_notify_on_commit(sbio_db, notified):
         s.execute(text("UPDATE website SET title = 'raw'"))
         s.notify_on_commit(Website, "custom")
     assert notified == [["custom", "website"]]
-    with pytest.raises(KeyError):
-        with Session() as s:
-            s.notify_on_commit("custom")
-            raise KeyError
+    with pytest.raises(KeyError), Session() as s:
+        s.notify_on_commit("custom")
+        raise KeyError
     assert len(notified) == 1
 
 
@@ -771,9 +771,8 @@ def test_notifier_failure_is_logged_and_commit_stands(sbio_db, monkeypatch, capl
         raise RuntimeError("bus down")
 
     monkeypatch.setattr(Session, "notifier", broken)
-    with caplog.at_level(logging.ERROR, logger="sbio.sa"):
-        with Session() as s:
-            s.add(Website(url="https://f"))
+    with caplog.at_level(logging.ERROR, logger="sbio.sa"), Session() as s:
+        s.add(Website(url="https://f"))
     assert "change notification for ['website'] failed" in caplog.text
     with Session() as s:
         assert s.website("https://f")
@@ -782,7 +781,8 @@ def test_notifier_failure_is_logged_and_commit_stands(sbio_db, monkeypatch, capl
 def test_default_notifier_is_sbio_live_notify(sbio_db, monkeypatch):
     calls = []
     fake_live = types.ModuleType("sbio.live")
-    fake_live.notify = lambda channels, delay=False, trigger=None: calls.append((channels, delay, trigger))
+    fake_live.notify = lambda channels, delay=False, trigger=None: calls.append(
+        (channels, delay, trigger))
     monkeypatch.setitem(sys.modules, "sbio.live", fake_live)
     assert Session.notifier is None
     with Session() as s:
@@ -819,9 +819,9 @@ def test_temporary_database_restores_engine(tmp_path):
         assert Session.engine is sentinel
         second = tmp_path / "second"
         second.mkdir()
-        with pytest.raises(ZeroDivisionError):
-            with temporary_database(Session, "sqlite", directory=second):
-                1 / 0
+        with pytest.raises(ZeroDivisionError), \
+                temporary_database(Session, "sqlite", directory=second):
+            1 / 0  # noqa: B018 (the exception inside the block is the point)
         assert Session.engine is sentinel
     finally:
         Session.engine = None
@@ -838,7 +838,8 @@ def test_temporary_postgres_schema_is_dropped(sbio_postgres_url):
     try:
         with admin.connect() as conn:
             found = conn.execute(
-                text("SELECT count(*) FROM information_schema.schemata WHERE schema_name = :s"), {"s": schema}
+                text("SELECT count(*) FROM information_schema.schemata WHERE schema_name = :s"),
+                {"s": schema}
             ).scalar_one()
     finally:
         admin.dispose()

@@ -3,6 +3,7 @@
 No test asserts timing. Interval runs are counted with a FakeClock; the few
 real-time waits (joins, deadlines that must expire) are short and bounded.
 """
+import contextlib
 import gc
 import logging
 import queue
@@ -15,7 +16,7 @@ from gevent import GreenletExit
 from gevent.event import Event
 
 import sbio.tasks as tasks
-from sbio._fixtures_tasks import *  # noqa: F401,F403 (fixtures; the sbio plugin re-exports them too)
+from sbio._fixtures_tasks import *  # noqa: F403 (fixtures; the sbio plugin re-exports them too)
 from sbio._fixtures_tasks import FakeClock
 from sbio.errors import SbioError, SbioTimeoutError
 from sbio.tasks import (
@@ -159,13 +160,12 @@ def test_startup_failure_aborts_and_runs_the_due_shutdown_hooks(lc, caplog):
     def load_fixtures():
         raise ValueError("bad fixture file")
 
-    lc.add_hooks(startup=lambda: calls.append("cache up"), shutdown=lambda: calls.append("cache down"),
-                 priority=30, name="cache")
+    lc.add_hooks(startup=lambda: calls.append("cache up"),
+                 shutdown=lambda: calls.append("cache down"), priority=30, name="cache")
     lc.on_shutdown(lambda: calls.append("flush logs"), priority=90)
 
-    with caplog.at_level(logging.ERROR, logger=LOGGER):
-        with pytest.raises(LifecycleError) as info:
-            lc.start()
+    with caplog.at_level(logging.ERROR, logger=LOGGER), pytest.raises(LifecycleError) as info:
+        lc.start()
     error = info.value
     assert isinstance(error, SbioError)
     assert "load_fixtures" in str(error) and "bad fixture file" in str(error)
@@ -243,7 +243,8 @@ def test_stop_during_start_from_another_greenlet(lc):
 def test_add_hooks_with_a_key_replaces_and_removes(lc):
     calls = []
     lc.add_hooks(startup=lambda: calls.append("v1"), key="ns")
-    lc.add_hooks(startup=lambda: calls.append("v2"), shutdown=lambda: calls.append("v2 down"), key="ns")
+    lc.add_hooks(startup=lambda: calls.append("v2"), shutdown=lambda: calls.append("v2 down"),
+                 key="ns")
     lc.start()
     lc.stop()
     assert calls == ["v2", "v2 down"]
@@ -366,7 +367,7 @@ def test_task_that_ignores_stop_is_killed_at_the_deadline(caplog):
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         assert task.stop(timeout=0.05) is False
     assert task.greenlets() == [] and not task.running
-    warning = [r for r in caplog.records if r.levelno == logging.WARNING][0]
+    warning = next(r for r in caplog.records if r.levelno == logging.WARNING)
     assert "stubborn-task" in warning.getMessage() and "killing 1" in warning.getMessage()
     life.stop()
 
@@ -401,10 +402,8 @@ def test_greenlet_that_survives_kill_is_abandoned_and_logged(caplog):
     def immortal():
         started.set()
         while not release.is_set():
-            try:
+            with contextlib.suppress(GreenletExit):
                 release.wait(60)
-            except GreenletExit:
-                pass
 
     task = DaemonTask(immortal, name="immortal-task", lifecycle=life)
     life.start()
@@ -412,7 +411,8 @@ def test_greenlet_that_survives_kill_is_abandoned_and_logged(caplog):
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         life.stop(timeout=0.05)
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert errors and "immortal-task" in errors[0].getMessage() and "abandoned" in errors[0].getMessage()
+    assert errors and "immortal-task" in errors[0].getMessage()
+    assert "abandoned" in errors[0].getMessage()
     assert not task.running
     abandoned = task.greenlets()
     release.set()
@@ -447,7 +447,7 @@ def test_task_restarts_after_stop(lc):
     DaemonTask(lambda: runs.append(1), interval=60, lifecycle=lc)
     for expected in (1, 2, 3):
         lc.start()
-        wait_until(lambda: len(runs) == expected)
+        wait_until(lambda expected=expected: len(runs) == expected)
         lc.stop()
 
 
@@ -608,9 +608,8 @@ def test_isolated_sets_registrations_aside_and_restores_them():
     assert calls == ["test", "app"]
 
     life.start()
-    with pytest.raises(LifecycleError, match="separate Lifecycle"):
-        with life.isolated():
-            pass
+    with pytest.raises(LifecycleError, match="separate Lifecycle"), life.isolated():
+        pass
     life.stop()
 
 

@@ -10,7 +10,7 @@ from .crud import CrudMixin
 from .types import UTCDateTime, _to_utc
 
 _bases_lock = threading.Lock()
-_bases = weakref.WeakSet()  # every base made by declarative_base
+_bases: weakref.WeakSet[type] = weakref.WeakSet()  # every base made by declarative_base
 
 
 def _validate_utc_on_set(target, value, oldvalue, initiator):
@@ -48,7 +48,8 @@ def declarative_base(cls=None, *, metadata=None, type_annotation_map=None):
     Also usable with arguments: ``@declarative_base(metadata=MetaData(schema="x"))``.
     """
     if cls is None:
-        return lambda c: declarative_base(c, metadata=metadata, type_annotation_map=type_annotation_map)
+        return lambda c: declarative_base(c, metadata=metadata,
+                                          type_annotation_map=type_annotation_map)
 
     def __init__(self, **kwargs):
         self._sbio_init(kwargs)

@@ -1,4 +1,6 @@
 """:class:`SessionManager` (one subclass per database) and the :class:`SbioSession` it hands out."""
+from typing import Any, ClassVar
+
 from sqlalchemy import event
 from sqlalchemy.orm import Session as _SASession
 from sqlalchemy.orm import sessionmaker
@@ -80,13 +82,14 @@ class SessionManager:
         block; the session is closed anyway).
     """
 
-    engine = None
-    base = None
+    engine: Any = None
+    base: Any = None
     notify_changes = True
-    notifier = None
-    session_options = {}
-    session_class = SbioSession
-    session_factory = None
+    notifier: Any = None
+    #: extra keyword arguments of the sessionmaker (a subclass sets its own dict)
+    session_options: ClassVar[dict[str, Any]] = {}
+    session_class: type[SbioSession] = SbioSession
+    session_factory: Any = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -98,7 +101,7 @@ class SessionManager:
             bases,
             {"_sbio_manager": cls, "__module__": cls.__module__},
         )
-        options = {"expire_on_commit": False}
+        options: dict[str, Any] = {"expire_on_commit": False}
         options.update(cls.session_options)
         cls.session_factory = sessionmaker(class_=cls.session_class, **options)
 
@@ -155,11 +158,12 @@ class SessionManager:
 
     def __init__(self, **kwargs):
         self._kwargs = kwargs
-        self.session = None
+        self.session: Any = None
 
     def __enter__(self):
         if self.session is not None:
-            raise RuntimeError("this SessionManager instance is already in use; call Session() again")
+            raise RuntimeError(
+                "this SessionManager instance is already in use; call Session() again")
         self.session = type(self).new_session(**self._kwargs)
         return self.session
 

@@ -5,6 +5,8 @@ started and stopped together; and what tasks and callers share with it
 Named ``_lifecycle`` because ``sbio.tasks.lifecycle`` is the module-level
 Lifecycle instance (see :mod:`sbio.tasks.hooks`).
 """
+from __future__ import annotations
+
 import contextlib
 import contextvars
 import itertools
@@ -28,7 +30,8 @@ _STOPPED, _STARTING, _RUNNING, _STOPPING = "stopped", "starting", "running", "st
 # The Lifecycle whose task, caller or hook runs in this greenlet: set at the top
 # of each task/caller greenlet (a new greenlet starts with an empty context) and
 # around each hook call. sbio.live.notify() reads it to find its server(s).
-_current_lifecycle = contextvars.ContextVar("sbio_current_lifecycle", default=None)
+_current_lifecycle: contextvars.ContextVar[Lifecycle | None] = contextvars.ContextVar(
+    "sbio_current_lifecycle", default=None)
 
 
 def current_lifecycle():
@@ -388,7 +391,7 @@ class Lifecycle:
 
     def _run_shutdown_hooks(self, deadline):
         due = [h for h in self._shutdown if h.component.shutdown_due]
-        errors = []
+        errors: list[tuple[str, BaseException]] = []
         fatal = None
         for hook in sorted(due, key=lambda h: h.order):
             budget = _remaining(deadline)

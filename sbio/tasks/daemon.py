@@ -177,7 +177,9 @@ class DaemonTask(_Service):
         ttl = lease.ttl
         margin = min(1.0, ttl / 10)
         renew_every = ttl / 3
-        worker = self._group.spawn(_run_as, self.lifecycle, self._loop, stop)
+        group = self._group
+        assert group is not None, "start() made the group"
+        worker = group.spawn(_run_as, self.lifecycle, self._loop, stop)
         worker.name = f"{self.name}[singleton]"
         next_renew = time.monotonic() + renew_every
         renew_failing = False

@@ -28,7 +28,7 @@ class _Service:
         self.threads = threads
         self.lifecycle = _default_lifecycle() if lifecycle is None else lifecycle
         self._state = _STOPPED
-        self._group = None  # created by start(): a fresh Group per run
+        self._group: Group | None = None  # created by start(): a fresh Group per run
         self._stop_started = None
         self._killed = False
         self._abandoned = []  # greenlets that survived a kill, still ours to report

@@ -7,6 +7,8 @@ them with :class:`sbio.testing.LiveClient`. Each test uses its own
 ``[cluster] prefix``, so concurrent test runs never see each other's
 messages. Every wait is bounded; every process is killed in teardown.
 """
+import contextlib
+import itertools
 import logging
 import os
 import re
@@ -266,10 +268,8 @@ def clients():
 
     yield connect
     for client in made:
-        try:
+        with contextlib.suppress(Exception):
             client.disconnect()
-        except Exception:
-            pass
 
 
 def assert_no_more(sub, count, settle=1.0):
@@ -401,7 +401,7 @@ def test_singleton_task_runs_on_one_process_and_moves_when_it_dies(
     assert after == {first[0]}, after
     # No two runs ever overlapped, across all processes.
     runs.sort(key=lambda r: r[1])
-    for earlier, later in zip(runs, runs[1:]):
+    for earlier, later in itertools.pairwise(runs):
         assert later[1] >= earlier[2], f"overlapping runs: {earlier} and {later}"
 
 
@@ -583,10 +583,8 @@ class Proxy:
 
     def _close(self, sock):
         self.sockets.discard(sock)
-        try:
+        with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         sock.close()
 
     def cut(self):

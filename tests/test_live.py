@@ -358,7 +358,7 @@ def test_notifies_during_a_run_coalesce_into_one_more_run(env):
     S.value = 2
     notify("gate")
     S.entered.wait(5)  # the re-run is in progress, blocked
-    for i in range(100):
+    for _ in range(100):
         other.call("notify_many", "gate", 1)  # 100 notifications from client calls
     S.value = 3
     runs = S.runs["gated"]

@@ -11,8 +11,14 @@ from sbio import notify
 from sbio.testing import LiveClient
 
 from test_live import (  # noqa: F401  (fixtures and scenarios, run again here)
-    NS, S, Board, Env, _bus_listeners_of, _live_subscription_objects, spy, state,
-    wait_for,
+    NS,
+    Board,
+    Env,
+    S,
+    _bus_listeners_of,
+    _live_subscription_objects,
+    spy,
+    state,
     test_acl_revocation_drops_the_subscription,
     test_burst_of_notifies_is_coalesced,
     test_delay_true_fires_after_success_only,
@@ -37,6 +43,7 @@ from test_live import (  # noqa: F401  (fixtures and scenarios, run again here)
     test_update_on_notify_from_a_greenlet,
     test_update_on_notify_from_another_client,
     test_update_on_notify_from_os_threads,
+    wait_for,
 )
 
 

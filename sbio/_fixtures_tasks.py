@@ -3,4 +3,4 @@
 Importing it imports :mod:`sbio.testing`, which monkey-patches gevent first
 (see there; ``SBIO_MONKEY_PATCH=0`` opts out).
 """
-from sbio.testing.task_fixtures import *  # noqa: F401,F403
+from sbio.testing.task_fixtures import *  # noqa: F403

@@ -50,13 +50,13 @@ if os.environ.get("SBIO_MONKEY_PATCH", "1").lower() not in ("0", "false", "no"):
 
 # Everything below imports after the patching. pytest loads this module as the
 # plugin: every fixture and hook must be a name of it (imported here).
-from .clients import CallError, Subscription, _ClientBase  # noqa: E402,F401
-from .config_fixtures import sbio_config_patcher  # noqa: E402,F401
-from .db_fixtures import *  # noqa: E402,F401,F403
-from .live_client import LiveClient  # noqa: E402
-from .local_client import LocalClient, _ErrorCapture, _Router  # noqa: E402,F401
-from .server_fixtures import sbio_client, sbio_config, sbio_live_client, sbio_server  # noqa: E402,F401
-from .services import (  # noqa: E402,F401
+from .clients import CallError, Subscription, _ClientBase  # noqa: F401
+from .config_fixtures import sbio_config_patcher  # noqa: F401
+from .db_fixtures import *  # noqa: F403
+from .live_client import LiveClient
+from .local_client import LocalClient, _ErrorCapture, _Router  # noqa: F401
+from .server_fixtures import sbio_client, sbio_config, sbio_live_client, sbio_server  # noqa: F401
+from .services import (  # noqa: F401
     DEFAULT_POSTGRES_URL,
     DEFAULT_REDIS_URL,
     REQUIRE_SERVICES_ENV,
@@ -68,6 +68,6 @@ from .services import (  # noqa: E402,F401
     sbio_postgres_url,
     sbio_redis_url,
 )
-from .task_fixtures import *  # noqa: E402,F401,F403
+from .task_fixtures import *  # noqa: F403
 
 __all__ = ["CallError", "LocalClient", "LiveClient", "Subscription", "missing_service"]

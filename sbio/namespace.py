@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, TypeVar
 
 import gevent
+import greenlet
 from gevent.pool import Group
 
 from .context import current_call
@@ -74,7 +75,7 @@ class Namespace:
         self.allowed_methods: set[str] | None = None
         self.connected = False
         # greenlets running handler calls (killed at disconnect)
-        self._sbio_calls: set[gevent.Greenlet] = set()
+        self._sbio_calls: set[greenlet.greenlet] = set()
         self._sbio_guard: Any = None   # the connection's sbio.limits.ConnectionGuard
         self.reset_acl()
 

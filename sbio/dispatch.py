@@ -25,7 +25,8 @@ from .context import CallContext, _current_call, current_call
 from .errors import ConnectionRefused, RpcError, SbioTimeoutError
 from .namespace import RESERVED_HANDLERS
 from .protocol import ERROR_EVENT as ERROR_EVENT  # re-exported: its old location
-from .protocol import EVENT_NAME_RE, error_envelope, error_envelope_of, ok_envelope, short_repr
+from .protocol import (EVENT_NAME_RE, RATE_LIMITED, error_envelope, error_envelope_of,
+                       ok_envelope, short_repr)
 
 __all__ = ["NamespaceDispatcher", "CallContext", "current_call",
            "ok_envelope", "error_envelope"]
@@ -211,19 +212,31 @@ class NamespaceDispatcher:
         (``server.rate_limit``) and the handler's own (:func:`sbio.rate_limit`).
         """
         if len(instance._sbio_calls) >= self.max_calls_in_flight:
-            return {"code": "rate_limited", "message": "too many calls in flight on this "
+            return {"code": RATE_LIMITED, "message": "too many calls in flight on this "
                     f"connection (limit {self.max_calls_in_flight}): wait for answers first"}
         bucket = guard.bucket
         if bucket is not None and not bucket.take():
             limits = guard.limits
-            return {"code": "rate_limited", "message": "too many events on this connection "
+            return {"code": RATE_LIMITED, "message": "too many events on this connection "
                     f"(limit {limits.rate:g}/s, burst {limits.burst})"}
         if self.rate_limits:
-            spec = self.rate_limits.get(event)
-            if spec is not None and not guard.handler_bucket(self.name, event, spec).take():
-                return {"code": "rate_limited", "message": f"too many calls of {_short(event)} "
-                        f"(limit {spec[0]:g}/s, burst {spec[1]})"}
+            return self.admit_handler(instance, event, guard)
         return None
+
+    def admit_handler(self, instance, event, guard=None):
+        """None, or the ``rate_limited`` error of *event*'s own :func:`sbio.rate_limit`.
+
+        A subscription (``sbio:subscribe``) to a rate-limited handler runs it,
+        so it takes from the same bucket as a call.
+        """
+        spec = self.rate_limits.get(event)
+        guard = guard or instance._sbio_guard
+        if spec is None or guard is None:
+            return None
+        if guard.handler_bucket(self.name, event, spec).take():
+            return None
+        return {"code": RATE_LIMITED, "message": f"too many calls of {_short(event)} "
+                f"(limit {spec[0]:g}/s, burst {spec[1]})"}
 
     # -- events --------------------------------------------------------------------
 

@@ -365,6 +365,31 @@ def test_rate_limit_decorator_per_handler(sbio_server, raw):
     assert second.ack(1)[1] == {"ok": True, "data": True}
 
 
+def test_rate_limit_decorator_counts_subscriptions(sbio_server, raw):
+    # sbio:subscribe runs the handler, so it takes from the handler's bucket:
+    # a client cannot dodge @rate_limit by subscribing over and over.
+    import sbio
+
+    class Throttled(Namespace):
+        name = NS
+
+        @sbio.rate_limit(0.1, burst=2)
+        @subscribes("price")
+        def on_quote(self, symbol):
+            return {"symbol": symbol}
+
+    server = sbio_server(Throttled)
+    conn = raw(server)
+    conn.call(1, "quote", '"A"')
+    for i in range(2, 5):
+        conn.call(i, "sbio:subscribe", json.dumps({"id": f"s{i}", "event": "quote",
+                                                   "args": ["A"]}))
+    answers = dict(conn.ack() for _ in range(4))
+    assert [answers[i]["ok"] for i in range(1, 5)] == [True, True, False, False], answers
+    assert answers[3]["error"]["code"] == "rate_limited"
+    assert "quote" in answers[3]["error"]["message"]
+
+
 def test_sustained_abuse_closes_the_connection(sbio_server, raw, ns, sbio_live_client):
     server = sbio_server(ns, config=_config(server__rate_limit=5, server__rate_limit_burst=5,
                                             server__rate_limit_close_after=50))

@@ -414,6 +414,9 @@ class Broadcaster:
         if live_spec is None:
             return error_envelope("bad_request", f"event {_short(event)} cannot be "
                                   f"subscribed to (mark {method} with @subscribes)")
+        limited = dispatcher.admit_handler(instance, event)
+        if limited is not None:
+            return {"ok": False, "error": limited}
         problem = spec.check_args(event, call_args)
         if problem is not None:
             return error_envelope("bad_request", problem)

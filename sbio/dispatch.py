@@ -25,8 +25,14 @@ from .context import CallContext, _current_call, current_call
 from .errors import ConnectionRefused, RpcError, SbioTimeoutError
 from .namespace import RESERVED_HANDLERS
 from .protocol import ERROR_EVENT as ERROR_EVENT  # re-exported: its old location
-from .protocol import (EVENT_NAME_RE, RATE_LIMITED, error_envelope, error_envelope_of,
-                       ok_envelope, short_repr)
+from .protocol import (
+    EVENT_NAME_RE,
+    RATE_LIMITED,
+    error_envelope,
+    error_envelope_of,
+    ok_envelope,
+    short_repr,
+)
 
 __all__ = ["NamespaceDispatcher", "CallContext", "current_call",
            "ok_envelope", "error_envelope"]

@@ -194,3 +194,19 @@ def test_cluster_fanout_every_receiver_on_every_process_gets_every_broadcast_onc
     assert r["ok"], r.get("error")
     assert len(r["server_cpu_s_by_process"]) == processes
     assert r["redis"]["prefix"].startswith("sbio-bench-")
+
+
+def test_instructions_counts_the_measured_window(node_ready):
+    # bench/instructions.py at its smallest: sbio under callgrind, 100 acks.
+    # Checks that a count came back for exactly the operations asked for and
+    # that it is plausible (an ack costs far more than 1,000 and far less than
+    # 10 million instructions), never a time.
+    if not shutil.which("valgrind"):
+        _missing("valgrind is not available (bench/instructions.py needs it)")
+    proc = subprocess.run([sys.executable, os.path.join(BENCH_DIR, "instructions.py"),
+                           "--scenarios", "echo-1", "--servers", "sbio", "--count", "100",
+                           "--json"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)["echo-1"]["sbio"]
+    assert result["ops"] == 100
+    assert 1_000 < result["instructions"] / result["ops"] < 10_000_000, result

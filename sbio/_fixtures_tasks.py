@@ -1,6 +1,6 @@
 """Old location of :mod:`sbio.testing.task_fixtures` (kept so existing imports work).
 
-Importing it imports :mod:`sbio.testing`, which monkey-patches gevent first
-(see there; ``SBIO_MONKEY_PATCH=0`` opts out).
+Importing it has no side effects (no monkey-patching): the sbio pytest plugin
+patches, when a project loads it (see :mod:`sbio.testing`).
 """
 from sbio.testing.task_fixtures import *  # noqa: F403

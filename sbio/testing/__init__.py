@@ -7,10 +7,14 @@ configuration (``addopts = -p sbio.testing`` in ``pytest.ini``: loaded
 first, the best place) or with ``pytest_plugins = ["sbio.testing"]`` in your
 top-level ``conftest.py``.
 
-Importing this module *is* loading the plugin, and it has one side effect:
-it monkey-patches gevent first thing (``gevent.monkey.patch_all()``), as
-``sbio run`` does, unless the socket module is patched already; set
-``SBIO_MONKEY_PATCH=0`` to opt out. Import it from test code only.
+Importing this package has no side effects, and imports neither gevent nor
+socket.io: the names below are loaded on first use. Only when pytest loads
+it as a plugin does it act (see :mod:`sbio.testing._plugin`): at the earliest
+hook it calls ``gevent.monkey.patch_all()``, as ``sbio run`` does, unless the
+socket module is patched already or the project said no (ini option
+``sbio_monkey_patch = false``, or ``SBIO_MONKEY_PATCH=0`` in the environment,
+which wins over the ini option); then it registers
+:mod:`sbio.testing.fixtures`, which holds the fixtures.
 
 Fixtures (every name starts with ``sbio_``, so none collides with another
 plugin's, e.g. pytest-django's ``db`` or pytest-redislite's ``redis_url``)
@@ -40,34 +44,57 @@ plugin's, e.g. pytest-django's ``db`` or pytest-redislite's ``redis_url``)
     environment variable ``SBIO_REQUIRE_SERVICES=1`` (set by ``.ci/run``)
     the skip becomes a failure, so CI always runs those tests.
 """
-import os
+import importlib
+from typing import TYPE_CHECKING
 
-if os.environ.get("SBIO_MONKEY_PATCH", "1").lower() not in ("0", "false", "no"):
-    from gevent import monkey
+# The plugin's hooks: pytest finds them here, in the module it loaded.
+from ._plugin import pytest_addoption as pytest_addoption
+from ._plugin import pytest_configure as pytest_configure
+from ._plugin import pytest_load_initial_conftests as pytest_load_initial_conftests
+from ._plugin import pytest_report_header as pytest_report_header
 
-    if not monkey.is_module_patched("socket"):
-        monkey.patch_all()
+#: public name -> module that defines it (imported on first use)
+_EXPORTS = {
+    "CallError": "sbio.testing.clients",
+    "Subscription": "sbio.testing.clients",
+    "LocalClient": "sbio.testing.local_client",
+    "LiveClient": "sbio.testing.live_client",
+    "missing_service": "sbio.testing.services",
+    "DEFAULT_POSTGRES_URL": "sbio.testing.services",
+    "DEFAULT_REDIS_URL": "sbio.testing.services",
+    "REQUIRE_SERVICES_ENV": "sbio.testing.services",
+    "FakeClock": "sbio.testing.task_fixtures",
+    "DbFixture": "sbio.testing.db_fixtures",
+    "temporary_database": "sbio.testing.db_fixtures",
+    "DB_BACKEND_ENV": "sbio.testing.db_fixtures",
+}
 
-# Everything below imports after the patching. pytest loads this module as the
-# plugin: every fixture and hook must be a name of it (imported here).
-from .clients import CallError, Subscription, _ClientBase  # noqa: F401
-from .config_fixtures import sbio_config_patcher  # noqa: F401
-from .db_fixtures import *  # noqa: F403
-from .live_client import LiveClient
-from .local_client import LocalClient, _ErrorCapture, _Router  # noqa: F401
-from .server_fixtures import sbio_client, sbio_config, sbio_live_client, sbio_server  # noqa: F401
-from .services import (  # noqa: F401
-    DEFAULT_POSTGRES_URL,
-    DEFAULT_REDIS_URL,
-    REQUIRE_SERVICES_ENV,
-    _network_service,
-    _port_open,
-    _services_required,
-    missing_service,
-    sbio_chromium,
-    sbio_postgres_url,
-    sbio_redis_url,
-)
-from .task_fixtures import *  # noqa: F403
+__all__ = sorted(_EXPORTS)
 
-__all__ = ["CallError", "LocalClient", "LiveClient", "Subscription", "missing_service"]
+if TYPE_CHECKING:
+    from .clients import CallError as CallError
+    from .clients import Subscription as Subscription
+    from .db_fixtures import DB_BACKEND_ENV as DB_BACKEND_ENV
+    from .db_fixtures import DbFixture as DbFixture
+    from .db_fixtures import temporary_database as temporary_database
+    from .live_client import LiveClient as LiveClient
+    from .local_client import LocalClient as LocalClient
+    from .services import DEFAULT_POSTGRES_URL as DEFAULT_POSTGRES_URL
+    from .services import DEFAULT_REDIS_URL as DEFAULT_REDIS_URL
+    from .services import REQUIRE_SERVICES_ENV as REQUIRE_SERVICES_ENV
+    from .services import missing_service as missing_service
+    from .task_fixtures import FakeClock as FakeClock
+
+
+def __getattr__(name: str) -> object:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sbio.testing' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+

@@ -1,17 +1,31 @@
 """What both test clients share: :class:`CallError`, the events log, :class:`Subscription`."""
+from __future__ import annotations
+
 import itertools
+import sys
+from typing import TYPE_CHECKING, Any
 
 import gevent
 import gevent.event
 
 from ..errors import RpcError, SbioError, SbioTimeoutError
 
+if TYPE_CHECKING:
+    if sys.version_info >= (3, 11):
+        from typing import Self
+    else:
+        from typing_extensions import Self
+
+__all__ = ["CallError", "Subscription"]
+
 
 class CallError(RpcError):
     """A test client's call was answered with ``{"ok": false, "error": ...}``.
 
     ``code`` and ``message`` are the error's; for an ``internal`` error of an
-    in-process client, ``__cause__`` is the exception the handler raised.
+    in-process client, ``__cause__`` is the exception the handler raised. An
+    in-process client's call the connection dropped before it was answered
+    raises it too, with code ``"disconnected"`` (as sbio.js does).
     """
 
     __test__ = False
@@ -22,28 +36,46 @@ class _ClientBase:
 
     __test__ = False
 
-    def __init__(self, namespace, timeout):
+    def __init__(self, namespace: str, timeout: float) -> None:
         self.namespace = namespace
         self.timeout = timeout
-        self.events = []  # [(event, args)]
+        self.events: list[tuple[str, list[Any]]] = []
         self._arrived = gevent.event.Event()
-        self.subscriptions = {}  # id -> Subscription (see subscribe())
+        #: id -> Subscription (see subscribe())
+        self.subscriptions: dict[str, Subscription] = {}
         self._sub_ids = itertools.count(1)
 
-    def _record(self, event, args):
+    # -- what each client implements ---------------------------------------------
+
+    def _call(self, event: str, args: Any, timeout: float | None
+              ) -> tuple[Any, BaseException | None]:
+        """Send *event* with an ack; return (the ack's first value, the server's exception)."""
+        raise NotImplementedError
+
+    def disconnect(self) -> None:
+        """Disconnect. Idempotent."""
+        raise NotImplementedError
+
+    def _take_server_error(self, event: str) -> BaseException | None:
+        """The exception a handler raised for *event* on this connection, if known."""
+        return None
+
+    # -- shared ------------------------------------------------------------------
+
+    def _record(self, event: str, args: Any) -> None:
         self.events.append((event, list(args)))
         if event == "sbio:update":
             self._route_update(args)
         self._arrived.set()
 
-    def received(self, event=None):
+    def received(self, event: str | None = None) -> list[Any]:
         """Every event received so far (or only *event*), as ``[(event, args)]``
         or, with *event*, a list of argument lists."""
         if event is None:
             return list(self.events)
         return [args for name, args in self.events if name == event]
 
-    def receive(self, event, timeout=None, count=1):
+    def receive(self, event: str, timeout: float | None = None, count: int = 1) -> list[Any]:
         """Wait until *count* ``event`` events have been received; return the last's args.
 
         Raises :class:`~sbio.SbioTimeoutError` (a :class:`TimeoutError`) after
@@ -61,7 +93,7 @@ class _ClientBase:
                 self._arrived.wait()
 
     @staticmethod
-    def _unwrap(envelope, cause=None):
+    def _unwrap(envelope: Any, cause: BaseException | None = None) -> Any:
         if not isinstance(envelope, dict) or "ok" not in envelope:
             raise SbioError(f"the server answered with a non-envelope ack: {envelope!r}")
         if envelope["ok"]:
@@ -72,24 +104,25 @@ class _ClientBase:
             raise exc from cause
         raise exc
 
-    def call(self, event, *args, timeout=None):
+    def call(self, event: str, *args: Any, timeout: float | None = None) -> Any:
         """Call *event* with an ack; return its data or raise :class:`CallError`."""
         envelope, cause = self._call(event, args, timeout)
         return self._unwrap(envelope, cause)
 
-    def call_envelope(self, event, *args, timeout=None):
+    def call_envelope(self, event: str, *args: Any, timeout: float | None = None) -> Any:
         """Call *event* with an ack and return the raw envelope dict."""
         return self._call(event, args, timeout)[0]
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.disconnect()
 
     # -- live data ---------------------------------------------------------------
 
-    def subscribe(self, event, *args, id=None, timeout=None):
+    def subscribe(self, event: str, *args: Any, id: str | None = None,
+                  timeout: float | None = None) -> Subscription:
         """Subscribe to ``on_<event>(*args)``; return a :class:`Subscription`.
 
         The first result is in ``.data``; later ``sbio:update`` pushes land in
@@ -119,7 +152,7 @@ class _ClientBase:
             sub.data = data
         return sub
 
-    def unsubscribe(self, *subs, timeout=None):
+    def unsubscribe(self, *subs: Subscription | str, timeout: float | None = None) -> Any:
         """End subscriptions (:class:`Subscription` objects or ids); one ``{"ids"}`` call."""
         ids = [s.id if isinstance(s, Subscription) else s for s in subs]
         for sub_id in ids:
@@ -129,17 +162,12 @@ class _ClientBase:
         payload = {"id": ids[0]} if len(ids) == 1 else {"ids": ids}
         return self._unwrap(self._call("sbio:unsubscribe", [payload], timeout)[0])
 
-    def _route_update(self, args):
+    def _route_update(self, args: Any) -> None:
         body = args[0] if args else None
-        if isinstance(body, dict):
-            sub = self.subscriptions.get(body.get("id"))
+        if isinstance(body, dict) and isinstance(body.get("id"), str):
+            sub = self.subscriptions.get(body["id"])
             if sub is not None:
                 sub._push(body)
-
-    def _take_server_error(self, event):
-        """The exception a handler raised for *event* on this connection, if known."""
-        return None
-
 
 
 class Subscription:
@@ -153,22 +181,22 @@ class Subscription:
 
     __test__ = False
 
-    def __init__(self, client, id, event, args):
+    def __init__(self, client: _ClientBase, id: str, event: str, args: list[Any]) -> None:
         self.client = client
         self.id = id
         self.event = event
         self.args = args
-        self.data = None
-        self.updates = []
-        self.errors = []
-        self.pushes = []
+        self.data: Any = None
+        self.updates: list[Any] = []
+        self.errors: list[dict[str, Any]] = []
+        self.pushes: list[dict[str, Any]] = []
         self.active = True
         self._seen = 0
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<Subscription {self.id!r} {self.event}{tuple(self.args)!r}>"
 
-    def _push(self, body):
+    def _push(self, body: dict[str, Any]) -> None:
         self.pushes.append(body)
         if body.get("error") is not None:
             self.errors.append(body["error"])
@@ -176,7 +204,7 @@ class Subscription:
             self.data = body.get("data")
             self.updates.append(self.data)
 
-    def wait_update(self, timeout=None):
+    def wait_update(self, timeout: float | None = None) -> Any:
         """Wait for the next push not yet returned by this method; return its data.
 
         An error push raises :class:`CallError` (with the server's exception
@@ -203,6 +231,6 @@ class Subscription:
             raise exc
         return body.get("data")
 
-    def unsubscribe(self, timeout=None):
+    def unsubscribe(self, timeout: float | None = None) -> Any:
         """End this subscription."""
         return self.client.unsubscribe(self, timeout=timeout)

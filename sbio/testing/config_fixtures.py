@@ -1,5 +1,8 @@
 """The ``sbio_config_patcher`` pytest fixture (re-exported by the sbio pytest plugin)."""
-from collections.abc import Mapping
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import pytest
 from configobj import Section
@@ -12,7 +15,7 @@ _MISSING = object()
 
 
 @pytest.fixture
-def sbio_config_patcher():
+def sbio_config_patcher() -> Iterator[Callable[..., Any]]:
     """Set configuration values for one test; they are restored afterwards.
 
     ``sbio_config_patcher(value, *path, config)``: *path* names the key, dotted
@@ -30,9 +33,9 @@ def sbio_config_patcher():
     order, so patching one key twice restores the original value. Returns
     the previous value (None when there was none).
     """
-    undo = []
+    undo: list[Callable[[], None]] = []
 
-    def patch(value, *path, config):
+    def patch(value: Any, *path: str, config: Any) -> Any:
         if not path:
             raise TypeError("sbio_config_patcher() needs the key to patch, e.g. 'server.port'")
         container = config
@@ -52,7 +55,7 @@ def sbio_config_patcher():
         else:
             container[leaf] = value
 
-        def restore():
+        def restore() -> None:
             if old is _MISSING:
                 if _has(container, leaf):
                     del container[leaf]

@@ -30,11 +30,24 @@ Seed data for a whole module by overriding ``sbio_db_seed`` there::
             session.add_all([Website(url="a"), Website(url="b")])
         return seed
 """
+from __future__ import annotations
+
 import contextlib
 import os
 import uuid
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.orm import Session as SqlaSession
+
+    from sbio.sa import SessionManager
+
+#: a ``seed(session)`` function
+Seeder = Callable[["SqlaSession"], object]
 
 __all__ = [
     "sbio_session_manager",
@@ -58,7 +71,7 @@ _ALIASES = {
 }
 
 
-def _normalize_backend(name):
+def _normalize_backend(name: str | None) -> str:
     key = (name or "").strip().lower()
     if key not in _ALIASES:
         raise pytest.UsageError(
@@ -76,7 +89,9 @@ class DbFixture:
     ``"postgresql"``), ``schema`` (PostgreSQL only: the per-test schema).
     """
 
-    def __init__(self, manager, engine, backend, schema=None, engine_options=None):
+    def __init__(self, manager: type[SessionManager], engine: Engine, backend: str,
+                 schema: str | None = None,
+                 engine_options: dict[str, Any] | None = None) -> None:
         self.Session = manager
         self.engine = engine
         self.url = engine.url
@@ -85,13 +100,13 @@ class DbFixture:
         self._engine_options = dict(engine_options or {})
         self._engines = [engine]
 
-    def session(self):
+    def session(self) -> Any:
         """``with db.session() as s:`` — the same as ``with Session() as s:``."""
         return self.Session()
 
     __call__ = session
 
-    def make_engine(self, **kwargs):
+    def make_engine(self, **kwargs: Any) -> Engine:
         """Another engine on this test database (e.g. with a bigger pool);
         disposed with the fixture. Does not rebind ``Session``."""
         from sbio.sa import create_engine
@@ -106,15 +121,15 @@ class DbFixture:
         self._engines.append(engine)
         return engine
 
-    def rebind(self, engine):
+    def rebind(self, engine: Engine) -> None:
         """Point ``Session`` at *engine* for the rest of the test (restored afterwards)."""
         self.Session.engine = engine
         self.engine = engine
 
     @contextlib.contextmanager
-    def _quiet(self):
+    def _quiet(self) -> Iterator[None]:
         had = "notify_changes" in vars(self.Session)
-        old = vars(self.Session).get("notify_changes")
+        old: bool = vars(self.Session).get("notify_changes", True)
         self.Session.notify_changes = False
         try:
             yield
@@ -124,7 +139,7 @@ class DbFixture:
             else:
                 del self.Session.notify_changes
 
-    def seed(self, *seeders, notify=False):
+    def seed(self, *seeders: Seeder, notify: bool = False) -> None:
         """Run each ``seeder(session)`` in one committed session (no change
         notifications unless ``notify=True``)."""
         ctx = contextlib.nullcontext() if notify else self._quiet()
@@ -132,7 +147,7 @@ class DbFixture:
             for seeder in seeders:
                 seeder(s)
 
-    def add(self, *objects, notify=False):
+    def add(self, *objects: Any, notify: bool = False) -> Any:
         """Add and commit *objects*; return them (one object if one was given).
 
         The session is closed afterwards; the objects keep their loaded
@@ -141,12 +156,12 @@ class DbFixture:
         self.seed(lambda s: s.add_all(objects), notify=notify)
         return objects[0] if len(objects) == 1 else list(objects)
 
-    def _dispose(self):
+    def _dispose(self) -> None:
         for engine in self._engines:
             engine.dispose()
 
 
-def _pg_admin_engine(url):
+def _pg_admin_engine(url: Any) -> Engine:
     import sqlalchemy
     from sqlalchemy.pool import NullPool
 
@@ -154,7 +169,10 @@ def _pg_admin_engine(url):
 
 
 @contextlib.contextmanager
-def temporary_database(manager, backend="sqlite", *, directory=None, postgres_url=None, engine_options=None):
+def temporary_database(manager: type[SessionManager], backend: str = "sqlite", *,
+                       directory: str | os.PathLike[str] | None = None,
+                       postgres_url: str | None = None,
+                       engine_options: dict[str, Any] | None = None) -> Iterator[DbFixture]:
     """Bind *manager* to a new empty database with its tables created; undo on exit.
 
     SQLite: a file ``test.db`` in *directory* (required). PostgreSQL: a new
@@ -221,7 +239,7 @@ def temporary_database(manager, backend="sqlite", *, directory=None, postgres_ur
 
 
 @pytest.fixture
-def sbio_session_manager():
+def sbio_session_manager() -> type[SessionManager]:
     """The application's ``SessionManager`` subclass. Override it in conftest.py."""
     pytest.fail(
         "the sbio_db fixture needs your SessionManager: define in conftest.py\n"
@@ -233,7 +251,7 @@ def sbio_session_manager():
 
 
 @pytest.fixture
-def sbio_db_backend(request):
+def sbio_db_backend(request: pytest.FixtureRequest) -> str:
     """``"sqlite"`` (default) or ``"postgresql"``: ``$SBIO_TEST_DB``, or the
     parameter when parametrized (``@pytest.mark.parametrize("sbio_db_backend",
     ["sqlite", "postgres"], indirect=True)``), or override the fixture."""
@@ -242,14 +260,16 @@ def sbio_db_backend(request):
 
 
 @pytest.fixture
-def sbio_db_seed():
+def sbio_db_seed() -> Seeder | list[Seeder] | None:
     """A ``seed(session)`` function (or a list of them) run in every fresh
     ``sbio_db`` before the test. Override it in a test module to seed that module."""
     return None
 
 
 @pytest.fixture
-def sbio_db(request, sbio_session_manager, sbio_db_backend, sbio_db_seed, tmp_path):
+def sbio_db(request: pytest.FixtureRequest, sbio_session_manager: type[SessionManager],
+            sbio_db_backend: str, sbio_db_seed: Seeder | list[Seeder] | None,
+            tmp_path: os.PathLike[str]) -> Iterator[DbFixture]:
     """A fresh database for this test: tables created, ``sbio_db_seed`` applied,
     the SessionManager rebound to it and restored afterwards. Returns a
     :class:`DbFixture`."""

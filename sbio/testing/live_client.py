@@ -1,6 +1,13 @@
 """The live client: :class:`LiveClient`, python-socketio's client over a real socket."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
 from ..errors import ConnectionRefused, SbioTimeoutError
 from .clients import _ClientBase
+
+__all__ = ["LiveClient"]
 
 
 class LiveClient(_ClientBase):
@@ -11,21 +18,22 @@ class LiveClient(_ClientBase):
     :param transports: ``["websocket"]`` (default), ``["polling"]``, or both.
     """
 
-    def __init__(self, url, namespace, auth=None, transports=("websocket",), timeout=5,
-                 headers=None):
+    def __init__(self, url: str, namespace: str, auth: Any = None,
+                 transports: Iterable[str] = ("websocket",), timeout: float = 5,
+                 headers: dict[str, str] | None = None) -> None:
         import socketio
 
         super().__init__(namespace, timeout)
         self.client = socketio.Client(reconnection=False)
-        self._refusal = None
+        self._refusal: dict[str, Any] | None = None
 
-        def on_any(event, *args):
+        def on_any(event: str, *args: Any) -> None:
             self._record(event, args)
 
-        def on_connect_error(data=None):
+        def on_connect_error(data: Any = None) -> None:
             self._refusal = data if isinstance(data, dict) else {"message": str(data)}
 
-        def on_disconnect(reason=None):
+        def on_disconnect(reason: Any = None) -> None:
             self._record("disconnect", [reason])
 
         self.client.on("*", on_any, namespace=namespace)
@@ -44,14 +52,15 @@ class LiveClient(_ClientBase):
             raise ConnectionError(f"cannot connect to {url}{namespace}: {exc}") from exc
 
     @property
-    def sid(self):
+    def sid(self) -> str | None:
         return self.client.get_sid(self.namespace)
 
     @property
-    def connected(self):
+    def connected(self) -> bool:
         return self.client.connected and self.namespace in self.client.namespaces
 
-    def _call(self, event, args, timeout):
+    def _call(self, event: str, args: Any, timeout: float | None
+              ) -> tuple[Any, BaseException | None]:
         import socketio
 
         timeout = self.timeout if timeout is None else timeout
@@ -61,13 +70,13 @@ class LiveClient(_ClientBase):
         except socketio.exceptions.TimeoutError:
             raise SbioTimeoutError(f"no ack for {event!r} within {timeout}s") from None
 
-    def emit(self, event, *args):
+    def emit(self, event: str, *args: Any) -> None:
         """Emit *event* without an ack."""
         self.client.emit(event, tuple(args), namespace=self.namespace)
 
-    def disconnect(self):
+    def disconnect(self) -> None:
         """Disconnect. Idempotent."""
         self.client.disconnect()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<LiveClient {self.namespace}>"

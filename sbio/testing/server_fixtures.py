@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
@@ -60,7 +60,8 @@ def sbio_client(sbio_config: Config) -> Iterator[ClientFactory]:
         if cls.name not in server.namespaces:
             dispatcher = server.add_namespace(cls)
             _ErrorCapture.of(server).attach(dispatcher)
-        client = LocalClient(server, cls.name, auth=auth, **kwargs)
+        # add_namespace refused a class without a name
+        client = LocalClient(server, cast(str, cls.name), auth=auth, **kwargs)
         clients.append(client)
         return client
 

@@ -2,12 +2,18 @@
 
 ``SBIO_REQUIRE_SERVICES=1`` (set by ``.ci/run``) turns the skip into a failure.
 """
+from __future__ import annotations
+
 import os
 import shutil
 import socket
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 import pytest
+
+__all__ = ["REQUIRE_SERVICES_ENV", "DEFAULT_POSTGRES_URL", "DEFAULT_REDIS_URL",
+           "missing_service", "sbio_postgres_url", "sbio_redis_url", "sbio_chromium"]
 
 #: Environment variable that turns "service missing" skips into failures.
 REQUIRE_SERVICES_ENV = "SBIO_REQUIRE_SERVICES"
@@ -16,11 +22,11 @@ DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
 
 
-def _services_required():
+def _services_required() -> bool:
     return os.environ.get(REQUIRE_SERVICES_ENV, "").lower() in ("1", "true", "yes")
 
 
-def missing_service(what):
+def missing_service(what: str) -> NoReturn:
     """Skip the current test because *what* is missing (fail instead under CI)."""
     message = f"{what} is not available"
     if _services_required():
@@ -28,7 +34,7 @@ def missing_service(what):
     pytest.skip(message)
 
 
-def _port_open(host, port, timeout=1.0):
+def _port_open(host: str, port: int, timeout: float = 1.0) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return True
@@ -36,7 +42,8 @@ def _port_open(host, port, timeout=1.0):
         return False
 
 
-def _network_service(what, url, default_port, module, install_hint):
+def _network_service(what: str, url: str, default_port: int, module: str,
+                     install_hint: str) -> str:
     """*url* when its client library imports and its port accepts connections."""
     import importlib
 
@@ -52,7 +59,7 @@ def _network_service(what, url, default_port, module, install_hint):
 
 
 @pytest.fixture(scope="session")
-def sbio_postgres_url():
+def sbio_postgres_url() -> str:
     """SQLAlchemy URL of the local PostgreSQL (``SBIO_TEST_POSTGRES_URL`` overrides)."""
     return _network_service("PostgreSQL",
                             os.environ.get("SBIO_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL),
@@ -60,14 +67,14 @@ def sbio_postgres_url():
 
 
 @pytest.fixture(scope="session")
-def sbio_redis_url():
+def sbio_redis_url() -> str:
     """URL of the local Redis (``SBIO_TEST_REDIS_URL`` overrides; db 15 by default)."""
     return _network_service("Redis", os.environ.get("SBIO_TEST_REDIS_URL", DEFAULT_REDIS_URL),
                             6379, "redis", "pip install 'sbio[redis]'")
 
 
 @pytest.fixture(scope="session")
-def sbio_chromium():
+def sbio_chromium() -> str:
     """Path of a Chromium binary for Playwright (``SBIO_CHROMIUM`` overrides)."""
     path = os.environ.get("SBIO_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
     if not os.path.exists(path):

@@ -14,8 +14,12 @@
     once in the test's greenlet, re-raising its exception
     (``raise_errors=False`` returns it instead, after logging it as the loop would).
 """
+from __future__ import annotations
+
 import time
 import weakref
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import gevent
 import pytest
@@ -24,13 +28,18 @@ from gevent.event import Event
 from sbio.errors import SbioTimeoutError
 from sbio.tasks import lifecycle as _global_lifecycle
 
+if TYPE_CHECKING:
+    from greenlet import greenlet
+
+    from sbio.tasks import DaemonTask, Lifecycle
+
 __all__ = ["FakeClock", "sbio_lifecycle", "sbio_clock", "sbio_run_task_once"]
 
 
 class _Sleeper:
     __slots__ = ("deadline", "alarm", "greenlet")
 
-    def __init__(self, deadline, alarm, greenlet):
+    def __init__(self, deadline: float | None, alarm: Event, greenlet: greenlet) -> None:
         self.deadline = deadline
         self.alarm = alarm
         self.greenlet = greenlet
@@ -62,24 +71,24 @@ class FakeClock:
 
     __test__ = False
 
-    def __init__(self, start=0.0, settle_timeout=5.0):
+    def __init__(self, start: float = 0.0, settle_timeout: float = 5.0) -> None:
         self.now = float(start)
         self.settle_timeout = settle_timeout
-        self._sleepers = []
-        self._woken = set()
-        self._linked = weakref.WeakSet()
+        self._sleepers: list[_Sleeper] = []
+        self._woken: set[greenlet] = set()
+        self._linked: weakref.WeakSet[greenlet] = weakref.WeakSet()
         self._changed = Event()
 
-    def time(self):
+    def time(self) -> float:
         """The fake time in seconds."""
         return self.now
 
     @property
-    def sleepers(self):
+    def sleepers(self) -> int:
         """How many greenlets wait on this clock now."""
         return len(self._sleepers)
 
-    def wait(self, event, timeout):
+    def wait(self, event: Event, timeout: float | None) -> bool:
         """The waiter: block until *event* is set or the fake time reaches now + *timeout*."""
         current = gevent.getcurrent()
         self._woken.discard(current)
@@ -102,18 +111,19 @@ class FakeClock:
                 self._sleepers.remove(sleeper)
         return event.is_set()
 
-    def advance(self, seconds):
+    def advance(self, seconds: float) -> None:
         """Move the fake time forward by *seconds*, waking the due sleepers in order."""
         if seconds < 0:
             raise ValueError("a FakeClock does not go backwards")
         target = self.now + seconds
         gevent.sleep(0)  # let greenlets spawned just before reach their first wait
         while True:
-            due = [s for s in self._sleepers if s.deadline is not None and s.deadline <= target]
+            due = [(s.deadline, s) for s in self._sleepers
+                   if s.deadline is not None and s.deadline <= target]
             if not due:
                 break
-            self.now = max(self.now, min(s.deadline for s in due))
-            for sleeper in [s for s in due if s.deadline <= self.now]:
+            self.now = max(self.now, min(deadline for deadline, _ in due))
+            for sleeper in [s for deadline, s in due if deadline <= self.now]:
                 self._sleepers.remove(sleeper)
                 self._woken.add(sleeper.greenlet)
                 rawlink = getattr(sleeper.greenlet, "rawlink", None)
@@ -124,22 +134,23 @@ class FakeClock:
             self._settle()
         self.now = target
 
-    def _on_death(self, _greenlet):
+    def _on_death(self, _greenlet: object) -> None:
         self._changed.set()
 
-    def wait_for_sleepers(self, count, timeout=5.0):
+    def wait_for_sleepers(self, count: int, timeout: float = 5.0) -> None:
         """Block (real time, up to *timeout* s) until *count* greenlets wait on the clock."""
         deadline = time.monotonic() + timeout
         while len(self._sleepers) < count:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise SbioTimeoutError(
-                    f"{len(self._sleepers)} greenlet(s) wait on the FakeClock after {timeout} s, expected {count}"
+                    f"{len(self._sleepers)} greenlet(s) wait on the FakeClock after {timeout} s, "
+                    f"expected {count}"
                 )
             self._changed.clear()
             self._changed.wait(remaining)
 
-    def _settle(self):
+    def _settle(self) -> None:
         deadline = time.monotonic() + self.settle_timeout
         while True:
             self._woken = {g for g in self._woken if not g.dead}
@@ -157,19 +168,19 @@ class FakeClock:
             # greenlets are checked again every 50 ms.
             self._changed.wait(remaining if linked else min(remaining, 0.05))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<FakeClock t={self.now} sleepers={len(self._sleepers)}>"
 
 
 @pytest.fixture
-def sbio_lifecycle():
+def sbio_lifecycle() -> Iterator[Lifecycle]:
     """The global lifecycle, emptied for this test and restored (and stopped) afterwards."""
     with _global_lifecycle.isolated(timeout=5) as lifecycle:
         yield lifecycle
 
 
 @pytest.fixture
-def sbio_clock(sbio_lifecycle):
+def sbio_clock(sbio_lifecycle: Lifecycle) -> FakeClock:
     """A :class:`FakeClock` that drives the intervals of ``sbio_lifecycle``'s tasks."""
     clock = FakeClock()
     sbio_lifecycle.waiter = clock.wait
@@ -177,13 +188,14 @@ def sbio_clock(sbio_lifecycle):
 
 
 @pytest.fixture
-def sbio_run_task_once():
+def sbio_run_task_once() -> Callable[..., BaseException | None]:
     """``sbio_run_task_once(task, raise_errors=True)``: call a DaemonTask's function once, here."""
 
-    def run(task, raise_errors=True):
+    def run(task: DaemonTask, raise_errors: bool = True) -> BaseException | None:
         if task.running:
             raise RuntimeError(
-                f"{task!r} is running; stop it before sbio_run_task_once (its loop would run concurrently)"
+                f"{task!r} is running; stop it before sbio_run_task_once (its loop would "
+                "run concurrently)"
             )
         error = task.run_once()
         if error is not None and raise_errors:

@@ -42,7 +42,7 @@ class _ClientBase:
         self.events: list[tuple[str, list[Any]]] = []
         self._arrived = gevent.event.Event()
         #: id -> Subscription (see subscribe())
-        self.subscriptions: dict[str, Subscription] = {}
+        self.subscriptions: dict[Any, Subscription] = {}
         self._sub_ids = itertools.count(1)
 
     # -- what each client implements ---------------------------------------------
@@ -121,7 +121,7 @@ class _ClientBase:
 
     # -- live data ---------------------------------------------------------------
 
-    def subscribe(self, event: str, *args: Any, id: str | None = None,
+    def subscribe(self, event: str, *args: Any, id: str | int | None = None,
                   timeout: float | None = None) -> Subscription:
         """Subscribe to ``on_<event>(*args)``; return a :class:`Subscription`.
 
@@ -152,7 +152,8 @@ class _ClientBase:
             sub.data = data
         return sub
 
-    def unsubscribe(self, *subs: Subscription | str, timeout: float | None = None) -> Any:
+    def unsubscribe(self, *subs: Subscription | str | int, timeout: float | None = None
+                    ) -> Any:
         """End subscriptions (:class:`Subscription` objects or ids); one ``{"ids"}`` call."""
         ids = [s.id if isinstance(s, Subscription) else s for s in subs]
         for sub_id in ids:
@@ -164,8 +165,8 @@ class _ClientBase:
 
     def _route_update(self, args: Any) -> None:
         body = args[0] if args else None
-        if isinstance(body, dict) and isinstance(body.get("id"), str):
-            sub = self.subscriptions.get(body["id"])
+        if isinstance(body, dict):
+            sub = self.subscriptions.get(body.get("id"))
             if sub is not None:
                 sub._push(body)
 
@@ -181,7 +182,8 @@ class Subscription:
 
     __test__ = False
 
-    def __init__(self, client: _ClientBase, id: str, event: str, args: list[Any]) -> None:
+    def __init__(self, client: _ClientBase, id: str | int, event: str, args: list[Any]
+                 ) -> None:
         self.client = client
         self.id = id
         self.event = event

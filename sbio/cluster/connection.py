@@ -5,6 +5,7 @@ keeps one pub/sub connection with a :class:`_Subscriber` (capped backoff
 with jitter, one log line per outage through :class:`_Health`).
 """
 import collections
+import contextlib
 import logging
 import random
 import threading
@@ -248,10 +249,8 @@ class _Subscriber:
                 self.connected.clear()
                 for thing in (pubsub, client):
                     if thing is not None:
-                        try:
+                        with contextlib.suppress(Exception):  # closing a dead connection
                             thing.close()
-                        except Exception:
-                            pass
 
     def _confirm(self, pubsub):
         """Wait for Redis to confirm every subscription (bounded by socket_timeout)."""

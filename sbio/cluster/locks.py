@@ -26,12 +26,12 @@ class RedisLocks:
 
     ``acquire(name) -> (lease, retry_after)``: *lease* is ``None`` when
     another process holds the lock, and *retry_after* says when to try
-    again (when it may expire, at most ``ttl / 3`` seconds). A lease has ``ttl``, ``valid_until`` (a ``time.monotonic()``
-    deadline, computed from when the request was sent so that it ends before
-    the key expires in Redis), ``renew() -> bool`` (False: the lock was lost)
-    and ``release()``. Keys are ``<prefix>:lock:<name>`` set with
-    ``SET NX PX`` and a random token; renewal and release compare the token
-    in a Lua script.
+    again (when it may expire, at most ``ttl / 3`` seconds). A lease has
+    ``ttl``, ``valid_until`` (a ``time.monotonic()`` deadline, computed from
+    when the request was sent so that it ends before the key expires in
+    Redis), ``renew() -> bool`` (False: the lock was lost) and ``release()``.
+    Keys are ``<prefix>:lock:<name>`` set with ``SET NX PX`` and a random
+    token; renewal and release compare the token in a Lua script.
 
     :param ttl: seconds the lock lives without renewal; a dead holder is
         replaced within this time.

@@ -202,7 +202,8 @@ class Lifecycle:
             self.add_hooks(shutdown=func, priority=priority)
         return func
 
-    def add_hooks(self, startup=None, shutdown=None, priority=DEFAULT_PRIORITY, *, key=None, name=None):
+    def add_hooks(self, startup=None, shutdown=None, priority=DEFAULT_PRIORITY, *, key=None,
+                  name=None):
         """Register a component: a startup hook and the shutdown hook that undoes it.
 
         The pair matters when start-up fails: *shutdown* then runs only if
@@ -356,7 +357,8 @@ class Lifecycle:
         """
         if self._state == _STARTING and self._starter is gevent.getcurrent():
             raise LifecycleError(
-                "stop() called from a startup hook; raise an exception from the hook to abort start-up"
+                "stop() called from a startup hook; "
+                "raise an exception from the hook to abort start-up"
             )
         self.stopped.set()
         with self._lock:
@@ -401,19 +403,24 @@ class Lifecycle:
             timer.start()
             token = _current_lifecycle.set(self)
             try:
-                logger.debug("%s: shutdown hook %s (priority %s)", self.name, hook.name, hook.priority)
+                logger.debug("%s: shutdown hook %s (priority %s)",
+                             self.name, hook.name, hook.priority)
                 hook.func()
             except gevent.Timeout as exc:
                 if exc is not timer:
                     raise
-                error = SbioTimeoutError(f"shutdown hook {hook.name} did not return within {budget:.1f} s")
+                error = SbioTimeoutError(
+                    f"shutdown hook {hook.name} did not return within {budget:.1f} s"
+                )
                 logger.error("%s: %s", self.name, error)
                 errors.append((hook.name, error))
             except Exception as exc:
-                logger.exception("%s: shutdown hook %s raised; running the others", self.name, hook.name)
+                logger.exception("%s: shutdown hook %s raised; running the others",
+                                 self.name, hook.name)
                 errors.append((hook.name, exc))
             except BaseException as exc:  # KeyboardInterrupt, SystemExit...: finish, then re-raise
-                logger.error("%s: shutdown hook %s raised %s", self.name, hook.name, type(exc).__name__)
+                logger.error("%s: shutdown hook %s raised %s",
+                             self.name, hook.name, type(exc).__name__)
                 errors.append((hook.name, exc))
                 fatal = fatal or exc
             finally:
@@ -460,7 +467,8 @@ class Lifecycle:
                 for service in self._services:
                     service.stop(timeout)  # also those started by hand
             finally:
-                (self._startup, self._shutdown, self._services, self._components, self.waiter) = saved
+                (self._startup, self._shutdown, self._services, self._components,
+                 self.waiter) = saved
 
     def __repr__(self):
         return (

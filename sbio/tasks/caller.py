@@ -24,7 +24,9 @@ class _CallerBase(_Service):
         if max_queue is not None and (
             isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1
         ):
-            raise ValueError(f"{type(self).__name__} max_queue must be None or an int >= 1, got {max_queue!r}")
+            raise ValueError(
+                f"{type(self).__name__} max_queue must be None or an int >= 1, got {max_queue!r}"
+            )
         super().__init__(name, threads, lifecycle)
         self.max_queue = max_queue
         self._queue = None  # a gevent Queue, made on first use (it needs a hub)
@@ -73,7 +75,9 @@ class _CallerBase(_Service):
             try:
                 func(*args, **kwargs)
             except Exception:
-                logger.exception("%s %r: deferred call %s raised", self.kind, self.name, _qualname(func))
+                logger.exception(
+                    "%s %r: deferred call %s raised", self.kind, self.name, _qualname(func)
+                )
             finally:
                 self._pending = max(0, self._pending - 1)
                 if self._pending == 0:
@@ -101,7 +105,8 @@ class _CallerBase(_Service):
             self._idle.set()
         if kept:
             logger.warning(
-                "%s %r stopped with %d deferred call(s) still queued; they run when it starts again",
+                "%s %r stopped with %d deferred call(s) still queued; "
+                "they run when it starts again",
                 self.kind, self.name, len(kept),
             )
 

@@ -60,9 +60,10 @@ class DaemonTask(_Service):
                  singleton=False):
         if not callable(func):
             raise TypeError(f"DaemonTask needs a callable, got {func!r}")
-        if interval is not None:
-            if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval < 0:
-                raise ValueError(f"DaemonTask interval must be None or a number >= 0, got {interval!r}")
+        if interval is not None and (
+            isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval < 0
+        ):
+            raise ValueError(f"DaemonTask interval must be None or a number >= 0, got {interval!r}")
         if singleton and threads != 1:
             raise ValueError(f"a singleton DaemonTask runs one greenlet in one process; "
                              f"got threads={threads!r}")

@@ -54,7 +54,9 @@ class _Service:
         if self._state == _RUNNING:
             return
         if self._state == _STOPPING:
-            raise LifecycleError(f"{self.kind} {self.name!r} is stopping; start it after stop() returns")
+            raise LifecycleError(
+                f"{self.kind} {self.name!r} is stopping; start it after stop() returns"
+            )
         self._group = Group()  # made here, not in __init__: a Group needs the hub
         self._killed = False
         self._state = _RUNNING

@@ -1,10 +1,16 @@
 """:func:`declarative_base` and the attribute validators it installs on every model."""
+import datetime
 import threading
 import weakref
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, overload
 
-from sqlalchemy import event
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy import MetaData, event
+from sqlalchemy.orm import DeclarativeBase, Mapper
 from sqlalchemy.schema import Column
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm.attributes import AttributeEventToken
 
 from .crud import CrudMixin
 from .types import UTCDateTime, _to_utc
@@ -13,11 +19,12 @@ _bases_lock = threading.Lock()
 _bases: weakref.WeakSet[type] = weakref.WeakSet()  # every base made by declarative_base
 
 
-def _validate_utc_on_set(target, value, oldvalue, initiator):
+def _validate_utc_on_set(target: object, value: object, oldvalue: object,
+                         initiator: "AttributeEventToken") -> datetime.datetime | None:
     return _to_utc(value, f"{type(target).__name__}.{initiator.key}")
 
 
-def _install_validators(mapper, cls):
+def _install_validators(mapper: Mapper[Any], cls: type) -> None:
     for prop in mapper.column_attrs:
         col = prop.columns[0]
         if isinstance(col, Column) and isinstance(col.type, UTCDateTime):
@@ -26,7 +33,16 @@ def _install_validators(mapper, cls):
                 event.listen(attr, "set", _validate_utc_on_set, retval=True)
 
 
-def declarative_base(cls=None, *, metadata=None, type_annotation_map=None):
+@overload
+def declarative_base(cls: type, *, metadata: MetaData | None = None,
+                     type_annotation_map: Mapping[Any, Any] | None = None) -> type[Any]: ...
+@overload
+def declarative_base(cls: None = None, *, metadata: MetaData | None = None,
+                     type_annotation_map: Mapping[Any, Any] | None = None
+                     ) -> Callable[[type], type[Any]]: ...
+def declarative_base(cls: type | None = None, *, metadata: MetaData | None = None,
+                     type_annotation_map: Mapping[Any, Any] | None = None
+                     ) -> type[Any] | Callable[[type], type[Any]]:
     """Class decorator turning a plain class into a SQLAlchemy declarative base.
 
     ::
@@ -51,10 +67,10 @@ def declarative_base(cls=None, *, metadata=None, type_annotation_map=None):
         return lambda c: declarative_base(c, metadata=metadata,
                                           type_annotation_map=type_annotation_map)
 
-    def __init__(self, **kwargs):
+    def __init__(self: CrudMixin, **kwargs: Any) -> None:
         self._sbio_init(kwargs)
 
-    namespace = {
+    namespace: dict[str, Any] = {
         "__module__": cls.__module__,
         "__qualname__": cls.__qualname__,
         "__doc__": cls.__doc__,

@@ -9,6 +9,8 @@ import decimal
 import enum
 import json
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import types
 
@@ -19,8 +21,14 @@ class _Invalid(Exception):
     pass
 
 
-def _coerce_value(column, value):
-    """Validate *value* for *column*; return the value to assign or raise _Invalid.
+#: ``rule(column_type, value) -> value to assign`` (or raises :class:`_Invalid`)
+_Rule = Callable[[Any, Any], Any]
+
+
+def _coerce_value(column: Any, value: object) -> Any:
+    """Validate *value* for *column* (a :class:`~sqlalchemy.schema.Column`, which
+    SQLAlchemy's mapper types as a ``ColumnElement``); return the value to assign
+    or raise _Invalid.
 
     ``None`` is checked against the column's nullability; any other value goes
     to the rule :func:`_rule_for` finds for the column's type.
@@ -36,7 +44,7 @@ def _coerce_value(column, value):
     return rule(type_, value)
 
 
-def _rule_for(type_):
+def _rule_for(type_: types.TypeEngine[Any]) -> tuple[_Rule, types.TypeEngine[Any]] | None:
     """``(rule, type)``: the first entry of :data:`_COERCIONS` along the MRO of
     *type_*'s class, else (for a ``TypeDecorator``) along its implementation
     type's; ``None`` when neither has one."""
@@ -49,7 +57,7 @@ def _rule_for(type_):
     return None
 
 
-def _coerce_uuid_value(type_, value):
+def _coerce_uuid_value(type_: types.TypeEngine[Any], value: object) -> uuid.UUID | None:
     """A :class:`uuid.UUID`, its string form or its 16 bytes -> :class:`uuid.UUID`."""
     try:
         return _coerce_uuid(value)
@@ -57,7 +65,9 @@ def _coerce_uuid_value(type_, value):
         raise _Invalid(str(e)) from None
 
 
-def _coerce_utc_datetime(type_, value):
+def _coerce_utc_datetime(
+    type_: types.TypeEngine[Any], value: object
+) -> datetime.datetime | None:
     """An aware datetime or an ISO-8601 string with an offset -> aware UTC datetime;
     a naive one is refused (see :func:`_to_utc`)."""
     try:
@@ -66,7 +76,7 @@ def _coerce_utc_datetime(type_, value):
         raise _Invalid(str(e)) from None
 
 
-def _check_json(type_, value):
+def _check_json(type_: types.TypeEngine[Any], value: object) -> object:
     """Anything ``json.dumps`` accepts, unchanged."""
     try:
         json.dumps(value)
@@ -75,7 +85,7 @@ def _check_json(type_, value):
     return value
 
 
-def _coerce_enum(type_, value):
+def _coerce_enum(type_: types.Enum, value: object) -> object:
     """With an enum class: a member, a member's name or a member's value -> the member.
     Without one: one of the type's strings, unchanged."""
     enum_class = type_.enum_class
@@ -93,21 +103,23 @@ def _coerce_enum(type_, value):
         raise _Invalid(f"expected one of {sorted(enum_class.__members__)}") from None
 
 
-def _check_bool(type_, value):
+def _check_bool(type_: types.TypeEngine[Any], value: object) -> bool:
     """``True`` or ``False`` only (not 0 / 1)."""
     if not isinstance(value, bool):
         raise _Invalid(f"expected a boolean, got {type(value).__name__}")
     return value
 
 
-def _check_int(type_, value):
+def _check_int(type_: types.TypeEngine[Any], value: object) -> int:
     """An ``int`` that is not a ``bool``, unchanged."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise _Invalid(f"expected an integer, got {type(value).__name__}")
     return value
 
 
-def _coerce_number(type_, value):
+def _coerce_number(
+    type_: types.TypeEngine[Any], value: object
+) -> int | float | decimal.Decimal:
     """An int, float or Decimal unchanged (not a bool); a numeric string -> Decimal."""
     if isinstance(value, bool):
         raise _Invalid("expected a number, got bool")
@@ -121,7 +133,7 @@ def _coerce_number(type_, value):
     raise _Invalid(f"expected a number, got {type(value).__name__}")
 
 
-def _check_string(type_, value):
+def _check_string(type_: types.String, value: object) -> str:
     """A ``str`` no longer than the type's length (when it has one), unchanged."""
     if not isinstance(value, str):
         raise _Invalid(f"expected a string, got {type(value).__name__}")
@@ -130,7 +142,7 @@ def _check_string(type_, value):
     return value
 
 
-def _coerce_datetime(type_, value):
+def _coerce_datetime(type_: types.TypeEngine[Any], value: object) -> datetime.datetime:
     """A datetime unchanged; an ISO-8601 string (``Z`` allowed) -> datetime."""
     if isinstance(value, datetime.datetime):
         return value
@@ -142,7 +154,7 @@ def _coerce_datetime(type_, value):
     raise _Invalid("expected a datetime")
 
 
-def _coerce_date(type_, value):
+def _coerce_date(type_: types.TypeEngine[Any], value: object) -> datetime.date:
     """A date (not a datetime) unchanged; an ISO-8601 date string -> date."""
     if isinstance(value, datetime.date) and not isinstance(value, datetime.datetime):
         return value
@@ -154,7 +166,7 @@ def _coerce_date(type_, value):
     raise _Invalid("expected a date")
 
 
-def _coerce_time(type_, value):
+def _coerce_time(type_: types.TypeEngine[Any], value: object) -> datetime.time:
     """A time unchanged; an ISO-8601 time string -> time."""
     if isinstance(value, datetime.time):
         return value
@@ -166,7 +178,7 @@ def _coerce_time(type_, value):
     raise _Invalid("expected a time")
 
 
-def _coerce_interval(type_, value):
+def _coerce_interval(type_: types.TypeEngine[Any], value: object) -> datetime.timedelta:
     """A timedelta unchanged; a number of seconds (not a bool) -> timedelta."""
     if isinstance(value, datetime.timedelta):
         return value
@@ -175,14 +187,14 @@ def _coerce_interval(type_, value):
     raise _Invalid("expected a duration (timedelta or seconds)")
 
 
-def _coerce_bytes(type_, value):
+def _coerce_bytes(type_: types.TypeEngine[Any], value: object) -> bytes:
     """bytes, bytearray or memoryview -> bytes."""
     if not isinstance(value, (bytes, bytearray, memoryview)):
         raise _Invalid(f"expected bytes, got {type(value).__name__}")
     return bytes(value)
 
 
-def _coerce_python_type(type_, value):
+def _coerce_python_type(type_: types.TypeEngine[Any], value: object) -> object:
     """Types without a rule: an instance of the type's ``python_type``, unchanged
     (anything when it has none or it is ``object``)."""
     try:
@@ -199,7 +211,7 @@ def _coerce_python_type(type_, value):
 #: :class:`_Invalid`). Looked up along the MRO of the column's type, then of
 #: its implementation type for a ``TypeDecorator``; :func:`_coerce_python_type`
 #: for a type found in neither.
-_COERCIONS = {
+_COERCIONS: dict[type, _Rule] = {
     UUID: _coerce_uuid_value,
     types.Uuid: _coerce_uuid_value,
     UTCDateTime: _coerce_utc_datetime,
@@ -219,7 +231,7 @@ _COERCIONS = {
 }
 
 
-def _jsonable(value):
+def _jsonable(value: object) -> object:
     if isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):

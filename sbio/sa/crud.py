@@ -3,16 +3,26 @@
 import copy
 import inspect as _pyinspect
 import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, Concatenate, Generic, ParamSpec, TypeVar, cast
 
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.orm import MappedColumn, declared_attr, object_session
-from sqlalchemy.schema import Column
+from sqlalchemy.orm import MappedColumn, Mapper, Session, declared_attr, object_session
+from sqlalchemy.schema import Column, ColumnDefault
 
 from sbio.channels import snake_case
 from sbio.errors import RpcError
 
 from .coercion import _jsonable
-from .plan import _apply_plan, _normalize_spec, _Planner, _unique_keys
+from .plan import AttrSpec, _apply_plan, _normalize_spec, _Planner, _unique_keys
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+#: A column default the constructor applies: (attribute key, how to make the
+#: value, the value): ``fn`` None -> the value itself; ``copy.deepcopy`` -> a
+#: copy of the (mutable) value; else ``fn(None)``.
+_Default = tuple[str, "Callable[..., Any] | None", object]
 
 
 class ValidationError(RpcError, ValueError):
@@ -25,7 +35,7 @@ class ValidationError(RpcError, ValueError):
     its problem; the message lists all of them.
     """
 
-    def __init__(self, errors):
+    def __init__(self, errors: str | Mapping[str, str]) -> None:
         if isinstance(errors, str):
             errors = {"": errors}
         self.errors = dict(errors)
@@ -33,55 +43,61 @@ class ValidationError(RpcError, ValueError):
         super().__init__("bad_request", message)
 
 
-class _hybridmethod:
+class _hybridmethod(Generic[_P, _R]):
     """A method that receives the instance, or the class when called on the class."""
 
-    def __init__(self, func):
+    def __init__(self, func: Callable[Concatenate[Any, _P], _R]) -> None:
         self.func = func
         self.__doc__ = func.__doc__
 
-    def __get__(self, obj, cls):
+    def __get__(self, obj: object, cls: type | None = None) -> Callable[_P, _R]:
         target = cls if obj is None else obj
-        return self.func.__get__(target, cls)
+        bound: Callable[_P, _R] = self.func.__get__(target, cls)
+        return bound
 
 
 class CrudMixin:
     """Methods every model made by :func:`declarative_base` gets."""
 
     #: Attribute names shown by ``repr``; default: primary key + unique columns.
-    _repr_attr_names = None
+    _repr_attr_names: ClassVar[Sequence[str] | None] = None
+    #: What _sbio_constructor_defaults found, cached in each class's own __dict__
+    _sbio_defaults: ClassVar[list[_Default]]
 
     @declared_attr.directive
-    def __tablename__(cls):
+    def __tablename__(cls) -> str | None:
         """snake_case of the class name; None (single-table inheritance) for a
         subclass of a mapped model that declares no primary key column of its own."""
+        klass = cast("type[CrudMixin]", cls)  # a directive is called with the class
         mapped_parent = any(
-            "__table__" in base.__dict__ or "__mapper__" in base.__dict__ for base in cls.__mro__[1:]
+            "__table__" in base.__dict__ or "__mapper__" in base.__dict__
+            for base in klass.__mro__[1:]
         )
         if mapped_parent:
-            own_pk = any(
-                isinstance(c, Column) and c.primary_key
-                for c in (v.column if isinstance(v, MappedColumn) else v for v in vars(cls).values())
+            attributes = (
+                v.column if isinstance(v, MappedColumn) else v for v in vars(klass).values()
             )
+            own_pk = any(isinstance(c, Column) and c.primary_key for c in attributes)
             if not own_pk:
                 return None
-        return snake_case(cls.__name__)
+        return snake_case(klass.__name__)
 
     # ---- construction ------------------------------------------------
 
     @classmethod
-    def _sbio_constructor_defaults(cls):
-        cached = cls.__dict__.get("_sbio_defaults")
+    def _sbio_constructor_defaults(cls) -> list[_Default]:
+        cached: list[_Default] | None = cls.__dict__.get("_sbio_defaults")
         if cached is not None:
             return cached
-        defaults = []
-        for prop in sa_inspect(cls).column_attrs:
+        defaults: list[_Default] = []
+        mapper: Mapper[Any] = sa_inspect(cls)
+        for prop in mapper.column_attrs:
             col = prop.columns[0]
-            if not isinstance(col, Column) or col.default is None:
+            if not isinstance(col, Column):
                 continue
             default = col.default
-            if getattr(default, "is_sequence", False) or getattr(default, "is_clause_element", False):
-                continue  # computed by the database at flush
+            if not isinstance(default, ColumnDefault) or default.is_clause_element:
+                continue  # none, or a Sequence or SQL expression computed by the database
             if default.is_scalar:
                 value = default.arg
                 if isinstance(value, (dict, list, set)):
@@ -96,7 +112,7 @@ class CrudMixin:
         cls._sbio_defaults = defaults
         return defaults
 
-    def _sbio_init(self, kwargs):
+    def _sbio_init(self, kwargs: dict[str, Any]) -> None:
         kwargs.pop("_model", None)
         cls = type(self)
         for key, fn, value in cls._sbio_constructor_defaults():
@@ -115,11 +131,11 @@ class CrudMixin:
 
     # ---- repr --------------------------------------------------------
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         cls = type(self)
-        names = cls._repr_attr_names
-        if names is None:
-            mapper = sa_inspect(cls)
+        names = list(cls._repr_attr_names or ())
+        if cls._repr_attr_names is None:
+            mapper: Mapper[Any] = sa_inspect(cls)
             names = [mapper.get_property_by_column(c).key for c in mapper.primary_key]
             names += [k for k in _unique_keys(mapper) if k not in names]
         state = sa_inspect(self)
@@ -139,7 +155,7 @@ class CrudMixin:
 
     # ---- to_dict -----------------------------------------------------
 
-    def to_dict(self, attrs=None, *, jsonable=False):
+    def to_dict(self, attrs: AttrSpec = None, *, jsonable: bool = False) -> dict[str, Any]:
         """This object as a dict.
 
         :param attrs: ``None`` gives ``_model`` (the class name) and every
@@ -152,9 +168,9 @@ class CrudMixin:
         :param jsonable: convert UUID, datetime/date/time, Decimal, timedelta
             and Enum values to their JSON forms (what ``from_dict`` accepts back).
         """
-        mapper = sa_inspect(type(self))
+        mapper: Mapper[Any] = sa_inspect(type(self))
         spec = _normalize_spec(attrs)
-        out = {}
+        out: dict[str, Any] = {}
         if spec is None:
             out["_model"] = type(self).__name__
             pk = {mapper.get_property_by_column(c).key for c in mapper.primary_key}
@@ -178,7 +194,9 @@ class CrudMixin:
                     out[key] = value.to_dict(sub, jsonable=jsonable)
                 continue
             if sub is not None:
-                raise ValueError(f"{type(self).__name__}.{key} is not a relationship; it takes no nested spec")
+                raise ValueError(
+                    f"{type(self).__name__}.{key} is not a relationship; it takes no nested spec"
+                )
             if not hasattr(self, key):
                 raise AttributeError(f"{type(self).__name__} has no attribute {key!r}")
             value = getattr(self, key)
@@ -188,7 +206,8 @@ class CrudMixin:
     # ---- from_dict ---------------------------------------------------
 
     @_hybridmethod
-    def from_dict(self_or_cls, data, *, attrs=None, session=None):
+    def from_dict(self_or_cls: "CrudMixin | type[CrudMixin]", data: object, *,
+                  attrs: AttrSpec = None, session: Session | None = None) -> Any:
         """Set attributes from *data* (e.g. a client's JSON); return the object.
 
         Called on the class (``Website.from_dict(data)``) it builds a new
@@ -213,6 +232,8 @@ class CrudMixin:
         :param session: used to look related objects up; defaults to the
             object's own session.
         """
+        obj: CrudMixin | None
+        cls: type[CrudMixin]
         if isinstance(self_or_cls, type):
             obj, cls = None, self_or_cls
         else:
@@ -232,7 +253,7 @@ class CrudMixin:
         return _apply_plan(plan)
 
 
-def _takes_context(fn):
+def _takes_context(fn: Callable[..., object]) -> bool:
     """True when SQLAlchemy will call this column default with an execution context."""
     try:
         sig = _pyinspect.signature(fn)  # follows __wrapped__ to the user's function

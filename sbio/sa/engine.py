@@ -1,16 +1,17 @@
 """:func:`create_engine`: ``sqlalchemy.create_engine`` with defaults for a gevent server."""
 import logging
 import sys
+from typing import Any
 
 import sqlalchemy
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
 log = logging.getLogger("sbio.sa")  # one logger for the whole package, as documented
 
 
-def _psycopg_blocks_gevent():
+def _psycopg_blocks_gevent() -> bool:
     """True when gevent patched ``select`` but psycopg chose its blocking C wait
     (because psycopg was imported before the monkey-patching)."""
     waiting = sys.modules.get("psycopg.waiting")
@@ -21,10 +22,10 @@ def _psycopg_blocks_gevent():
         patched = monkey.is_module_patched("select")
     except Exception:
         return False
-    return patched and getattr(waiting, "wait", None) is getattr(waiting, "wait_c", object())
+    return bool(patched) and getattr(waiting, "wait", None) is getattr(waiting, "wait_c", object())
 
 
-def create_engine(url, **kwargs):
+def create_engine(url: str | URL, **kwargs: Any) -> Engine:
     """``sqlalchemy.create_engine`` with defaults that suit a gevent server.
 
     - PostgreSQL: ``pool_size=10, max_overflow=20, pool_pre_ping=True``.
@@ -63,7 +64,7 @@ def create_engine(url, **kwargs):
     return engine
 
 
-def _sqlite_foreign_keys(dbapi_connection, connection_record):
+def _sqlite_foreign_keys(dbapi_connection: Any, connection_record: object) -> None:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA foreign_keys=ON")

@@ -10,11 +10,18 @@ once with the sorted channels. :mod:`sbio.sa.session` attaches these handlers
 to :class:`~sbio.sa.SbioSession`.
 """
 import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm.unitofwork import UOWTransaction
 
 log = logging.getLogger("sbio.sa")  # one logger for the whole package, as documented
 
 
-def _live_notifier(channels):
+def _live_notifier(channels: list[str]) -> None:
     """Default notifier: ``sbio.live.notify(channels, trigger="commit")``.
 
     So a commit notifies like :func:`sbio.live.notify` does from where the
@@ -34,28 +41,30 @@ def _live_notifier(channels):
 _CHANGES_KEY = "_sbio_changes"
 
 
-def _manager_of(session):
+def _manager_of(session: Session) -> Any:
+    """The session's :class:`~sbio.sa.SessionManager` subclass (``Any``: that
+    module imports this one), or None."""
     return getattr(type(session), "_sbio_manager", None)
 
 
-def _wants_notifications(session):
+def _wants_notifications(session: Session) -> bool:
     manager = _manager_of(session)
-    return manager is not None and manager.notify_changes
+    return manager is not None and bool(manager.notify_changes)
 
 
-def _boundary(session):
+def _boundary(session: Session) -> SessionTransaction | None:
     """Key of the transaction changes are recorded in: innermost savepoint, else None (the root)."""
     return session.get_nested_transaction()
 
 
-def _record(session, channels):
+def _record(session: Session, channels: Iterable[str]) -> None:
     if not channels:
         return
     changes = session.info.setdefault(_CHANGES_KEY, {})
     changes.setdefault(_boundary(session), set()).update(channels)
 
 
-def _on_after_flush(session, flush_context):
+def _on_after_flush(session: Session, flush_context: "UOWTransaction") -> None:
     if not _wants_notifications(session):
         return
     channels = set()
@@ -71,15 +80,19 @@ def _on_after_flush(session, flush_context):
         for table in mapper.tables:
             channels.add(table.name)
         for rel in mapper.relationships:
-            if rel.secondary is not None and getattr(rel.secondary, "name", None):
-                if isdelete or state.attrs[rel.key].history.has_changes():
-                    channels.add(rel.secondary.name)
+            if (
+                rel.secondary is not None
+                and getattr(rel.secondary, "name", None)
+                and (isdelete or state.attrs[rel.key].history.has_changes())
+            ):
+                channels.add(rel.secondary.name)
     _record(session, channels)
 
 
-def _on_do_orm_execute(orm_execute_state):
+def _on_do_orm_execute(orm_execute_state: ORMExecuteState) -> None:
     """Bulk ``update()`` / ``delete()`` / ``insert()`` through the session count as changes."""
-    if not (orm_execute_state.is_update or orm_execute_state.is_delete or orm_execute_state.is_insert):
+    state = orm_execute_state
+    if not (state.is_update or state.is_delete or state.is_insert):
         return
     session = orm_execute_state.session
     if not _wants_notifications(session):
@@ -90,7 +103,7 @@ def _on_do_orm_execute(orm_execute_state):
         _record(session, {name})
 
 
-def _on_after_commit(session):
+def _on_after_commit(session: Session) -> None:
     changes = session.info.get(_CHANGES_KEY)
     if not changes:
         return
@@ -104,7 +117,7 @@ def _on_after_commit(session):
                 parent = parent.parent
             changes.setdefault(parent, set()).update(done)
         return
-    channels = set().union(*changes.values())
+    channels: set[str] = set().union(*changes.values())
     changes.clear()
     manager = _manager_of(session)
     if not channels or manager is None or not manager.notify_changes:
@@ -116,7 +129,7 @@ def _on_after_commit(session):
         log.exception("change notification for %s failed (the commit stands)", sorted(channels))
 
 
-def _on_after_soft_rollback(session, previous_transaction):
+def _on_after_soft_rollback(session: Session, previous_transaction: SessionTransaction) -> None:
     changes = session.info.get(_CHANGES_KEY)
     if not changes:
         return
@@ -126,6 +139,6 @@ def _on_after_soft_rollback(session, previous_transaction):
         changes.clear()
 
 
-def _on_after_transaction_end(session, transaction):
+def _on_after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is None:
         session.info.pop(_CHANGES_KEY, None)

@@ -5,24 +5,32 @@ collects every problem; ``_apply_plan`` then carries a plan out. Also the
 attribute-spec language ``to_dict`` and ``from_dict`` share (``_normalize_spec``).
 """
 import inspect as _pyinspect
+from collections.abc import Iterable
+from typing import Any
 
 import sqlalchemy
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.ext.hybrid import hybrid_property
-from sqlalchemy.orm import MANYTOONE
+from sqlalchemy.orm import MANYTOONE, Mapper, RelationshipProperty, Session
 from sqlalchemy.schema import Column, UniqueConstraint
 
 from .coercion import _coerce_value, _Invalid
 
+#: An attribute spec as ``to_dict`` / ``from_dict`` take it: ``"a"``,
+#: ``["a", {"b": ["c"]}]`` or ``{"a": True, "b": [...]}`` (``None``: no spec).
+AttrSpec = Any
+#: A spec normalized by :func:`_normalize_spec`: name -> nested spec or None.
+_Spec = dict[str, AttrSpec]
 
-def _normalize_spec(spec):
+
+def _normalize_spec(spec: AttrSpec) -> _Spec | None:
     """``["a", {"b": ["c"]}]`` / ``{"a": True, "b": [...]}`` / ``"a"`` -> {name: subspec|None}."""
     if spec is None:
         return None
     if isinstance(spec, str):
         return {spec: None}
     if isinstance(spec, dict):
-        out = {}
+        out: _Spec = {}
         for key, sub in spec.items():
             out[key] = None if sub is True or sub is None else sub
         return out
@@ -31,13 +39,13 @@ def _normalize_spec(spec):
         if isinstance(item, str):
             out[item] = None
         elif isinstance(item, dict):
-            out.update(_normalize_spec(item))
+            out.update(_normalize_spec(item) or {})
         else:
             raise TypeError(f"bad attribute spec element {item!r}")
     return out
 
 
-def _settable_property(cls, key):
+def _settable_property(cls: type, key: str) -> bool:
     attr = _pyinspect.getattr_static(cls, key, None)
     if isinstance(attr, property):
         return attr.fset is not None
@@ -46,7 +54,7 @@ def _settable_property(cls, key):
     return False
 
 
-def _unique_keys(mapper):
+def _unique_keys(mapper: Mapper[Any]) -> list[str]:
     """Attribute keys of columns that are unique on their own (primary key excluded)."""
     keys = []
     for prop in mapper.column_attrs:
@@ -69,19 +77,21 @@ class _Plan:
 
     __slots__ = ("target", "cls", "columns", "relationships", "others")
 
-    def __init__(self, target, cls):
+    def __init__(self, target: object | None, cls: type) -> None:
         self.target = target  # existing instance or None (create)
         self.cls = cls
-        self.columns = []  # (key, value)
-        self.relationships = []  # (key, uselist, [plans or None])
-        self.others = []  # (key, value) for settable properties
+        self.columns: list[tuple[str, object]] = []  # (key, value)
+        # (key, relationship, item): an item is a _Plan, an object or None;
+        # a list of items for a collection
+        self.relationships: list[tuple[str, RelationshipProperty[Any], Any]] = []
+        self.others: list[tuple[str, object]] = []  # (key, value) for settable properties
 
 
-def _join(path, key):
+def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _identity_of(mapper, obj):
+def _identity_of(mapper: Mapper[Any], obj: object) -> tuple[Any, ...]:
     return tuple(mapper.primary_key_from_instance(obj))
 
 
@@ -98,15 +108,16 @@ class _Planner:
         is accepted at every depth; otherwise only the keys of the spec.
     """
 
-    def __init__(self, session, unrestricted):
+    def __init__(self, session: Session | None, unrestricted: bool) -> None:
         self.session = session
         self.unrestricted = unrestricted
-        self.errors = {}
+        self.errors: dict[str, str] = {}
 
-    def plan(self, cls, obj, data, spec, path=""):
+    def plan(self, cls: type, obj: object | None, data: dict[Any, Any], spec: _Spec | None,
+             path: str = "") -> _Plan:
         """The plan for *data* applied to *obj* (``None``: a new *cls*) under *spec*;
         *path* is where *data* sits in the whole input, for error messages."""
-        mapper = sa_inspect(cls)
+        mapper: Mapper[Any] = sa_inspect(cls)
         plan = _Plan(obj, cls)
         columns = {p.key: p for p in mapper.column_attrs}
         relationships = mapper.relationships
@@ -129,7 +140,7 @@ class _Planner:
                 self.errors[where] = f"{cls.__name__} has no attribute {key!r}"
         return plan
 
-    def _column(self, plan, key, col, value, where):
+    def _column(self, plan: _Plan, key: str, col: object, value: object, where: str) -> None:
         if not isinstance(col, Column):
             self.errors[where] = "read-only"
             return
@@ -148,7 +159,8 @@ class _Planner:
             return
         plan.columns.append((key, value))
 
-    def _relationship(self, plan, key, rel, value, spec, where):
+    def _relationship(self, plan: _Plan, key: str, rel: RelationshipProperty[Any],
+                      value: object, spec: _Spec | None, where: str) -> None:
         sub = None if spec is None else spec.get(key)
         sub_spec = _normalize_spec(sub) if sub is not None else None
         if not self.unrestricted and sub is None:
@@ -167,7 +179,8 @@ class _Planner:
             item = self._related(rel, value, current, sub_spec, where)
             plan.relationships.append((key, rel, item))
 
-    def _collection(self, plan, key, rel, value, current, spec, where):
+    def _collection(self, plan: _Plan, key: str, rel: RelationshipProperty[Any], value: object,
+                    current: Iterable[object] | None, spec: _Spec | None, where: str) -> None:
         if _collection_type(rel) is None:
             self.errors[where] = "from_dict supports list and set collections only"
             return
@@ -182,7 +195,8 @@ class _Planner:
         ]
         plan.relationships.append((key, rel, items))
 
-    def _related(self, rel, item, current, spec, where):
+    def _related(self, rel: RelationshipProperty[Any], item: object, current: list[object],
+                 spec: _Spec | None, where: str) -> object:
         """One related value: a model instance (kept), a primary key value (the
         object it names) or a dict (a plan for the object found by primary key
         or unique column in *current* or the session, or for a new one)."""
@@ -198,7 +212,7 @@ class _Planner:
             return None
         return self.plan(target_cls, existing, item, spec, where)
 
-    def _referenced(self, mapper, value, current):
+    def _referenced(self, mapper: Mapper[Any], value: object, current: list[object]) -> object:
         """The object whose (single-column) primary key is *value*, or _Invalid."""
         pk_cols = list(mapper.primary_key)
         if len(pk_cols) != 1:
@@ -210,7 +224,8 @@ class _Planner:
             raise _Invalid(f"no {mapper.class_.__name__} with {pk_key}={value!r}")
         return found
 
-    def _existing(self, mapper, item, current):
+    def _existing(self, mapper: Mapper[Any], item: dict[str, Any],
+                  current: list[object]) -> object | None:
         """The object a dict describes: by its full primary key, else by the first
         unique column whose value finds one; ``None`` for a new object."""
         pk_cols = list(mapper.primary_key)
@@ -220,7 +235,8 @@ class _Planner:
             return _find_by_identity(mapper, current, self.session, ident)
         return self._by_unique_key(mapper, item, current)
 
-    def _by_unique_key(self, mapper, item, current):
+    def _by_unique_key(self, mapper: Mapper[Any], item: dict[str, Any],
+                       current: list[object]) -> object | None:
         for ukey in _unique_keys(mapper):
             if item.get(ukey) is None:
                 continue
@@ -239,13 +255,13 @@ class _Planner:
         return None
 
 
-def _nullable_relationship(rel):
+def _nullable_relationship(rel: RelationshipProperty[Any]) -> bool:
     if rel.direction is not MANYTOONE:
         return True
     return all(col.nullable for col in rel.local_columns)
 
 
-def _collection_type(rel):
+def _collection_type(rel: RelationshipProperty[Any]) -> type | None:
     """list or set (or a subclass) for a collection relationship, None if unsupported."""
     cc = rel.collection_class
     if cc is None:
@@ -255,7 +271,8 @@ def _collection_type(rel):
     return None
 
 
-def _find_by_identity(mapper, current, session, ident):
+def _find_by_identity(mapper: Mapper[Any], current: Iterable[object], session: Session | None,
+                      ident: tuple[Any, ...]) -> object | None:
     for obj in current:
         if _identity_of(mapper, obj) == ident:
             return obj
@@ -264,14 +281,16 @@ def _find_by_identity(mapper, current, session, ident):
     return None
 
 
-def _apply_plan(plan):
+def _apply_plan(plan: _Plan) -> Any:
     obj = plan.target if plan.target is not None else plan.cls()
     for key, value in plan.columns:
         setattr(obj, key, value)
     for key, rel, items in plan.relationships:
         if rel.uselist:
             resolved = [_apply_plan(i) if isinstance(i, _Plan) else i for i in items]
-            setattr(obj, key, _collection_type(rel)(resolved))
+            collection = _collection_type(rel)
+            assert collection is not None, "_Planner._collection refused the others"
+            setattr(obj, key, collection(resolved))
         else:
             setattr(obj, key, _apply_plan(items) if isinstance(items, _Plan) else items)
     for key, value in plan.others:

@@ -1,7 +1,9 @@
 """:class:`SessionManager` (one subclass per database) and the :class:`SbioSession` it hands out."""
-from typing import Any, ClassVar
+from types import TracebackType
+from typing import Any, ClassVar, Literal
 
-from sqlalchemy import event
+from sqlalchemy import MetaData, event
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session as _SASession
 from sqlalchemy.orm import sessionmaker
 
@@ -25,10 +27,10 @@ class SbioSession(_SASession):
     #: the SessionManager subclass this session belongs to
     _sbio_manager = None
 
-    def notify_on_commit(self, *channels):
+    def notify_on_commit(self, *channels: str | type) -> None:
         """Also notify these channels (strings or model classes) after the
         next successful commit, e.g. after changing rows with raw SQL."""
-        names = set()
+        names: set[str] = set()
         for channel in channels:
             names.add(channel if isinstance(channel, str) else model_channel(channel))
         if _manager_of(self) is None or _manager_of(self).notify_changes:
@@ -91,7 +93,7 @@ class SessionManager:
     session_class: type[SbioSession] = SbioSession
     session_factory: Any = None
 
-    def __init_subclass__(cls, **kwargs):
+    def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         parent_session_class = cls.session_class
         mixin = cls.__dict__.get("SessionMixin")
@@ -108,7 +110,8 @@ class SessionManager:
     # ---- engine / metadata ------------------------------------------
 
     @classmethod
-    def get_engine(cls):
+    def get_engine(cls) -> Engine:
+        """The engine sessions are bound to (``RuntimeError`` when none is set)."""
         if cls.engine is None:
             raise RuntimeError(
                 f"{cls.__name__}.engine is not set: assign an engine, e.g. "
@@ -117,7 +120,8 @@ class SessionManager:
         return cls.engine
 
     @classmethod
-    def get_base(cls):
+    def get_base(cls) -> type[Any]:
+        """The declarative base :meth:`initialize_db` creates the tables of (see ``base``)."""
         if cls.base is not None:
             return cls.base
         with _bases_lock:
@@ -133,11 +137,13 @@ class SessionManager:
         )
 
     @classmethod
-    def get_metadata(cls):
-        return cls.get_base().metadata
+    def get_metadata(cls) -> MetaData:
+        """The base's :class:`~sqlalchemy.MetaData`."""
+        metadata: MetaData = cls.get_base().metadata
+        return metadata
 
     @classmethod
-    def initialize_db(cls, drop=False):
+    def initialize_db(cls, drop: bool = False) -> None:
         """Create the tables that do not exist yet (``drop=True``: drop all of them first).
 
         Never called implicitly: call it from your startup code or a migration step.
@@ -151,23 +157,28 @@ class SessionManager:
     # ---- sessions -----------------------------------------------------
 
     @classmethod
-    def new_session(cls, **kwargs):
-        """A new session bound to the current engine (you commit and close it)."""
+    def new_session(cls, **kwargs: Any) -> Any:
+        """A new session bound to the current engine (you commit and close it).
+
+        An instance of :attr:`session_class` (an :class:`SbioSession` with
+        the ``SessionMixin`` methods), typed ``Any`` so those methods type-check.
+        """
         kwargs.setdefault("bind", cls.get_engine())
         return cls.session_factory(**kwargs)
 
-    def __init__(self, **kwargs):
+    def __init__(self, **kwargs: Any) -> None:
         self._kwargs = kwargs
         self.session: Any = None
 
-    def __enter__(self):
+    def __enter__(self) -> Any:
         if self.session is not None:
             raise RuntimeError(
                 "this SessionManager instance is already in use; call Session() again")
         self.session = type(self).new_session(**self._kwargs)
         return self.session
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:
         session, self.session = self.session, None
         try:
             if exc_type is None:

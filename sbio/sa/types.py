@@ -2,11 +2,13 @@
 import datetime
 import json
 import uuid
+from typing import Any
 
 from sqlalchemy import types
+from sqlalchemy.engine import Dialect
 
 
-def _coerce_uuid(value):
+def _coerce_uuid(value: object) -> uuid.UUID | None:
     if value is None or isinstance(value, uuid.UUID):
         return value
     if isinstance(value, str):
@@ -19,7 +21,7 @@ def _coerce_uuid(value):
     raise ValueError(f"expected a UUID, got {type(value).__name__}")
 
 
-class UUID(types.TypeDecorator):
+class UUID(types.TypeDecorator[uuid.UUID]):
     """A UUID column: native ``uuid`` on PostgreSQL, ``CHAR(32)`` hex elsewhere.
 
     Accepts :class:`uuid.UUID` or its string form and always returns
@@ -29,24 +31,24 @@ class UUID(types.TypeDecorator):
     impl = types.Uuid
     cache_ok = True
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__(as_uuid=True)
 
     @property
-    def python_type(self):
+    def python_type(self) -> type[uuid.UUID]:
         return uuid.UUID
 
-    def process_bind_param(self, value, dialect):
+    def process_bind_param(self, value: object, dialect: Dialect) -> uuid.UUID | None:
         return _coerce_uuid(value)
 
-    def process_result_value(self, value, dialect):
+    def process_result_value(self, value: object, dialect: Dialect) -> uuid.UUID | None:
         return _coerce_uuid(value)
 
-    def coerce_compared_value(self, op, value):
+    def coerce_compared_value(self, op: object, value: object) -> "UUID":
         return self
 
 
-class JSON(types.TypeDecorator):
+class JSON(types.TypeDecorator[Any]):
     """A JSON document column: ``JSONB`` on PostgreSQL, the dialect's JSON type
     where there is one (SQLite, MySQL, ...), JSON text otherwise.
 
@@ -60,11 +62,11 @@ class JSON(types.TypeDecorator):
     cache_ok = True
     _NATIVE = ("sqlite", "mysql", "mariadb", "mssql", "oracle")
 
-    def __init__(self, none_as_null=True):
+    def __init__(self, none_as_null: bool = True) -> None:
         super().__init__(none_as_null=none_as_null)
         self.none_as_null = none_as_null
 
-    def load_dialect_impl(self, dialect):
+    def load_dialect_impl(self, dialect: Dialect) -> types.TypeEngine[Any]:
         if dialect.name == "postgresql":
             from sqlalchemy.dialects.postgresql import JSONB
 
@@ -73,25 +75,25 @@ class JSON(types.TypeDecorator):
             return dialect.type_descriptor(types.JSON(none_as_null=self.none_as_null))
         return dialect.type_descriptor(types.Text())
 
-    def _is_text(self, dialect):
+    def _is_text(self, dialect: Dialect) -> bool:
         return dialect.name != "postgresql" and dialect.name not in self._NATIVE
 
-    def process_bind_param(self, value, dialect):
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
         if self._is_text(dialect) and value is not None:
             return json.dumps(value)
         return value
 
-    def process_result_value(self, value, dialect):
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
         if self._is_text(dialect) and value is not None:
             return json.loads(value)
         return value
 
     @property
-    def python_type(self):
+    def python_type(self) -> type[object]:
         return object
 
 
-def _to_utc(value, what="UTCDateTime"):
+def _to_utc(value: object, what: str = "UTCDateTime") -> datetime.datetime | None:
     """Aware datetime (or ISO-8601 string with an offset) -> aware UTC datetime."""
     if value is None:
         return None
@@ -113,7 +115,7 @@ def _to_utc(value, what="UTCDateTime"):
     return value.astimezone(datetime.timezone.utc)
 
 
-class UTCDateTime(types.TypeDecorator):
+class UTCDateTime(types.TypeDecorator[datetime.datetime]):
     """A point in time, stored in UTC and always returned as an aware UTC datetime.
 
     Uses the standard library's :data:`datetime.timezone.utc` (no pytz).
@@ -128,21 +130,23 @@ class UTCDateTime(types.TypeDecorator):
     cache_ok = True
 
     @property
-    def python_type(self):
+    def python_type(self) -> type[datetime.datetime]:
         return datetime.datetime
 
-    def load_dialect_impl(self, dialect):
+    def load_dialect_impl(self, dialect: Dialect) -> types.TypeEngine[Any]:
         if dialect.name == "postgresql":
             return dialect.type_descriptor(types.DateTime(timezone=True))
         return dialect.type_descriptor(types.DateTime(timezone=False))
 
-    def process_bind_param(self, value, dialect):
-        value = _to_utc(value)
-        if value is not None and dialect.name != "postgresql":
-            value = value.replace(tzinfo=None)
-        return value
+    def process_bind_param(self, value: object, dialect: Dialect) -> datetime.datetime | None:
+        utc = _to_utc(value)
+        if utc is not None and dialect.name != "postgresql":
+            utc = utc.replace(tzinfo=None)
+        return utc
 
-    def process_result_value(self, value, dialect):
+    def process_result_value(
+        self, value: datetime.datetime | None, dialect: Dialect
+    ) -> datetime.datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:

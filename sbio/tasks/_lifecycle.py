@@ -12,9 +12,12 @@ import contextvars
 import itertools
 import logging
 import time
+from collections.abc import Callable, Hashable, Iterator
+from typing import Any, Literal, Protocol, TypeVar, overload
 
 import gevent
 from gevent.event import Event
+from gevent.greenlet import Greenlet
 from gevent.lock import RLock
 
 from sbio.errors import LifecycleError, SbioTimeoutError
@@ -27,6 +30,55 @@ DEFAULT_PRIORITY = 50
 
 _STOPPED, _STARTING, _RUNNING, _STOPPING = "stopped", "starting", "running", "stopping"
 
+#: ``waiter(event, timeout) -> bool``: wait until *event* is set or *timeout*
+#: seconds pass (``None``: no limit); ``True`` if it was set. See :func:`default_waiter`.
+Waiter = Callable[[Event, "float | None"], bool]
+#: A startup or shutdown hook: called with no arguments, its result ignored.
+Hook = Callable[[], object]
+_H = TypeVar("_H", bound=Hook)
+
+
+class Lease(Protocol):
+    """A held cluster lock, as :meth:`LockBackend.acquire` returns it."""
+
+    #: seconds the lock lives without renewal
+    ttl: float
+    #: ``time.monotonic()`` deadline: the lock is ours until then unless renewed
+    valid_until: float
+
+    def renew(self) -> bool:
+        """Extend the lock by its ttl; ``False``: it was lost."""
+        ...
+
+    def release(self) -> None:
+        """Give the lock up."""
+        ...
+
+
+class LockBackend(Protocol):
+    """What singleton DaemonTasks lock with (:attr:`Lifecycle.lock_backend`);
+    :class:`sbio.cluster.RedisLocks` is the implementation."""
+
+    ttl: float
+
+    def acquire(self, name: str) -> tuple[Lease | None, float]:
+        """``(lease, retry_after)``: *lease* is ``None`` when another process
+        holds the lock; try again in *retry_after* seconds."""
+        ...
+
+
+class _Managed(Protocol):
+    """What a Lifecycle needs of a task or caller (see ``sbio.tasks.service``)."""
+
+    _state: str
+
+    def start(self) -> None: ...
+    def stop(self, timeout: float | None = ...) -> bool: ...
+    def _signal_stop(self) -> None: ...
+    def _join(self, deadline: float | None) -> None: ...
+    def _kill_leftovers(self) -> list[Greenlet[Any, Any]]: ...
+    def _finish_stop(self) -> bool: ...
+
 # The Lifecycle whose task, caller or hook runs in this greenlet: set at the top
 # of each task/caller greenlet (a new greenlet starts with an empty context) and
 # around each hook call. sbio.live.notify() reads it to find its server(s).
@@ -34,18 +86,18 @@ _current_lifecycle: contextvars.ContextVar[Lifecycle | None] = contextvars.Conte
     "sbio_current_lifecycle", default=None)
 
 
-def current_lifecycle():
+def current_lifecycle() -> Lifecycle | None:
     """The :class:`Lifecycle` whose task, caller or hook is running in this greenlet, or None."""
     return _current_lifecycle.get()
 
 
-def _run_as(lifecycle, func, *args):
+def _run_as(lifecycle: Lifecycle, func: Callable[..., object], *args: object) -> object:
     """Call *func* in this (new) greenlet with *lifecycle* as its current lifecycle."""
     _current_lifecycle.set(lifecycle)
     return func(*args)
 
 
-def default_waiter(event, timeout):
+def default_waiter(event: Event, timeout: float | None) -> bool:
     """Wait until *event* is set or *timeout* seconds pass; return ``True`` if set.
 
     The signature every waiter has. :class:`DaemonTask` waits between calls
@@ -55,7 +107,7 @@ def default_waiter(event, timeout):
     return bool(event.wait(timeout))
 
 
-def _qualname(func):
+def _qualname(func: object) -> str:
     module = getattr(func, "__module__", None)
     name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None)
     if name is None:
@@ -63,7 +115,7 @@ def _qualname(func):
     return f"{module}.{name}" if module else name
 
 
-def _remaining(deadline):
+def _remaining(deadline: float | None) -> float | None:
     if deadline is None:
         return None
     return max(0.0, deadline - time.monotonic())
@@ -75,13 +127,13 @@ class _Component:
 
     __slots__ = ("key", "has_startup", "started")
 
-    def __init__(self, key, has_startup):
+    def __init__(self, key: Hashable | None, has_startup: bool) -> None:
         self.key = key
         self.has_startup = has_startup
         self.started = False
 
     @property
-    def shutdown_due(self):
+    def shutdown_due(self) -> bool:
         # A shutdown hook undoes its own startup hook only; alone, it is always due.
         return self.started or not self.has_startup
 
@@ -89,7 +141,8 @@ class _Component:
 class _Hook:
     __slots__ = ("func", "priority", "seq", "name", "component")
 
-    def __init__(self, func, priority, seq, name, component):
+    def __init__(self, func: Hook, priority: float, seq: int, name: str,
+                 component: _Component) -> None:
         self.func = func
         self.priority = priority
         self.seq = seq
@@ -97,11 +150,11 @@ class _Hook:
         self.component = component
 
     @property
-    def order(self):
+    def order(self) -> tuple[float, int]:
         return (self.priority, self.seq)
 
 
-def _check_priority(priority):
+def _check_priority(priority: object) -> None:
     if isinstance(priority, bool) or not isinstance(priority, (int, float)):
         raise TypeError(f"hook priority must be a number, got {priority!r}")
 
@@ -133,7 +186,7 @@ class Lifecycle:
     #: Seconds the shutdown hooks get when a failed start-up is rolled back.
     abort_timeout = 10.0
 
-    def __init__(self, waiter=None, name="lifecycle"):
+    def __init__(self, waiter: Waiter | None = None, name: str = "lifecycle") -> None:
         self.name = name
         #: Set while not running: cleared when start() begins, set when stop() begins.
         self.stopped = Event()
@@ -143,36 +196,43 @@ class Lifecycle:
         #: What singleton DaemonTasks lock with (``None``: they run in this process).
         #: The server sets it to a Redis lock when ``server.message_queue`` is set;
         #: see :class:`sbio.cluster.RedisLocks` for the interface.
-        self.lock_backend = None
-        self._startup = []
-        self._shutdown = []
-        self._services = []
-        self._components = {}  # key -> _Component, for add_hooks(key=...)
+        self.lock_backend: LockBackend | None = None
+        self._startup: list[_Hook] = []
+        self._shutdown: list[_Hook] = []
+        self._services: list[_Managed] = []
+        # key -> _Component, for add_hooks(key=...)
+        self._components: dict[Hashable, _Component] = {}
         self._seq = itertools.count()
         self._state = _STOPPED
         self._lock = RLock()  # serialises start() and stop() across greenlets
-        self._starter = None
+        self._starter: object | None = None
 
     # -- state -------------------------------------------------------------
 
     @property
-    def state(self):
+    def state(self) -> str:
         """One of ``"stopped"``, ``"starting"``, ``"running"``, ``"stopping"``."""
         return self._state
 
     @property
-    def running(self):
+    def running(self) -> bool:
         """``True`` once start() finished and until stop() begins."""
         return self._state == _RUNNING
 
     @property
-    def services(self):
+    def services(self) -> list[_Managed]:
         """The registered tasks and callers, in registration order."""
         return list(self._services)
 
     # -- registration ------------------------------------------------------
 
-    def on_startup(self, func=None, priority=DEFAULT_PRIORITY):
+    @overload
+    def on_startup(self, func: _H, priority: float = DEFAULT_PRIORITY) -> _H: ...
+    @overload
+    def on_startup(self, func: None = None,
+                   priority: float = DEFAULT_PRIORITY) -> Callable[[_H], _H]: ...
+    def on_startup(self, func: _H | None = None,
+                   priority: float = DEFAULT_PRIORITY) -> _H | Callable[[_H], _H]:
         """Register *func* to run at start-up. Works as ``@on_startup``,
         ``@on_startup(priority=40)`` or ``on_startup(func, 40)``; returns *func*.
 
@@ -181,16 +241,26 @@ class Lifecycle:
         """
         return self._decorate("on_startup", func, priority, startup=True)
 
-    def on_shutdown(self, func=None, priority=DEFAULT_PRIORITY):
+    @overload
+    def on_shutdown(self, func: _H, priority: float = DEFAULT_PRIORITY) -> _H: ...
+    @overload
+    def on_shutdown(self, func: None = None,
+                    priority: float = DEFAULT_PRIORITY) -> Callable[[_H], _H]: ...
+    def on_shutdown(self, func: _H | None = None,
+                    priority: float = DEFAULT_PRIORITY) -> _H | Callable[[_H], _H]:
         """Register *func* to run at shutdown, lowest priority first; same forms
         as :meth:`on_startup`. A failing shutdown hook is logged and the others
         still run."""
         return self._decorate("on_shutdown", func, priority, startup=False)
 
-    def _decorate(self, what, func, priority, startup):
+    def _decorate(self, what: str, func: _H | None, priority: float,
+                  startup: bool) -> _H | Callable[[_H], _H]:
         _check_priority(priority)
         if func is None:
-            return lambda f: self._decorate(what, f, priority, startup)
+            def decorator(f: _H) -> _H:
+                self._decorate(what, f, priority, startup)
+                return f
+            return decorator
         if not callable(func):
             raise TypeError(
                 f"{what}() takes a function, got {func!r}; "
@@ -202,8 +272,9 @@ class Lifecycle:
             self.add_hooks(shutdown=func, priority=priority)
         return func
 
-    def add_hooks(self, startup=None, shutdown=None, priority=DEFAULT_PRIORITY, *, key=None,
-                  name=None):
+    def add_hooks(self, startup: Hook | None = None, shutdown: Hook | None = None,
+                  priority: float = DEFAULT_PRIORITY, *, key: Hashable | None = None,
+                  name: str | None = None) -> None:
         """Register a component: a startup hook and the shutdown hook that undoes it.
 
         The pair matters when start-up fails: *shutdown* then runs only if
@@ -238,11 +309,11 @@ class Lifecycle:
             if self._state == _RUNNING:
                 self._run_startup_hook(hook)
 
-    def has_hooks(self, key):
+    def has_hooks(self, key: Hashable) -> bool:
         """Whether hooks registered with ``add_hooks(..., key=key)`` are here."""
         return key in self._components
 
-    def remove_hooks(self, key):
+    def remove_hooks(self, key: Hashable) -> bool:
         """Forget the hooks registered with ``add_hooks(..., key=key)``; ``True`` if any were."""
         component = self._components.pop(key, None)
         if component is None:
@@ -251,13 +322,13 @@ class Lifecycle:
         self._shutdown = [h for h in self._shutdown if h.component is not component]
         return True
 
-    def _register(self, service):
+    def _register(self, service: _Managed) -> None:
         """Called by DaemonTask and the callers' constructors."""
         self._services.append(service)
         if self._state == _RUNNING:
             service.start()
 
-    def discard(self, service):
+    def discard(self, service: _Managed) -> bool:
         """Stop *service* (a task or caller) and forget it; ``True`` if it was registered."""
         try:
             self._services.remove(service)
@@ -268,7 +339,7 @@ class Lifecycle:
 
     # -- start -------------------------------------------------------------
 
-    def start(self):
+    def start(self) -> None:
         """Run the startup hooks by priority, then start every task and caller.
 
         Does nothing if already running (or starting). If a startup hook
@@ -286,7 +357,7 @@ class Lifecycle:
             self.stopped.clear()
             for hook in self._startup:
                 hook.component.started = False
-            done = set()
+            done: set[int] = set()
             try:
                 while True:
                     # Re-read each time: a hook may register more hooks.
@@ -309,7 +380,7 @@ class Lifecycle:
                 self.name, len(done), len(self._services),
             )
 
-    def _run_startup_hook(self, hook):
+    def _run_startup_hook(self, hook: _Hook) -> None:
         logger.debug("%s: startup hook %s (priority %s)", self.name, hook.name, hook.priority)
         token = _current_lifecycle.set(self)
         try:
@@ -324,7 +395,7 @@ class Lifecycle:
             _current_lifecycle.reset(token)
         hook.component.started = True
 
-    def _abort_start(self, exc):
+    def _abort_start(self, exc: BaseException) -> None:
         hook = getattr(exc, "hook", None)
         logger.error("%s: start-up aborted%s; running the due shutdown hooks",
                      self.name, f" by startup hook {hook}" if hook else "")
@@ -340,7 +411,7 @@ class Lifecycle:
 
     # -- stop --------------------------------------------------------------
 
-    def stop(self, timeout=10):
+    def stop(self, timeout: float | None = 10) -> list[tuple[str, BaseException]]:
         """Set :attr:`stopped`, stop every task and caller, run the shutdown hooks.
 
         Tasks and callers are all asked to stop at once and joined against
@@ -373,14 +444,14 @@ class Lifecycle:
                 self._state = _STOPPED
                 logger.info("%s stopped", self.name)
 
-    def _stop_services(self, deadline):
+    def _stop_services(self, deadline: float | None) -> None:
         services = [s for s in self._services if s._state != _STOPPED]
         for service in services:
             if service._state == _RUNNING:
                 service._signal_stop()
         for service in services:
             service._join(deadline)
-        killing = []
+        killing: list[Greenlet[Any, Any]] = []
         for service in services:
             killing.extend(service._kill_leftovers())
         if killing:
@@ -391,10 +462,10 @@ class Lifecycle:
             except Exception:
                 logger.exception("%s: error while stopping %r", self.name, service)
 
-    def _run_shutdown_hooks(self, deadline):
+    def _run_shutdown_hooks(self, deadline: float | None) -> list[tuple[str, BaseException]]:
         due = [h for h in self._shutdown if h.component.shutdown_due]
         errors: list[tuple[str, BaseException]] = []
-        fatal = None
+        fatal: BaseException | None = None
         for hook in sorted(due, key=lambda h: h.order):
             budget = _remaining(deadline)
             if budget is not None:
@@ -432,16 +503,16 @@ class Lifecycle:
 
     # -- context manager and test support -----------------------------------
 
-    def __enter__(self):
+    def __enter__(self) -> Lifecycle:
         self.start()
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> Literal[False]:
         self.stop()
         return False
 
     @contextlib.contextmanager
-    def isolated(self, timeout=5):
+    def isolated(self, timeout: float | None = 5) -> Iterator[Lifecycle]:
         """Set the registrations aside for a test, and put them back afterwards.
 
         Inside the block this lifecycle has no hooks, tasks or callers and the
@@ -470,7 +541,7 @@ class Lifecycle:
                 (self._startup, self._shutdown, self._services, self._components,
                  self.waiter) = saved
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (
             f"<Lifecycle {self.name!r} {self._state}: {len(self._startup)} startup, "
             f"{len(self._shutdown)} shutdown hook(s), {len(self._services)} task(s)/caller(s)>"

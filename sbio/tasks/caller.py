@@ -1,26 +1,34 @@
 """:class:`Caller` and :class:`GenericCaller`: greenlet workers consuming a bounded
 queue of deferred calls.
 """
+from __future__ import annotations
+
 import logging
+from collections.abc import Callable
+from typing import Any, Generic, ParamSpec, cast
 
 from gevent.event import Event
 from gevent.queue import Queue
 
 from sbio.errors import QueueFull
 
-from ._lifecycle import _qualname
+from ._lifecycle import Lifecycle, _qualname
 from .service import _Service
 
 logger = logging.getLogger("sbio.tasks")  # one logger for the whole package, as documented
 
 
 _STOP = object()  # queue sentinel: one per worker, put by stop()
+_P = ParamSpec("_P")
+#: a deferred call: (function, positional arguments, keyword arguments)
+_Call = tuple[Callable[..., object], tuple[Any, ...], dict[str, Any]]
 
 
 class _CallerBase(_Service):
     kind = "Caller"
 
-    def __init__(self, name, threads, max_queue, lifecycle):
+    def __init__(self, name: str, threads: int, max_queue: int | None,
+                 lifecycle: Lifecycle | None) -> None:
         if max_queue is not None and (
             isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1
         ):
@@ -29,22 +37,23 @@ class _CallerBase(_Service):
             )
         super().__init__(name, threads, lifecycle)
         self.max_queue = max_queue
-        self._queue = None  # a gevent Queue, made on first use (it needs a hub)
+        # made on first use (a Queue needs the hub); _STOP or a _Call
+        self._queue: Queue[object] | None = None
         self._queued = 0  # calls waiting in the queue (sentinels excluded)
         self._pending = 0  # queued + running
         self._idle = Event()
         self._idle.set()
         self.lifecycle._register(self)
 
-    def qsize(self):
+    def qsize(self) -> int:
         """How many deferred calls wait in the queue (not counting running ones)."""
         return self._queued
 
-    def join(self, timeout=None):
+    def join(self, timeout: float | None = None) -> bool:
         """Wait until every deferred call has finished; ``True`` if they did in time."""
         return bool(self._idle.wait(timeout))
 
-    def _get_queue(self):
+    def _get_queue(self) -> Queue[object]:
         if self._queue is None:
             # Made on first use, not in __init__ (a Queue needs the hub).
             # Unbounded underneath: _put enforces max_queue, so stop() can
@@ -52,7 +61,8 @@ class _CallerBase(_Service):
             self._queue = Queue()
         return self._queue
 
-    def _put(self, func, args, kwargs):
+    def _put(self, func: Callable[..., object], args: tuple[Any, ...],
+             kwargs: dict[str, Any]) -> None:
         q = self._get_queue()
         if self.max_queue is not None and self._queued >= self.max_queue:
             raise QueueFull(
@@ -64,14 +74,14 @@ class _CallerBase(_Service):
         self._idle.clear()
         q.put((func, args, kwargs))
 
-    def _run_greenlet(self):
+    def _run_greenlet(self) -> None:
         q = self._get_queue()
         while True:
             item = q.get()  # blocks without polling; stop() wakes us with _STOP
             if item is _STOP:
                 return
             self._queued -= 1
-            func, args, kwargs = item
+            func, args, kwargs = cast(_Call, item)
             try:
                 func(*args, **kwargs)
             except Exception:
@@ -83,16 +93,16 @@ class _CallerBase(_Service):
                 if self._pending == 0:
                     self._idle.set()
 
-    def _on_signal_stop(self):
+    def _on_signal_stop(self) -> None:
         # Workers finish what was deferred before stop() and then exit; calls
         # deferred while stopping stay queued for the next start.
         q = self._get_queue()
         for _ in range(len(self._live())):
             q.put(_STOP)
 
-    def _on_stopped(self):
+    def _on_stopped(self) -> None:
         q = self._get_queue()
-        kept = []
+        kept: list[object] = []
         while not q.empty():
             item = q.get_nowait()
             if item is not _STOP:
@@ -128,17 +138,18 @@ class GenericCaller(_CallerBase):
 
     kind = "GenericCaller"
 
-    def __init__(self, threads=1, max_queue=1000, name=None, *, lifecycle=None):
+    def __init__(self, threads: int = 1, max_queue: int | None = 1000, name: str | None = None,
+                 *, lifecycle: Lifecycle | None = None) -> None:
         super().__init__(name or "GenericCaller", threads, max_queue, lifecycle)
 
-    def defer(self, func, /, *args, **kwargs):
+    def defer(self, func: Callable[_P, object], /, *args: _P.args, **kwargs: _P.kwargs) -> None:
         """Queue ``func(*args, **kwargs)`` and return at once (raises :class:`QueueFull`)."""
         if not callable(func):
             raise TypeError(f"GenericCaller.defer needs a callable, got {func!r}")
         self._put(func, args, kwargs)
 
 
-class Caller(_CallerBase):
+class Caller(_CallerBase, Generic[_P]):
     """Greenlet workers calling one function: ``caller.defer(*args, **kw)``.
 
     ::
@@ -152,12 +163,14 @@ class Caller(_CallerBase):
 
     kind = "Caller"
 
-    def __init__(self, func, threads=1, max_queue=1000, name=None, *, lifecycle=None):
+    def __init__(self, func: Callable[_P, object], threads: int = 1,
+                 max_queue: int | None = 1000, name: str | None = None, *,
+                 lifecycle: Lifecycle | None = None) -> None:
         if not callable(func):
             raise TypeError(f"Caller needs a callable, got {func!r}")
         self.func = func
         super().__init__(name or _qualname(func), threads, max_queue, lifecycle)
 
-    def defer(self, /, *args, **kwargs):
+    def defer(self, /, *args: _P.args, **kwargs: _P.kwargs) -> None:
         """Queue ``func(*args, **kwargs)`` and return at once (raises :class:`QueueFull`)."""
         self._put(self.func, args, kwargs)

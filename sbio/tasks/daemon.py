@@ -1,13 +1,18 @@
 """:class:`DaemonTask`: a function run in a loop (or every *interval* seconds) while
 the server runs, optionally in one process of the cluster only (``singleton``).
 """
+from __future__ import annotations
+
 import logging
 import time
+from collections.abc import Callable
+from typing import Any
 
 import gevent
 from gevent.event import Event
+from gevent.greenlet import Greenlet
 
-from ._lifecycle import _qualname, _run_as
+from ._lifecycle import Lease, Lifecycle, Waiter, _qualname, _run_as
 from .service import _Service
 
 logger = logging.getLogger("sbio.tasks")  # one logger for the whole package, as documented
@@ -56,8 +61,10 @@ class DaemonTask(_Service):
     #: Seconds to wait after an exception when ``interval`` is ``None`` or 0.
     error_backoff = 1.0
 
-    def __init__(self, func, interval=None, threads=1, name=None, *, lifecycle=None, waiter=None,
-                 singleton=False):
+    def __init__(self, func: Callable[[], object], interval: float | None = None,
+                 threads: int = 1, name: str | None = None, *,
+                 lifecycle: Lifecycle | None = None, waiter: Waiter | None = None,
+                 singleton: bool = False) -> None:
         if not callable(func):
             raise TypeError(f"DaemonTask needs a callable, got {func!r}")
         if interval is not None and (
@@ -77,11 +84,11 @@ class DaemonTask(_Service):
         self.lifecycle._register(self)
 
     @property
-    def stopped(self):
+    def stopped(self) -> Event:
         """This run's stop event: set when the task is stopping or stopped."""
         return self._stop_event
 
-    def run_once(self):
+    def run_once(self) -> Exception | None:
         """Call *func* once in the current greenlet, exactly as the loop does.
 
         An exception is logged with the task's name and returned (not raised);
@@ -95,25 +102,25 @@ class DaemonTask(_Service):
             return exc
         return None
 
-    def _wait(self, event, timeout):
+    def _wait(self, event: Event, timeout: float | None) -> bool:
         waiter = self.waiter or self.lifecycle.waiter
         return waiter(event, timeout)
 
-    def _on_start(self):
+    def _on_start(self) -> None:
         # A new event per run: a greenlet abandoned by an earlier stop keeps
         # seeing its own (set) event and never rejoins the loop.
         self._stop_event = Event()
 
-    def _on_signal_stop(self):
+    def _on_signal_stop(self) -> None:
         self._stop_event.set()
 
-    def _run_greenlet(self):
+    def _run_greenlet(self) -> None:
         if self.singleton:
             self._run_singleton(self._stop_event)
         else:
             self._loop(self._stop_event)
 
-    def _loop(self, stop):
+    def _loop(self, stop: Event) -> None:
         while not stop.is_set():
             error = self.run_once()
             if stop.is_set():
@@ -133,7 +140,7 @@ class DaemonTask(_Service):
     #: (doubling up to a quarter of the lock's TTL).
     lock_retry_delay = 0.5
 
-    def _run_singleton(self, stop):
+    def _run_singleton(self, stop: Event) -> None:
         failing = False
         delay = self.lock_retry_delay
         while not stop.is_set():
@@ -167,7 +174,7 @@ class DaemonTask(_Service):
                         "running it here", self.name)
             self._hold(lease, stop)
 
-    def _hold(self, lease, stop):
+    def _hold(self, lease: Lease, stop: Event) -> None:
         """Run the loop in a worker greenlet while renewing *lease*; release it after.
 
         The lease is valid until ``lease.valid_until`` (a time.monotonic()
@@ -235,13 +242,13 @@ class DaemonTask(_Service):
             else:  # this greenlet was killed while the worker runs: stop it too
                 worker.kill(block=False)
 
-    def _kill_worker(self, worker, timeout):
+    def _kill_worker(self, worker: Greenlet[Any, Any], timeout: float) -> None:
         worker.kill(block=True, timeout=timeout)
         if not worker.dead:
             logger.error("singleton DaemonTask %r: its greenlet ignored the kill and may still "
                          "run while another process takes over", self.name)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (
             f"<DaemonTask {self.name!r} interval={self.interval!r} "
             f"threads={self.threads}{' singleton' if self.singleton else ''} {self._state}>"

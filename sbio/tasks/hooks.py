@@ -1,7 +1,12 @@
 """The module-level :data:`lifecycle`, where module-level declarations go: its
 registration functions :func:`on_startup` / :func:`on_shutdown` and its :data:`stopped` event.
 """
-from ._lifecycle import DEFAULT_PRIORITY, Lifecycle
+from collections.abc import Callable
+from typing import overload
+
+from gevent.event import Event
+
+from ._lifecycle import _H, DEFAULT_PRIORITY, Lifecycle
 
 #: The module-level lifecycle: the application's declarations. The
 #: registration functions below and every task and caller use it by default;
@@ -12,14 +17,19 @@ lifecycle = Lifecycle()
 #: Set while the server is not running (cleared on start, set when stop begins).
 #: Long-running code checks it: ``while not stopped.is_set(): ...``, or waits on
 #: it: ``stopped.wait(60)`` returns early when the server stops.
-stopped = lifecycle.stopped
+stopped: Event = lifecycle.stopped
 
 
-def _default_lifecycle():
+def _default_lifecycle() -> Lifecycle:
     return lifecycle
 
 
-def on_startup(func=None, priority=DEFAULT_PRIORITY):
+@overload
+def on_startup(func: _H, priority: float = DEFAULT_PRIORITY) -> _H: ...
+@overload
+def on_startup(func: None = None, priority: float = DEFAULT_PRIORITY) -> Callable[[_H], _H]: ...
+def on_startup(func: _H | None = None,
+               priority: float = DEFAULT_PRIORITY) -> _H | Callable[[_H], _H]:
     """Register *func* to run when the server starts (see :meth:`Lifecycle.on_startup`).
 
     ::
@@ -30,6 +40,11 @@ def on_startup(func=None, priority=DEFAULT_PRIORITY):
     return lifecycle.on_startup(func, priority)
 
 
-def on_shutdown(func=None, priority=DEFAULT_PRIORITY):
+@overload
+def on_shutdown(func: _H, priority: float = DEFAULT_PRIORITY) -> _H: ...
+@overload
+def on_shutdown(func: None = None, priority: float = DEFAULT_PRIORITY) -> Callable[[_H], _H]: ...
+def on_shutdown(func: _H | None = None,
+                priority: float = DEFAULT_PRIORITY) -> _H | Callable[[_H], _H]:
     """Register *func* to run when the server stops (see :meth:`Lifecycle.on_shutdown`)."""
     return lifecycle.on_shutdown(func, priority)

@@ -14,7 +14,7 @@ It imports nothing of sbio: every module may import it.
 """
 import json
 import re
-from typing import Any
+from typing import Any, TypeGuard
 
 from socketio import packet as sio_packet
 
@@ -77,7 +77,7 @@ EVENT_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
 _MAX_NAME_IN_MESSAGE = 64
 
 
-def is_valid_event_name(name: object) -> bool:
+def is_valid_event_name(name: object) -> TypeGuard[str]:
     """True when *name* is a string a client may use as an event name."""
     return isinstance(name, str) and EVENT_NAME_RE.match(name) is not None
 

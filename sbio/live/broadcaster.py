@@ -1,12 +1,19 @@
 """The broadcaster: the subscriptions of one namespace and the greenlet that re-runs them."""
+from __future__ import annotations
+
 import logging
 import time
+from collections.abc import Iterable
+from typing import Any, Protocol, cast
 
 import gevent
 import gevent.event
 import gevent.pool
+from gevent.greenlet import Greenlet
 
 from ..adapter import send_text, text_sender
+from ..dispatch import NamespaceDispatcher
+from ..namespace import Namespace
 from ..protocol import (
     UpdateEncoder,
     error_envelope,
@@ -23,7 +30,23 @@ from .subscription import (
     _encode,
     _fingerprint,
     _SharedGroup,
+    _Target,
 )
+
+
+class _Live(Protocol):
+    """What a broadcaster needs of its :class:`~sbio.live.LiveData` (which imports
+    this module): the ``[broadcaster]`` settings and ``open()``."""
+
+    pool_size: int
+    timeout: float
+    max_subscriptions: int
+    max_subscription_bytes: int
+
+    def open(self) -> None: ...
+
+#: An ack envelope: ``{"ok": true, "data": ...}`` or ``{"ok": false, "error": {...}}``
+_Envelope = dict[str, Any]
 
 log = logging.getLogger("sbio.live")  # one logger for the package, as before the split
 
@@ -47,48 +70,50 @@ class Broadcaster:
     ``queue_depth``    notified channels and requested runs waiting now
     """
 
-    def __init__(self, live, dispatcher):
+    def __init__(self, live: _Live, dispatcher: NamespaceDispatcher) -> None:
         self.live = live
         self.dispatcher = dispatcher
         self.namespace = dispatcher.name
         self.sio = dispatcher.server.sio
         #: sid -> {subscription id -> Subscription}
-        self.by_sid = {}
+        self.by_sid: dict[str, dict[str | int, Subscription]] = {}
         #: channel -> set of targets (Subscription, or _SharedGroup for shared ones)
-        self.index = {}
+        self.index: dict[str, set[_Target]] = {}
         #: (event, canonical args) -> _SharedGroup
-        self.groups = {}
+        self.groups: dict[tuple[str, str], _SharedGroup] = {}
         self.metrics = dict.fromkeys(
             ("notifications", "cycles", "reruns", "pushes", "skipped_unchanged", "errors",
              "timeouts", "dropped", "queue_depth"), 0)
-        self._pending = {}   # channel -> trigger, coalesced until the next cycle
-        self._requests = {}  # target -> trigger: runs asked for outside notifications
+        self._pending: dict[str, str] = {}  # channel -> trigger, coalesced until the next cycle
+        # target -> trigger: runs asked for outside notifications
+        self._requests: dict[_Target, str] = {}
         self._wake = gevent.event.Event()
-        self._greenlet = None
+        self._greenlet: Greenlet[[], None] | None = None
         self._stopping = False
         self.pool = gevent.pool.Pool(live.pool_size)
         self._push = UpdateEncoder(self.namespace)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<Broadcaster {self.namespace} subscriptions={self.subscription_count()}>"
 
     # -- registry --------------------------------------------------------------------
 
-    def subscription_count(self):
+    def subscription_count(self) -> int:
+        """How many subscriptions this namespace holds."""
         return sum(len(subs) for subs in self.by_sid.values())
 
-    def registry_sizes(self):
+    def registry_sizes(self) -> dict[str, int]:
         """Sizes of every registry (for leak checks and debugging)."""
         return {"connections": len(self.by_sid), "subscriptions": self.subscription_count(),
                 "channels": len(self.index), "groups": len(self.groups),
                 "pending": len(self._pending), "requests": len(self._requests),
                 "running": len(self.pool)}
 
-    def subscriptions_of(self, sid):
+    def subscriptions_of(self, sid: str) -> dict[str | int, Subscription]:
         """The live subscriptions of connection *sid*, by id."""
         return dict(self.by_sid.get(sid, {}))
 
-    def _add(self, sub):
+    def _add(self, sub: Subscription) -> None:
         subs = self.by_sid.get(sub.sid)
         if subs is None:
             subs = self.by_sid[sub.sid] = {}
@@ -108,7 +133,7 @@ class Broadcaster:
         else:
             self._index(sub)
 
-    def _remove(self, sub):
+    def _remove(self, sub: Subscription) -> None:
         if not sub.alive:
             return
         sub.alive = False
@@ -130,14 +155,14 @@ class Broadcaster:
                 self._unindex(group)
                 self._requests.pop(group, None)
 
-    def _index(self, target):
+    def _index(self, target: _Target) -> None:
         for channel in target.channels:
             targets = self.index.get(channel)
             if targets is None:
                 targets = self.index[channel] = set()
             targets.add(target)
 
-    def _unindex(self, target):
+    def _unindex(self, target: _Target) -> None:
         for channel in target.channels:
             targets = self.index.get(channel)
             if targets is not None:
@@ -145,7 +170,7 @@ class Broadcaster:
                 if not targets:
                     del self.index[channel]
 
-    def drop_connection(self, sid):
+    def drop_connection(self, sid: str) -> None:
         """Forget every subscription of connection *sid*."""
         subs = self.by_sid.get(sid)
         if subs:
@@ -153,7 +178,7 @@ class Broadcaster:
                 self._remove(sub)
         self.by_sid.pop(sid, None)
 
-    def unsubscribe(self, sid, ids):
+    def unsubscribe(self, sid: str, ids: Iterable[str | int]) -> int:
         """Remove the subscriptions *ids* of *sid*; returns how many existed."""
         subs = self.by_sid.get(sid)
         found = 0
@@ -167,7 +192,7 @@ class Broadcaster:
 
     # -- notifications -----------------------------------------------------------------
 
-    def notify(self, channels, trigger):
+    def notify(self, channels: Iterable[str], trigger: str) -> None:
         """Queue the subscriptions of *channels* for the next cycle (hub thread only)."""
         index = self.index
         pending = self._pending
@@ -182,7 +207,7 @@ class Broadcaster:
             self._ensure_running()
             self._wake.set()
 
-    def _request(self, target, trigger):
+    def _request(self, target: _Target, trigger: str) -> None:
         """Run *target* in the next cycle (it was notified while running)."""
         if target.alive:
             self._requests[target] = trigger
@@ -190,7 +215,7 @@ class Broadcaster:
             self._ensure_running()
             self._wake.set()
 
-    def _ensure_running(self):
+    def _ensure_running(self) -> None:
         if self._greenlet is None and not self._stopping:
             self.live.open()
             self._greenlet = gevent.spawn(self._loop)
@@ -198,7 +223,7 @@ class Broadcaster:
             if self._pending or self._requests:  # left queued by a stop()
                 self._wake.set()
 
-    def _loop(self):
+    def _loop(self) -> None:
         wake = self._wake
         metrics = self.metrics
         while True:
@@ -210,7 +235,7 @@ class Broadcaster:
             requests, self._requests = self._requests, {}
             metrics["queue_depth"] = 0
             metrics["cycles"] += 1
-            targets = {}
+            targets: dict[_Target, str] = {}
             index = self.index
             for channel, trigger in pending.items():
                 for target in index.get(channel, ()):
@@ -236,20 +261,21 @@ class Broadcaster:
 
     # -- runs ---------------------------------------------------------------------------
 
-    def _call(self, sub, purpose):
+    def _call(self, sub: Subscription, purpose: str) -> _Envelope:
         """Run the handler of *sub* as its connection; return the envelope."""
         try:
             with gevent.Timeout(self.live.timeout):
-                return self.dispatcher.call_handler(sub.instance, sub.event, sub.args,
-                                                    purpose=purpose, subscription=sub)
+                envelope: _Envelope = self.dispatcher.call_handler(
+                    sub.instance, sub.event, sub.args, purpose=purpose, subscription=sub)
+                return envelope
         except gevent.Timeout:  # fired outside the handler proper
             return error_envelope("timeout", "the handler timed out")
 
-    def _run(self, target, trigger):
+    def _run(self, target: _Target, trigger: str) -> None:
         try:
             if isinstance(target, _SharedGroup):
                 self._run_group(target, trigger)
-            else:
+            elif isinstance(target, Subscription):
                 self._run_single(target, trigger)
         except Exception:
             log.exception("broadcaster %s: re-run of %r failed", self.namespace, target)
@@ -260,7 +286,7 @@ class Broadcaster:
                 target.dirty = _NOT_DIRTY
                 self._request(target, dirty)
 
-    def _run_single(self, sub, trigger):
+    def _run_single(self, sub: Subscription, trigger: str) -> None:
         if not sub.alive:
             return
         self.metrics["reruns"] += 1
@@ -278,7 +304,7 @@ class Broadcaster:
         else:
             self._deliver_error(sub, envelope["error"])
 
-    def _run_group(self, group, trigger):
+    def _run_group(self, group: _SharedGroup, trigger: str) -> None:
         method = "on_" + group.event
         runner = None
         for member in list(group.members):
@@ -334,11 +360,12 @@ class Broadcaster:
         self.metrics["pushes"] += pushed
         self.metrics["skipped_unchanged"] += skipped
 
-    def _unjsonable(self, sub, exc):
+    def _unjsonable(self, sub: Subscription, exc: BaseException) -> None:
         log.error("result of subscribed handler is not JSON-serializable (sid=%s namespace=%s "
                   "event=%s): %s", sub.sid, self.namespace, sub.event, exc)
 
-    def _forbid(self, sub, method, error=None):
+    def _forbid(self, sub: Subscription, method: str,
+                error: dict[str, Any] | None = None) -> None:
         if error is None:
             error = {"code": "forbidden", "message": f"not allowed to call {_short(sub.event)}"}
         self.metrics["errors"] += 1
@@ -350,7 +377,8 @@ class Broadcaster:
 
     _update_tail = staticmethod(UpdateEncoder.data_tail)
 
-    def _deliver_data(self, sub, text, fingerprint, tail):
+    def _deliver_data(self, sub: Subscription, text: str, fingerprint: str | bytes,
+                      tail: str) -> None:
         if sub.last == fingerprint:
             self.metrics["skipped_unchanged"] += 1
             return
@@ -358,7 +386,7 @@ class Broadcaster:
         self.metrics["pushes"] += 1
         self._send(sub, self._push.update(sub.id_json, tail))
 
-    def _deliver_error(self, sub, error):
+    def _deliver_error(self, sub: Subscription, error: dict[str, Any]) -> None:
         code = error.get("code")
         if code == "forbidden":
             self._forbid(sub, "on_" + sub.event, error)
@@ -374,16 +402,16 @@ class Broadcaster:
         sub.last = fingerprint
         self._send_error(sub, error)
 
-    def _send_error(self, sub, error):
+    def _send_error(self, sub: Subscription, error: dict[str, Any]) -> None:
         self.metrics["pushes"] += 1
         self._send(sub, self._push.error(sub.id_json, error))
 
-    def _send(self, sub, text):
+    def _send(self, sub: Subscription, text: str) -> None:
         send_text(self.sio, sub.eio_sid, text)
 
     # -- the sbio:subscribe / sbio:unsubscribe events -----------------------------------
 
-    def handle_subscribe(self, instance, args):
+    def handle_subscribe(self, instance: Namespace, args: list[Any]) -> _Envelope:
         """``sbio:subscribe`` ``{"id", "event", "args"}``: first result in the ack."""
         if len(args) != 1 or not isinstance(args[0], dict):
             return error_envelope("bad_request", 'sbio:subscribe takes one object '
@@ -439,8 +467,8 @@ class Broadcaster:
             return error_envelope("bad_request", f"cannot build the channels of "
                                   f"{_short(event)} from these arguments")
         eio_sid = self.sio.manager.eio_sid_from_sid(instance.sid, self.namespace)
-        sub = Subscription(instance, eio_sid, sub_id, event, call_args, channels,
-                           live_spec.shared)
+        sub = Subscription(instance, eio_sid, cast("str | int", sub_id), event, call_args,
+                           channels, live_spec.shared)  # the id passed _check_id
         sub.size = size
         # Registered before the first run: a notification arriving while it runs
         # marks it dirty, and it runs again once the first result is out.
@@ -471,7 +499,7 @@ class Broadcaster:
             self._request(sub.group or sub, dirty)
         return envelope
 
-    def handle_unsubscribe(self, instance, args):
+    def handle_unsubscribe(self, instance: Namespace, args: list[Any]) -> _Envelope:
         """``sbio:unsubscribe`` ``{"id": S}`` or ``{"ids": [...]}``; acks ``data: null``."""
         if len(args) != 1 or not isinstance(args[0], dict):
             return error_envelope("bad_request", 'sbio:unsubscribe takes one object '
@@ -493,7 +521,7 @@ class Broadcaster:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    def stop(self, timeout=None):
+    def stop(self, timeout: float | None = None) -> None:
         """Stop the greenlet: join it and the runs in progress, kill what is left."""
         deadline = None if timeout is None else time.monotonic() + timeout
         self._stopping = True

@@ -1,18 +1,26 @@
 """The live-data bus: the path from :func:`~sbio.live.notify` to every LiveData (:class:`Bus`,
 :class:`LocalBus`; the Redis one is :class:`sbio.cluster.RedisBus`).
 """
+from __future__ import annotations
+
 import collections
 import logging
+from collections.abc import Callable, Hashable, Iterable
 
 import gevent
 import gevent.event
 import gevent.pool
 from gevent import monkey
+from gevent.hub import Hub
 
 log = logging.getLogger("sbio.live")  # one logger for the package, as before the split
 
 # The real OS thread id, whether or not (or whenever) threading is monkey-patched.
-_real_get_ident = monkey.get_original("_thread", "get_ident")
+_real_get_ident: Callable[[], int] = monkey.get_original("_thread", "get_ident")
+
+#: A bus subscriber: ``callback(channels, trigger)``.
+Subscriber = Callable[[tuple[str, ...], str], object]
+_Item = tuple[Subscriber, tuple[str, ...], str]
 
 # -- the bus ----------------------------------------------------------------------------
 
@@ -20,24 +28,23 @@ _real_get_ident = monkey.get_original("_thread", "get_ident")
 class _Mailbox:
     """Hands notifications from other OS threads to one hub's thread."""
 
-    def __init__(self, hub):
-        self.thread_ident = hub.thread_ident
-        self.queue = collections.deque()  # append / popleft are thread-safe
-        self.watcher = hub.loop.async_()
+    def __init__(self, hub: Hub) -> None:
+        self.thread_ident: int = hub.thread_ident
+        self.queue: collections.deque[_Item] = collections.deque()  # thread-safe ends
+        self.watcher = hub.loop.async_(ref=False)  # does not keep the loop alive by itself
         self.watcher.start(self._drain)
-        self.watcher.ref = False  # does not keep the loop alive by itself
 
-    def post(self, item):
+    def post(self, item: _Item) -> None:
         self.queue.append(item)
         self.watcher.send()  # thread-safe: wakes the loop of the hub's thread
 
-    def _drain(self):
+    def _drain(self) -> None:
         queue = self.queue
         while queue:
             callback, channels, trigger = queue.popleft()
             Bus._call(callback, channels, trigger)
 
-    def close(self):
+    def close(self) -> None:
         self.watcher.stop()
         self.watcher.close()
 
@@ -55,37 +62,39 @@ class Bus:
     calls :meth:`deliver` for each message its listener receives.
     """
 
-    def __init__(self):
-        self._subscribers = ()  # ((callback, mailbox), ...): replaced, never mutated
-        self._mailboxes = {}    # hub thread ident -> _Mailbox
+    def __init__(self) -> None:
+        # ((callback, mailbox), ...): replaced, never mutated
+        self._subscribers: tuple[tuple[Subscriber, _Mailbox], ...] = ()
+        self._mailboxes: dict[int, _Mailbox] = {}  # hub thread ident -> _Mailbox
 
-    def publish(self, channels, trigger):
+    def publish(self, channels: Iterable[str], trigger: str) -> None:
         """Send the notification; called from any greenlet or OS thread."""
         raise NotImplementedError
 
-    def subscribe(self, callback):
+    def subscribe(self, callback: Subscriber) -> None:
         """Call *callback(channels, trigger)* for every notification (in this hub's thread)."""
         hub = gevent.get_hub()
         mailbox = self._mailboxes.get(hub.thread_ident)
         if mailbox is None:
             mailbox = self._mailboxes[hub.thread_ident] = _Mailbox(hub)
-        self._subscribers = self._subscribers + ((callback, mailbox),)
+        self._subscribers = (*self._subscribers, (callback, mailbox))
 
-    def unsubscribe(self, callback):
+    def unsubscribe(self, callback: Subscriber) -> None:
         """Stop calling *callback*. Not an error if it was not subscribed."""
         self._subscribers = tuple(s for s in self._subscribers if s[0] != callback)
 
     @property
-    def subscriber_count(self):
+    def subscriber_count(self) -> int:
+        """How many callbacks are subscribed."""
         return len(self._subscribers)
 
     @property
-    def reach_key(self):
+    def reach_key(self) -> Hashable:
         """Buses with equal keys deliver to each other's subscribers (one Redis
         channel): :func:`notify` publishes once per key. This bus itself by default."""
         return self
 
-    def deliver(self, channels, trigger):
+    def deliver(self, channels: tuple[str, ...], trigger: str) -> None:
         """Hand a notification to every subscriber; safe from any thread."""
         ident = _real_get_ident()
         for callback, mailbox in self._subscribers:
@@ -95,13 +104,13 @@ class Bus:
                 mailbox.post((callback, channels, trigger))
 
     @staticmethod
-    def _call(callback, channels, trigger):
+    def _call(callback: Subscriber, channels: tuple[str, ...], trigger: str) -> None:
         try:
             callback(channels, trigger)
         except Exception:
             log.exception("live-data bus subscriber %r failed on %s", callback, channels)
 
-    def close(self):
+    def close(self) -> None:
         """Drop every subscriber and stop the thread hand-off watchers."""
         self._subscribers = ()
         mailboxes, self._mailboxes = self._mailboxes, {}
@@ -115,5 +124,5 @@ class Bus:
 class LocalBus(Bus):
     """The in-process bus (the default): every publish is delivered in this process."""
 
-    def publish(self, channels, trigger):
+    def publish(self, channels: Iterable[str], trigger: str) -> None:
         self.deliver(tuple(channels), trigger)

@@ -2,8 +2,11 @@
 import logging
 import time
 import weakref
+from collections.abc import Mapping
+from typing import Any
 
 from ..config import section_defaults
+from ..dispatch import NamespaceDispatcher
 from ..protocol import SUBSCRIBE_EVENT, UNSUBSCRIBE_EVENT
 from .broadcaster import Broadcaster
 from .bus import Bus, LocalBus
@@ -19,11 +22,11 @@ class _BusListener:
 
     __slots__ = ("ref", "bus", "__weakref__")
 
-    def __init__(self, live):
+    def __init__(self, live: "LiveData") -> None:
         self.ref = weakref.ref(live)
-        self.bus = None
+        self.bus: Bus | None = None
 
-    def __call__(self, channels, trigger):
+    def __call__(self, channels: tuple[str, ...], trigger: str) -> None:
         live = self.ref()
         if live is None:
             if self.bus is not None:
@@ -52,9 +55,11 @@ class LiveData:
     #: The broadcaster class, one per namespace.
     broadcaster_class = Broadcaster
 
-    def __init__(self, server, config=None, bus=None):
+    def __init__(self, server: Any, config: Mapping[str, Any] | None = None,
+                 bus: Bus | None = None) -> None:
         settings = section_defaults("broadcaster")
         settings.update({k: v for k, v in (config or {}).items() if k in settings})
+        #: the :class:`sbio.Server` (``Any``: sbio.server imports this module)
         self.server = server
         self.pool_size = int(settings["pool_size"])
         self.timeout = float(settings["timeout"])
@@ -64,16 +69,16 @@ class LiveData:
         #: namespace (``max_subscription_bytes``).
         self.max_subscription_bytes = int(settings["max_subscription_bytes"])
         #: namespace name -> Broadcaster
-        self.broadcasters = {}
+        self.broadcasters: dict[str, Broadcaster] = {}
         self._listener = _BusListener(self)
         self.bus = _check_bus(LocalBus() if bus is None else bus)
         self._joined = False
-        self._finalizer = None
+        self._finalizer: weakref.finalize | None = None
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<LiveData namespaces={sorted(self.broadcasters)}>"
 
-    def add_dispatcher(self, dispatcher):
+    def add_dispatcher(self, dispatcher: NamespaceDispatcher) -> Broadcaster:
         """Serve ``sbio:subscribe`` / ``sbio:unsubscribe`` on *dispatcher*'s namespace."""
         if dispatcher.name in self.broadcasters:
             return self.broadcasters[dispatcher.name]
@@ -85,16 +90,16 @@ class LiveData:
             lambda instance, reason: broadcaster.drop_connection(instance.sid))
         return broadcaster
 
-    def broadcaster(self, namespace):
+    def broadcaster(self, namespace: str) -> Broadcaster:
         """The :class:`Broadcaster` of *namespace* (e.g. for its ``metrics``)."""
         return self.broadcasters[namespace]
 
     @property
-    def metrics(self):
+    def metrics(self) -> dict[str, dict[str, int]]:
         """The metrics of every broadcaster, by namespace."""
         return {name: dict(b.metrics) for name, b in self.broadcasters.items()}
 
-    def resync(self, trigger="resync"):
+    def resync(self, trigger: str = "resync") -> None:
         """Re-run every subscription of every namespace once; push only what changed.
 
         For when notifications may have been missed, e.g. after the Redis
@@ -105,22 +110,23 @@ class LiveData:
             if channels:
                 broadcaster.notify(channels, trigger)
 
-    def _on_notify(self, channels, trigger):
+    def _on_notify(self, channels: tuple[str, ...], trigger: str) -> None:
         for broadcaster in self.broadcasters.values():
             broadcaster.notify(channels, trigger)
 
-    def _join(self, bus):
+    def _join(self, bus: Bus) -> None:
         self._listener.bus = bus
         bus.subscribe(self._listener)
         # a server dropped without stop() leaves the bus when it is collected
         self._finalizer = weakref.finalize(self, bus.unsubscribe, self._listener)
 
-    def _leave(self):
-        self._finalizer.detach()
+    def _leave(self) -> None:
+        if self._finalizer is not None:  # set by _join, which came first
+            self._finalizer.detach()
         self.bus.unsubscribe(self._listener)
         self._listener.bus = None
 
-    def set_bus(self, bus):
+    def set_bus(self, bus: Bus) -> Bus:
         """Use *bus* from now on and return the previous one (e.g. a spy in a test).
 
         Open live data leaves the old bus and joins *bus*. Call it from the
@@ -137,14 +143,14 @@ class LiveData:
                 self.bus = bus
         return old
 
-    def open(self):
+    def open(self) -> None:
         """Join the bus and count the server among :func:`running_servers`. Idempotent."""
         if not self._joined:
             self._joined = True
             self._join(self.bus)
             _set_running(self.server, True)
 
-    def stop(self, timeout=None):
+    def stop(self, timeout: float | None = None) -> None:
         """Leave the bus and stop every broadcaster (joined, then killed). Idempotent.
 
         Subscriptions stay registered; a later ``sbio:subscribe`` opens the
@@ -164,15 +170,15 @@ class LiveData:
                 log.exception("stopping the broadcaster of %s failed", broadcaster.namespace)
 
 
-def _check_bus(bus):
+def _check_bus(bus: object) -> Bus:
     if not isinstance(bus, Bus):
         raise TypeError(f"a live-data bus must be a sbio.live.Bus, got {bus!r}")
     return bus
 
 
-def live_data_on(bus):
+def live_data_on(bus: Bus) -> list[LiveData]:
     """The :class:`LiveData` instances (one per server) listening on *bus* now."""
-    found = []
+    found: list[LiveData] = []
     for callback, _ in bus._subscribers:
         live = callback.ref() if isinstance(callback, _BusListener) else None
         if live is not None:

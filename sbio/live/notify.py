@@ -7,12 +7,15 @@ import logging
 import re
 import string
 import weakref
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 from gevent import monkey
 
 from ..channels import channel_names as _channel_names
 from ..context import current_call
-from ..tasks import current_lifecycle
+from ..tasks import Lifecycle, current_lifecycle
+from .bus import Bus
 
 log = logging.getLogger("sbio.live")  # one logger for the package, as before the split
 
@@ -24,6 +27,28 @@ MANUAL_TRIGGER = "manual"
 _FORMATTER = string.Formatter()
 _FIELD_ROOT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+#: What names a channel: a string, or a model class (its table name).
+Channel = str | type
+
+
+class _HasBus(Protocol):
+    @property
+    def bus(self) -> Bus: ...
+
+
+class _Server(Protocol):
+    """What a notification needs of a :class:`sbio.Server` (which imports this package,
+    so it cannot be named here)."""
+
+    @property
+    def lifecycle(self) -> Lifecycle: ...
+    @property
+    def live(self) -> _HasBus: ...
+
 
 class _Channels:
     """The channels of one decorated function: plain names and ``{arg}`` templates.
@@ -34,7 +59,8 @@ class _Channels:
 
     __slots__ = ("names", "has_templates", "signature")
 
-    def __init__(self, func, channels, decorator):
+    def __init__(self, func: Callable[..., Any], channels: Sequence[Channel],
+                 decorator: str) -> None:
         self.names = _channel_names(channels)
         self.signature = inspect.signature(func)
         params = self.signature.parameters
@@ -56,7 +82,8 @@ class _Channels:
                         f"{func.__qualname__} has no argument {root.group()!r} "
                         f"(arguments: {', '.join(params)})")
 
-    def format(self, args, kwargs=None):
+    def format(self, args: Sequence[Any],
+               kwargs: dict[str, Any] | None = None) -> tuple[str, ...]:
         """The concrete channel names for one call ``func(*args, **kwargs)``."""
         if not self.has_templates:
             return self.names
@@ -69,7 +96,7 @@ class _Channels:
 # -- decorators and notify() ------------------------------------------------------------
 
 
-def subscribes(*channels, shared=False):
+def subscribes(*channels: Channel, shared: bool = False) -> Callable[[_F], _F]:
     """Mark an ``on_*`` handler as subscribable, re-run when *channels* are notified.
 
     :param channels: channel names, model classes (their table name), or
@@ -84,9 +111,10 @@ def subscribes(*channels, shared=False):
         raise TypeError("use @subscribes(...) with parentheses and the channel names, "
                         "e.g. @subscribes('cards')")
 
-    def decorate(func):
-        func._sbio_subscribes = _SubscribeSpec(_Channels(func, channels, "subscribes"),
-                                               bool(shared))
+    def decorate(func: _F) -> _F:
+        spec = _SubscribeSpec(_Channels(func, channels, "subscribes"), bool(shared))
+        marked: Any = func  # a function takes attributes; Callable does not say so
+        marked._sbio_subscribes = spec
         return func
 
     return decorate
@@ -95,17 +123,17 @@ def subscribes(*channels, shared=False):
 class _SubscribeSpec:
     __slots__ = ("channels", "shared")
 
-    def __init__(self, channels, shared):
+    def __init__(self, channels: _Channels, shared: bool) -> None:
         self.channels = channels
         self.shared = shared
 
 
-def _trigger_of(func):
+def _trigger_of(func: Callable[..., Any]) -> str:
     name = func.__name__
     return name[3:] if name.startswith("on_") else name
 
 
-def notifies(*channels):
+def notifies(*channels: Channel) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
     """Notify *channels* after the decorated function returns normally.
 
     Inside a handler the notification is sent once the handler has returned
@@ -118,12 +146,12 @@ def notifies(*channels):
         raise TypeError("use @notifies(...) with parentheses and the channel names, "
                         "e.g. @notifies('cards')")
 
-    def decorate(func):
+    def decorate(func: Callable[_P, _R]) -> Callable[_P, _R]:
         spec = _Channels(func, channels, "notifies")
         trigger = _trigger_of(func)
 
         @functools.wraps(func)
-        def wrapper(*args, **kwargs):
+        def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
             result = func(*args, **kwargs)
             names = spec.format(args, kwargs)
             if names:
@@ -135,7 +163,8 @@ def notifies(*channels):
     return decorate
 
 
-def notify(channels, delay=False, trigger=None):
+def notify(channels: Channel | Iterable[Channel], delay: bool = False,
+           trigger: object = None) -> None:
     """Tell every subscription of *channels* to re-run (in every namespace and process).
 
     Which servers of this process it reaches (each publishes on its own bus,
@@ -160,7 +189,7 @@ def notify(channels, delay=False, trigger=None):
         _notify_names(names, delay, None if trigger is None else str(trigger))
 
 
-def _notify_names(names, delay, trigger):
+def _notify_names(names: tuple[str, ...], delay: bool, trigger: str | None) -> None:
     ctx = current_call()
     if ctx is not None:
         if ctx.purpose == "rerun":
@@ -169,7 +198,7 @@ def _notify_names(names, delay, trigger):
             return
         if trigger is None:
             trigger = ctx.event
-        servers = (ctx.namespace.server,)
+        servers: Sequence[_Server] = (ctx.namespace.server,)
         if delay:
             ctx.after_success.append(functools.partial(_publish, servers, names, trigger))
             return
@@ -178,7 +207,7 @@ def _notify_names(names, delay, trigger):
     _publish(servers, names, MANUAL_TRIGGER if trigger is None else trigger)
 
 
-def _context_servers():
+def _context_servers() -> list[_Server]:
     """The servers a notification made outside any handler call reaches."""
     servers = running_servers()
     lifecycle = current_lifecycle()
@@ -189,10 +218,10 @@ def _context_servers():
     return servers
 
 
-def _publish(servers, names, trigger):
+def _publish(servers: Iterable[_Server], names: tuple[str, ...], trigger: str) -> None:
     # Buses with the same reach key (one Redis channel) reach each other's
     # subscribers: publish once per key, or a server would get it twice.
-    reached = set()
+    reached: set[object] = set()
     for server in servers:
         bus = server.live.bus
         key = bus.reach_key
@@ -207,21 +236,23 @@ def _publish(servers, names, trigger):
 # in-process test server with subscriptions): the servers a notification made
 # outside any handler or task reaches. A tuple replaced under the lock, never
 # mutated, so notify() reads it from any thread without locking.
-_running = ()
+_running: tuple[weakref.ReferenceType[Any], ...] = ()
 _running_lock = monkey.get_original("_thread", "allocate_lock")()
 
 
-def running_servers():
+def running_servers() -> list[Any]:
     """The servers of this process that :func:`notify` reaches from outside any context.
 
     A server is in it from :meth:`sbio.Server.start` to :meth:`~sbio.Server.stop`
     (an in-process test server from its first subscription to its ``stop()``).
     Held weakly: a server dropped without ``stop()`` leaves it when collected.
+    The items are :class:`sbio.Server` objects (typed ``Any``: sbio.server
+    imports this module).
     """
     return [server for server in (ref() for ref in _running) if server is not None]
 
 
-def _set_running(server, running):
+def _set_running(server: _Server, running: bool) -> None:
     global _running
     with _running_lock:
         refs = [ref for ref in _running if ref() is not None and ref() is not server]

@@ -1,10 +1,13 @@
 """One subscription (:class:`Subscription`), a shared group of them, and the encoding and
 fingerprint of their results.
 """
+import enum
 import hashlib
 import json
 import logging
+from typing import Any
 
+from ..namespace import Namespace
 from ..protocol import UpdateEncoder
 
 log = logging.getLogger("sbio.live")  # one logger for the package, as before the split
@@ -15,7 +18,13 @@ _FINGERPRINT_TEXT_MAX = 512
 
 # -- subscriptions ------------------------------------------------------------------------
 
-_NOT_DIRTY = object()
+class _Clean(enum.Enum):
+    """The type of :data:`_NOT_DIRTY` (an enum, so a type checker narrows it away)."""
+
+    NOT_DIRTY = "not dirty"
+
+
+_NOT_DIRTY = _Clean.NOT_DIRTY
 
 
 class _Target:
@@ -23,11 +32,12 @@ class _Target:
 
     __slots__ = ("channels", "alive", "running", "dirty", "__weakref__")
 
-    def __init__(self, channels):
+    def __init__(self, channels: tuple[str, ...]) -> None:
         self.channels = channels
         self.alive = True
         self.running = False
-        self.dirty = _NOT_DIRTY  # the trigger of a notification that came while running
+        # the trigger of a notification that came while running, or _NOT_DIRTY
+        self.dirty: str | _Clean = _NOT_DIRTY
 
 
 class Subscription(_Target):
@@ -42,7 +52,8 @@ class Subscription(_Target):
     __slots__ = ("id", "event", "args", "shared", "data", "instance", "sid", "eio_sid",
                  "id_json", "last", "ready", "group", "size")
 
-    def __init__(self, instance, eio_sid, sub_id, event, args, channels, shared):
+    def __init__(self, instance: Namespace, eio_sid: str, sub_id: str | int, event: str,
+                 args: list[Any], channels: tuple[str, ...], shared: bool) -> None:
         super().__init__(channels)
         self.instance = instance
         self.sid = instance.sid
@@ -52,13 +63,13 @@ class Subscription(_Target):
         self.event = event
         self.args = args
         self.shared = shared
-        self.data = {}
-        self.last = None     # fingerprint of the last result (or error) the client has
+        self.data: dict[Any, Any] = {}
+        self.last: object = None  # fingerprint of the last result (or error) the client has
         self.ready = False   # the first result has been sent
-        self.group = None
+        self.group: _SharedGroup | None = None
         self.size = 0        # bytes of the JSON of args (server.max_subscription_bytes)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"<Subscription {self.id!r} {self.event}{tuple(self.args)!r} "
                 f"sid={self.sid} channels={list(self.channels)}>")
 
@@ -68,18 +79,19 @@ class _SharedGroup(_Target):
 
     __slots__ = ("key", "event", "args", "members")
 
-    def __init__(self, key, event, args, channels):
+    def __init__(self, key: tuple[str, str], event: str, args: list[Any],
+                 channels: tuple[str, ...]) -> None:
         super().__init__(channels)
         self.key = key
         self.event = event
         self.args = args
-        self.members = {}  # Subscription -> None (ordered set)
+        self.members: dict[Subscription, None] = {}  # an ordered set
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<SharedGroup {self.event}{tuple(self.args)!r} members={len(self.members)}>"
 
 
-def _encode(data):
+def _encode(data: object) -> str:
     """The canonical JSON text of *data* (sorted keys, compact); sent as is."""
     # allow_nan=False: NaN/Infinity would make socket.io-client drop the connection
     try:
@@ -89,7 +101,7 @@ def _encode(data):
         return json.dumps(data, separators=(",", ":"), allow_nan=False)
 
 
-def _fingerprint(text):
+def _fingerprint(text: str) -> str | bytes:
     if len(text) <= _FINGERPRINT_TEXT_MAX:
         return text
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
@@ -100,7 +112,7 @@ _UNJSONABLE = {"code": "internal",
 
 
 
-def _check_id(sub_id, event):
+def _check_id(sub_id: object, event: str) -> str | None:
     if isinstance(sub_id, bool) or not isinstance(sub_id, (str, int)):
         return f'{event}: "id" must be a string or an integer, got {type(sub_id).__name__}'
     if isinstance(sub_id, str) and not 0 < len(sub_id) <= _MAX_ID_LENGTH:

@@ -44,6 +44,8 @@ the subscriber greenlet), :mod:`~sbio.cluster.manager` (socket.io emits),
 :mod:`~sbio.cluster.locks` (singleton tasks), :mod:`~sbio.cluster.cluster`
 (the object a server owns), :mod:`~sbio.cluster.remote` (:func:`notify_remote`).
 """
+from typing import Any
+
 # The names below were all sbio.cluster's before the split; they keep working from here.
 from .bus import RESYNC_TRIGGER, RedisBus, decode_bus_message, encode_bus_message  # noqa: F401
 from .cluster import Cluster
@@ -66,7 +68,7 @@ __all__ = ["Cluster", "RedisBus", "RedisLocks", "RedisManager", "configure", "no
            "DEFAULT_PREFIX", "RESYNC_TRIGGER"]
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     # Read from the configspec on first use, not on import (see sbio.config.section_defaults).
     if name in ("DEFAULTS", "DEFAULT_PREFIX"):
         from . import connection

@@ -1,15 +1,21 @@
 """The live-data bus across processes (channel ``<prefix>:live``) and its message codec."""
+from __future__ import annotations
+
 import collections
 import json
 import logging
 import threading
 import uuid
+from collections.abc import Hashable, Iterable
+from typing import Any
 
 import gevent
 import gevent.event
+from gevent.greenlet import Greenlet
 
 from ..live import MANUAL_TRIGGER, Bus, live_data_on
 from .connection import (
+    Client,
     _Health,
     _require_monkey_patching,
     _Subscriber,
@@ -27,23 +33,25 @@ RESYNC_TRIGGER = "resync"
 _WIRE_VERSION = 1
 
 
-def encode_bus_message(origin, channels, trigger, resync=False):
+def encode_bus_message(origin: str, channels: Iterable[str], trigger: str,
+                       resync: bool = False) -> str:
     """The text of one live-data bus message (``<prefix>:live``).
 
     ``{"v": 1, "o": origin, "c": [channel, ...], "t": trigger}``, plus
     ``"resync": true`` for a request to re-run everything. Every publisher
     (:class:`RedisBus`, :func:`notify_remote`) encodes with this.
     """
-    message = {"v": _WIRE_VERSION, "o": origin, "c": list(channels), "t": trigger}
+    message: dict[str, Any] = {"v": _WIRE_VERSION, "o": origin, "c": list(channels),
+                               "t": trigger}
     if resync:
         message["resync"] = True
     return json.dumps(message, separators=(",", ":"))
 
 
-def decode_bus_message(data):
+def decode_bus_message(data: str | bytes) -> tuple[Any, list[str], Any, bool]:
     """``(origin, channels, trigger, resync)`` of a bus message (see :func:`encode_bus_message`).
 
-    *trigger* is None when the message has none.
+    *origin* and *trigger* are as sent (*trigger* is None when the message has none).
 
     :raises ValueError: *data* is not such a message.
     """
@@ -91,8 +99,9 @@ class RedisBus(Bus):
     #: notifications sent per Redis round trip
     batch_size = 500
 
-    def __init__(self, url, channel=None, *, max_pending=None, reconnect_max_delay=None,
-                 socket_timeout=None, resync_on_reconnect=True, health=None):
+    def __init__(self, url: str, channel: str | None = None, *, max_pending: int | None = None,
+                 reconnect_max_delay: float | None = None, socket_timeout: float | None = None,
+                 resync_on_reconnect: bool = True, health: _Health | None = None) -> None:
         # None: the [cluster] defaults (channel <prefix>:live)
         super().__init__()
         check_url(url)
@@ -110,78 +119,83 @@ class RedisBus(Bus):
         #: ``republished``, ``resyncs``, ``malformed``
         self.metrics = dict.fromkeys(("published", "received", "held", "republished",
                                       "resyncs", "malformed"), 0)
-        self._out = collections.deque()   # (channels, trigger); append/popleft thread-safe
-        self._held = {}                   # channel -> trigger, while Redis is unreachable
+        # (channels, trigger); append/popleft thread-safe
+        self._out: collections.deque[tuple[tuple[str, ...], str]] = collections.deque()
+        self._held: dict[str, str] = {}  # channel -> trigger, while Redis is unreachable
         self._held_overflow = False
-        self._client = None
-        self._wake = None
-        self._async = None
-        self._hub_thread = None
-        self._publisher = None
+        self._client: Client | None = None
+        # made by start(), in the hub that runs the publisher:
+        self._wake: gevent.event.Event | None = None
+        self._async: Any = None  # the loop's async watcher: wakes the publisher from a thread
+        self._hub_thread: int | None = None
+        self._publisher: Greenlet[[gevent.event.Event], None] | None = None
         self._subscriber = _Subscriber(url, [self.channel], self.part, self._on_message,
                                        self._on_connect,
                                        reconnect_max_delay=reconnect_max_delay,
                                        socket_timeout=socket_timeout, health=self.health)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<RedisBus {redact(self.url)} {self.channel}>"
 
     @property
-    def reach_key(self):
+    def reach_key(self) -> Hashable:
         """Buses on one URL and channel reach each other's subscribers (through Redis)."""
         return ("redis", self.url, self.channel)
 
     @property
-    def running(self):
+    def running(self) -> bool:
+        """Between :meth:`start` and :meth:`stop`."""
         return self._publisher is not None
 
     @property
-    def connected_event(self):
+    def connected_event(self) -> gevent.event.Event:
         """Set while the bus is subscribed (notifications from other processes arrive)."""
         return self._subscriber.connected
 
     # -- Bus interface ------------------------------------------------------------------
 
-    def publish(self, channels, trigger):
+    def publish(self, channels: Iterable[str], trigger: str) -> None:
         """Deliver here now; send to the other processes from the publisher greenlet."""
-        channels = tuple(channels)
-        self.deliver(channels, trigger)
-        if self._publisher is None:
+        names = tuple(channels)
+        self.deliver(names, trigger)
+        wake, watcher = self._wake, self._async
+        if self._publisher is None or wake is None or watcher is None:
             log.warning("RedisBus %s is not running: notification of %s not sent to the other "
-                        "processes", self.channel, list(channels))
+                        "processes", self.channel, list(names))
             return
-        self._out.append((channels, trigger))
+        self._out.append((names, trigger))
         if threading.get_ident() == self._hub_thread:
-            self._wake.set()
+            wake.set()
         else:
-            self._async.send()  # thread-safe; wakes the publisher in the hub's thread
+            watcher.send()  # thread-safe; wakes the publisher in the hub's thread
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def start(self):
+    def start(self) -> RedisBus:
         """Start the publisher and subscriber greenlets (in the calling thread's hub)."""
         if self._publisher is not None:
             return self
         _require_monkey_patching()
         hub = gevent.get_hub()
         self._hub_thread = threading.get_ident()
-        self._wake = gevent.event.Event()
-        self._async = hub.loop.async_()
-        self._async.start(self._wake.set)
-        self._async.ref = False
-        self._publisher = gevent.spawn(self._publish_loop)
+        self._wake = wake = gevent.event.Event()
+        self._async = hub.loop.async_(ref=False)  # does not keep the loop alive by itself
+        self._async.start(wake.set)
+        self._publisher = gevent.spawn(self._publish_loop, wake)
         self._publisher.name = "sbio.cluster live publisher"
         self._subscriber.start()
         return self
 
-    def stop(self, timeout=2.0):
+    def stop(self, timeout: float = 2.0) -> None:
         """Send what is queued (within *timeout*), then stop both greenlets."""
         publisher, self._publisher = self._publisher, None
         if publisher is None:
             return
         self._subscriber.stop()
         if self._out and not self.health.is_down(self.part):
-            with gevent.Timeout(timeout, False):
+            # False: the timeout ends the block silently (documented by gevent;
+            # types-gevent's stub of Timeout.__init__ leaves it out)
+            with gevent.Timeout(timeout, False):  # type: ignore[arg-type]
                 self._send_queued()
         publisher.kill(block=True, timeout=timeout)
         if self._out or self._held:
@@ -189,29 +203,31 @@ class RedisBus(Bus):
                         "processes", self.channel, len(self._out) + len(self._held))
         self._out.clear()
         self._held.clear()
-        self._async.stop()
-        self._async.close()
-        self._async = None
+        watcher, self._async = self._async, None
+        if watcher is not None:
+            watcher.stop()
+            watcher.close()
         if self._client is not None:
             self._client.close()
             self._client = None
 
-    def close(self):
+    def close(self) -> None:
+        """Stop, then drop every subscriber (see :meth:`Bus.close`)."""
         self.stop()
         super().close()
 
     # -- sending ----------------------------------------------------------------------------
 
-    def _publish_loop(self):
+    def _publish_loop(self, wake: gevent.event.Event) -> None:
         while True:
-            self._wake.wait()
-            self._wake.clear()
+            wake.wait()
+            wake.clear()
             self._send_queued()
 
-    def _send_queued(self):
+    def _send_queued(self) -> None:
         out = self._out
         while out:
-            batch = []
+            batch: list[tuple[tuple[str, ...], str]] = []
             while out and len(batch) < self.batch_size:
                 batch.append(out.popleft())
             if self.health.is_down(self.part):
@@ -229,7 +245,7 @@ class RedisBus(Bus):
                 self.health.failed(self.part, exc)
                 self._hold(batch)
 
-    def _hold(self, batch):
+    def _hold(self, batch: list[tuple[tuple[str, ...], str]]) -> None:
         """Remember notifications that could not be sent, coalesced by channel."""
         self.metrics["held"] += len(batch)
         self.health.count("notifications held for other processes", len(batch))
@@ -245,7 +261,7 @@ class RedisBus(Bus):
             self._held.clear()
             self._held_overflow = True
 
-    def _on_connect(self, first):
+    def _on_connect(self, first: bool) -> None:
         # Also on the first connection: a process that started while Redis
         # was down may hold notifications and serve subscriptions already.
         # Notifications held during the outage go out first, then this process
@@ -255,7 +271,7 @@ class RedisBus(Bus):
         if overflow:
             self._send_resync_request()
         elif held:
-            by_trigger = collections.defaultdict(list)
+            by_trigger: collections.defaultdict[str, list[str]] = collections.defaultdict(list)
             for name, trigger in held.items():
                 by_trigger[trigger].append(name)
             for trigger, names in by_trigger.items():
@@ -263,11 +279,12 @@ class RedisBus(Bus):
             self.metrics["republished"] += len(held)
             log.info("RedisBus %s: publishing %d channel(s) notified during the outage",
                      self.channel, len(held))
-            self._wake.set()
+            if self._wake is not None:  # else: sent once started
+                self._wake.set()
         if self.resync_on_reconnect:
             self.resync_local()
 
-    def _send_resync_request(self):
+    def _send_resync_request(self) -> None:
         try:
             if self._client is None:
                 self._client = make_client(self.url, self.socket_timeout)
@@ -279,7 +296,7 @@ class RedisBus(Bus):
 
     # -- receiving --------------------------------------------------------------------------
 
-    def _on_message(self, channel, data):
+    def _on_message(self, channel: object, data: str | bytes) -> None:
         try:
             origin, names, trigger, resync = decode_bus_message(data)
         except ValueError as exc:
@@ -296,7 +313,7 @@ class RedisBus(Bus):
             self.metrics["received"] += 1
             self.deliver(tuple(names), MANUAL_TRIGGER if trigger is None else str(trigger))
 
-    def resync_local(self, trigger=RESYNC_TRIGGER):
+    def resync_local(self, trigger: str = RESYNC_TRIGGER) -> None:
         """Re-run every subscription of this process once (pushes only what changed)."""
         self.metrics["resyncs"] += 1
         for data in live_data_on(self):

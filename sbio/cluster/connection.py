@@ -4,16 +4,22 @@ Every piece of :mod:`sbio.cluster` connects through :func:`make_client` and
 keeps one pub/sub connection with a :class:`_Subscriber` (capped backoff
 with jitter, one log line per outage through :class:`_Health`).
 """
+from __future__ import annotations
+
 import collections
 import contextlib
 import logging
 import random
 import threading
 import time
+from collections.abc import Callable, Iterable
+from types import ModuleType
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import gevent
 import gevent.event
+from gevent.greenlet import Greenlet
 
 from ..config import section_defaults
 from ..errors import SbioError, SbioTimeoutError
@@ -25,9 +31,11 @@ _SCHEMES = {"redis": "redis", "rediss": "redis", "unix": "redis",
             "valkey": "valkey", "valkeys": "valkey",
             "redis+sentinel": "redis", "valkey+sentinel": "valkey"}
 
+#: A redis-py ``Redis`` or a valkey ``Valkey`` client (both optional packages).
+Client = Any
 
 
-def setting(value, key):
+def setting(value: Any, key: str) -> Any:
     """*value*, or when it is None the ``[cluster]`` default of *key* from the configspec.
 
     The configspec is the one place the defaults are written; every keyword
@@ -36,7 +44,7 @@ def setting(value, key):
     return section_defaults("cluster")[key] if value is None else value
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     # DEFAULTS and DEFAULT_PREFIX are read from the configspec on first use, not on import.
     if name == "DEFAULTS":
         return section_defaults("cluster")
@@ -48,7 +56,7 @@ def __getattr__(name):
 # -- connections --------------------------------------------------------------------------
 
 
-def check_url(url):
+def check_url(url: str) -> str:
     """Raise :class:`ValueError` unless *url* is a Redis URL sbio can use; return its scheme."""
     scheme = urlsplit(url).scheme.lower()
     if scheme not in _SCHEMES:
@@ -57,7 +65,7 @@ def check_url(url):
     return scheme
 
 
-def redact(url):
+def redact(url: str) -> str:
     """*url* with its password replaced by ``***`` (for log lines)."""
     parts = urlsplit(url)
     if parts.password is None:
@@ -67,7 +75,7 @@ def redact(url):
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))
 
 
-def _module(url):
+def _module(url: str) -> ModuleType:
     name = _SCHEMES[check_url(url)]
     try:
         if name == "valkey":
@@ -80,7 +88,7 @@ def _module(url):
     return module
 
 
-def make_client(url, socket_timeout=None, **options):
+def make_client(url: str, socket_timeout: float | None = None, **options: Any) -> Client:
     """A redis-py (or valkey) client of *url* that fails fast instead of retrying.
 
     sbio handles reconnection itself (backoff, one log line per outage), so
@@ -102,7 +110,7 @@ def make_client(url, socket_timeout=None, **options):
     return module.Redis.from_url(url, **options)
 
 
-def _require_monkey_patching():
+def _require_monkey_patching() -> None:
     from gevent import monkey
 
     if not monkey.is_module_patched("socket"):
@@ -118,22 +126,22 @@ class _Health:
     the last one is back, with what could not be delivered meanwhile.
     """
 
-    def __init__(self, url):
+    def __init__(self, url: str) -> None:
         self.url = redact(url)
-        self.down_parts = {}    # part -> first error
-        self.since = None
-        self.lost = collections.Counter()
+        self.down_parts: dict[str, BaseException] = {}  # part -> first error
+        self.since = 0.0  # time.monotonic() when the outage began
+        self.lost: collections.Counter[str] = collections.Counter()
         self.outages = 0
         self._lock = threading.Lock()
 
-    def is_down(self, part):
+    def is_down(self, part: str) -> bool:
         return part in self.down_parts
 
     @property
-    def down(self):
+    def down(self) -> bool:
         return bool(self.down_parts)
 
-    def failed(self, part, exc):
+    def failed(self, part: str, exc: BaseException) -> None:
         with self._lock:
             if part in self.down_parts:
                 return
@@ -148,7 +156,7 @@ class _Health:
                         "when it is back); reconnecting with backoff",
                         self.url, type(exc).__name__, exc)
 
-    def recovered(self, part):
+    def recovered(self, part: str) -> None:
         with self._lock:
             if part not in self.down_parts:
                 return
@@ -160,13 +168,13 @@ class _Health:
         detail = "; ".join(f"{what}: {n}" for what, n in sorted(lost.items())) or "nothing lost"
         log.info("Redis %s reachable again after %.1f s (%s)", self.url, took, detail)
 
-    def count(self, what, n=1):
+    def count(self, what: str, n: int = 1) -> None:
         """Count something that could not be delivered during the current outage."""
         with self._lock:
             self.lost[what] += n
 
 
-def _backoff(attempt, cap, base=0.25):
+def _backoff(attempt: int, cap: float, base: float = 0.25) -> float:
     """Seconds to wait before reconnection attempt *attempt* (0-based): capped, jittered."""
     ceiling = min(cap, base * (2 ** min(attempt, 30)))
     return random.uniform(ceiling / 2, ceiling)
@@ -186,8 +194,11 @@ class _Subscriber:
     #: seconds between PINGs on an idle connection (finds half-open sockets)
     health_check_interval = 10
 
-    def __init__(self, url, channels, part, on_message, on_connect=None, *,
-                 reconnect_max_delay=None, socket_timeout=None, health=None):
+    def __init__(self, url: str, channels: Iterable[str], part: str,
+                 on_message: Callable[[Any, Any], object],
+                 on_connect: Callable[[bool], object] | None = None, *,
+                 reconnect_max_delay: float | None = None, socket_timeout: float | None = None,
+                 health: _Health | None = None) -> None:
         self.url = url
         self.channels = list(channels)
         self.part = part
@@ -197,23 +208,23 @@ class _Subscriber:
         self.socket_timeout = setting(socket_timeout, "socket_timeout")
         self.health = _Health(url) if health is None else health
         self.connected = gevent.event.Event()
-        self._greenlet = None
+        self._greenlet: Greenlet[[], None] | None = None
         self._stopping = False
 
-    def start(self):
+    def start(self) -> None:
         if self._greenlet is None or self._greenlet.dead:
             self._stopping = False
             self._greenlet = gevent.spawn(self._run)
             self._greenlet.name = f"sbio.cluster {self.part} subscriber"
 
-    def stop(self, timeout=2.0):
+    def stop(self, timeout: float = 2.0) -> None:
         self._stopping = True
         greenlet, self._greenlet = self._greenlet, None
         if greenlet is not None:
             greenlet.kill(block=True, timeout=timeout)
         self.connected.clear()
 
-    def _run(self):
+    def _run(self) -> None:
         attempt = 0
         first = True
         while not self._stopping:
@@ -252,7 +263,7 @@ class _Subscriber:
                         with contextlib.suppress(Exception):  # closing a dead connection
                             thing.close()
 
-    def _confirm(self, pubsub):
+    def _confirm(self, pubsub: Any) -> None:
         """Wait for Redis to confirm every subscription (bounded by socket_timeout)."""
         pending = len(self.channels)
         deadline = time.monotonic() + self.socket_timeout
@@ -268,7 +279,7 @@ class _Subscriber:
             elif message["type"] == "message":
                 self._call(self.on_message, message["channel"], message["data"])
 
-    def _call(self, func, *args):
+    def _call(self, func: Callable[..., object], *args: Any) -> None:
         try:
             func(*args)
         except Exception:

@@ -1,8 +1,10 @@
 """The Redis lock behind ``DaemonTask(..., singleton=True)`` (keys ``<prefix>:lock:<name>``)."""
 import time
 import uuid
+from typing import Any
 
-from .connection import _Health, check_url, make_client, redact, setting
+from ..tasks import Lifecycle
+from .connection import Client, _Health, check_url, make_client, redact, setting
 
 # -- singleton tasks: the lock -------------------------------------------------------------
 
@@ -40,7 +42,8 @@ class RedisLocks:
     ``lock_ttl`` and ``socket_timeout``.
     """
 
-    def __init__(self, url, prefix=None, ttl=None, socket_timeout=None, *, health=None):
+    def __init__(self, url: str, prefix: str | None = None, ttl: float | None = None,
+                 socket_timeout: float | None = None, *, health: _Health | None = None) -> None:
         check_url(url)
         prefix = setting(prefix, "prefix")
         ttl = setting(ttl, "lock_ttl")
@@ -49,27 +52,32 @@ class RedisLocks:
             raise ValueError(f"lock ttl must be > 0, got {ttl!r}")
         self.part = f"task locks {uuid.uuid4().hex[:8]}"  # for the outage bookkeeping
         self.url = url
-        self.prefix = prefix
+        self.prefix: str = prefix
         self.ttl = float(ttl)
-        self.socket_timeout = min(socket_timeout, self.ttl / 3)
+        self.socket_timeout: float = min(socket_timeout, self.ttl / 3)
         self.health = _Health(url) if health is None else health
-        self._client = None
-        self._scripts = None
+        self._client: Client | None = None
+        self._scripts: dict[str, Any] = {}  # name -> the client's registered Lua script
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<RedisLocks {redact(self.url)} {self.prefix}:lock:* ttl={self.ttl}>"
 
-    def key(self, name):
+    def key(self, name: str) -> str:
+        """The Redis key of the lock of *name*."""
         return f"{self.prefix}:lock:{name}"
 
-    def _script(self, which):
+    def _connect(self) -> Client:
         if self._client is None:
             self._client = make_client(self.url, self.socket_timeout)
             self._scripts = {name: self._client.register_script(text) for name, text in
                              (("acquire", _ACQUIRE), ("renew", _RENEW), ("release", _RELEASE))}
+        return self._client
+
+    def _script(self, which: str) -> Any:
+        self._connect()
         return self._scripts[which]
 
-    def _run(self, which, key, *args):
+    def _run(self, which: str, key: str, *args: object) -> Any:
         try:
             result = self._script(which)(keys=[key], args=list(args))
         except Exception as exc:
@@ -78,7 +86,8 @@ class RedisLocks:
         self.health.recovered(self.part)
         return result
 
-    def acquire(self, name):
+    def acquire(self, name: str) -> tuple["_Lease | None", float]:
+        """``(lease, retry_after)``: see the class's description."""
         key = self.key(name)
         token = uuid.uuid4().hex
         ttl_ms = max(1, int(self.ttl * 1000))
@@ -92,49 +101,50 @@ class RedisLocks:
             return None, min(1.0, self.ttl / 4)
         return None, min(max(pttl / 1000 + 0.01, 0.01), self.ttl / 3)
 
-    def holder(self, name):
+    def holder(self, name: str) -> str | None:
         """The token holding the lock of *name* (or ``None``): for tests and debugging."""
-        if self._client is None:
-            self._script("acquire")
-        value = self._client.get(self.key(name))
+        value = self._connect().get(self.key(name))
         return value.decode() if isinstance(value, bytes) else value
 
-    def close(self):
+    def close(self) -> None:
+        """Close the connection (a later call connects again)."""
         if self._client is not None:
             self._client.close()
-            self._client = self._scripts = None
+            self._client = None
+            self._scripts = {}
 
 
 class _Lease:
     __slots__ = ("locks", "key", "token", "valid_until")
 
-    def __init__(self, locks, key, token, valid_until):
+    def __init__(self, locks: RedisLocks, key: str, token: str, valid_until: float) -> None:
         self.locks = locks
         self.key = key
         self.token = token
         self.valid_until = valid_until
 
     @property
-    def ttl(self):
+    def ttl(self) -> float:
         return self.locks.ttl
 
-    def renew(self):
+    def renew(self) -> bool:
         sent = time.monotonic()
         held = self.locks._run("renew", self.key, self.token, max(1, int(self.ttl * 1000)))
         if held:
             self.valid_until = sent + self.ttl
         return bool(held)
 
-    def release(self):
+    def release(self) -> None:
         self.valid_until = 0.0
         self.locks._run("release", self.key, self.token)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<lease {self.key}>"
 
 
 
-def configure(url, lifecycle=None, *, prefix=None, lock_ttl=None):
+def configure(url: str, lifecycle: Lifecycle | None = None, *, prefix: str | None = None,
+              lock_ttl: float | None = None) -> RedisLocks:
     """Give *lifecycle* (the process-wide one by default) a Redis lock for singleton tasks.
 
     For a process that runs :class:`~sbio.DaemonTask`\\ s without a server
@@ -143,7 +153,9 @@ def configure(url, lifecycle=None, *, prefix=None, lock_ttl=None):
     Returns the :class:`RedisLocks`.
     """
     if lifecycle is None:
-        from ..tasks import lifecycle
+        from ..tasks import lifecycle as process_lifecycle
+
+        lifecycle = process_lifecycle
     locks = RedisLocks(url, prefix, lock_ttl)
     lifecycle.lock_backend = locks
     return locks

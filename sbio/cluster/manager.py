@@ -1,10 +1,17 @@
 """socket.io across processes: python-socketio's Redis client manager (``<prefix>:socketio``)."""
-import logging
+from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import gevent.event
 import gevent.queue
+from gevent.greenlet import Greenlet
 
 from ..adapter import RedisManagerBase
 from .connection import (
+    Client,
     _Health,
     _require_monkey_patching,
     _Subscriber,
@@ -29,8 +36,9 @@ class RedisManager(RedisManagerBase):
 
     name = "sbio-redis"
 
-    def __init__(self, url, channel=None, *, reconnect_max_delay=None, socket_timeout=None,
-                 logger=None, health=None):
+    def __init__(self, url: str, channel: str | None = None, *,
+                 reconnect_max_delay: float | None = None, socket_timeout: float | None = None,
+                 logger: logging.Logger | None = None, health: _Health | None = None) -> None:
         # None: the [cluster] defaults (channel <prefix>:socketio)
         check_url(url)
         channel = f"{setting(None, 'prefix')}:socketio" if channel is None else channel
@@ -39,18 +47,20 @@ class RedisManager(RedisManagerBase):
         self.part = f"socket.io manager {self.host_id[:8]}"  # for the outage bookkeeping
         self.socket_timeout = socket_timeout
         self.health = _Health(url) if health is None else health
-        self._client = None
-        self._inbox = None
-        self._thread_greenlet = None
+        self._client: Client | None = None
+        # what the subscriber received, for python-socketio's dispatch greenlet
+        # (made by start_listening, before the subscriber starts)
+        self._inbox: gevent.queue.Queue[Any] | None = None
+        self._thread_greenlet: Greenlet[..., Any] | None = None
         self._subscriber = _Subscriber(url, [channel], self.part, self._on_message,
                                        reconnect_max_delay=reconnect_max_delay,
                                        socket_timeout=socket_timeout, health=self.health)
 
-    def initialize(self):
+    def initialize(self) -> None:
         """Called by python-socketio before the first connection: start listening."""
         self.start_listening()
 
-    def start_listening(self):
+    def start_listening(self) -> None:
         """Subscribe to the channel and apply what other processes publish. Idempotent."""
         _require_monkey_patching()
         if self._thread_greenlet is None or self._thread_greenlet.dead:
@@ -59,7 +69,7 @@ class RedisManager(RedisManagerBase):
             self._thread_greenlet.name = "sbio.cluster socket.io dispatch"
         self._subscriber.start()
 
-    def stop_listening(self):
+    def stop_listening(self) -> None:
         """Unsubscribe and stop the greenlets (the server is stopping)."""
         self._subscriber.stop()
         greenlet, self._thread_greenlet = self._thread_greenlet, None
@@ -70,19 +80,22 @@ class RedisManager(RedisManagerBase):
             self._client = None
 
     @property
-    def connected_event(self):
+    def connected_event(self) -> gevent.event.Event:
         """Set while the pub/sub connection is subscribed."""
         return self._subscriber.connected
 
-    def _on_message(self, channel, data):
-        self._inbox.put(data)
-
-    def listen_messages(self):
+    def _on_message(self, channel: object, data: Any) -> None:
         inbox = self._inbox
+        if inbox is not None:
+            inbox.put(data)
+
+    def listen_messages(self) -> Iterator[Any]:
+        inbox = self._inbox
+        assert inbox is not None, "start_listening() made it before spawning the dispatch"
         while True:
             yield inbox.get()
 
-    def publish_message(self, data):
+    def publish_message(self, data: Any) -> None:
         if self.health.is_down(self.part):
             self.health.count("socket.io messages not sent to other processes")
             return

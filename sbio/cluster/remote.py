@@ -1,17 +1,21 @@
 """Notifying a cluster from a program that is not a server: :func:`notify_remote`."""
 import threading
 import uuid
+from collections.abc import Iterable
 
 from ..channels import channel_names
 from ..live import MANUAL_TRIGGER
 from .bus import encode_bus_message
-from .connection import make_client, setting
+from .connection import Client, make_client, setting
 
-_remote_clients = {}
+# (url, timeout) -> client, kept for the next call
+_remote_clients: dict[tuple[str, float], Client] = {}
 _remote_lock = threading.Lock()
 
 
-def notify_remote(url, channels, trigger=None, *, prefix=None, timeout=None):
+def notify_remote(url: str, channels: str | type | Iterable[str | type],
+                  trigger: object = None, *, prefix: str | None = None,
+                  timeout: float | None = None) -> int:
     """Notify *channels* on every sbio process sharing the Redis at *url*.
 
     For programs that are not sbio servers (cron jobs, workers, scripts):
@@ -41,4 +45,5 @@ def notify_remote(url, channels, trigger=None, *, prefix=None, timeout=None):
             client = _remote_clients[key] = make_client(url, timeout)
     message = encode_bus_message("remote:" + uuid.uuid4().hex, names,
                                  MANUAL_TRIGGER if trigger is None else str(trigger))
-    return client.publish(f"{prefix}:live", message)
+    receivers: int = client.publish(f"{prefix}:live", message)
+    return receivers

@@ -29,8 +29,9 @@ Import everything from ``sbio.tasks``; the modules of the package, each one
 concept (an arrow: imports):
 
 * ``_lifecycle``: :class:`Lifecycle`, its hooks, and what tasks share with it
-  (their states, :func:`current_lifecycle`, :func:`default_waiter`); the
-  underscore because ``sbio.tasks.lifecycle`` is the instance below;
+  (their states, :func:`current_lifecycle`, :func:`default_waiter`; for type
+  hints the :data:`Waiter` type and the :class:`LockBackend` / :class:`Lease`
+  protocols); the underscore because ``sbio.tasks.lifecycle`` is the instance below;
 * ``hooks``: the module-level :data:`lifecycle`, :func:`on_startup`,
   :func:`on_shutdown`, :data:`stopped` -> _lifecycle;
 * ``service``: the greenlet group a task or caller owns, started and stopped
@@ -40,7 +41,15 @@ concept (an arrow: imports):
 """
 from sbio.errors import LifecycleError, QueueFull
 
-from ._lifecycle import DEFAULT_PRIORITY, Lifecycle, current_lifecycle, default_waiter
+from ._lifecycle import (
+    DEFAULT_PRIORITY,
+    Lease,
+    Lifecycle,
+    LockBackend,
+    Waiter,
+    current_lifecycle,
+    default_waiter,
+)
 from .caller import Caller, GenericCaller
 from .daemon import DaemonTask
 from .hooks import lifecycle, on_shutdown, on_startup, stopped
@@ -59,4 +68,7 @@ __all__ = [
     "default_waiter",
     "current_lifecycle",
     "DEFAULT_PRIORITY",
+    "Waiter",
+    "LockBackend",
+    "Lease",
 ]

@@ -41,8 +41,11 @@ _H = TypeVar("_H", bound=Hook)
 class Lease(Protocol):
     """A held cluster lock, as :meth:`LockBackend.acquire` returns it."""
 
-    #: seconds the lock lives without renewal
-    ttl: float
+    @property
+    def ttl(self) -> float:
+        """Seconds the lock lives without renewal."""
+        ...
+
     #: ``time.monotonic()`` deadline: the lock is ours until then unless renewed
     valid_until: float
 

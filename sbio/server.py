@@ -9,15 +9,22 @@ else::
     from gevent import monkey; monkey.patch_all()
     import sbio
 """
+from __future__ import annotations
+
 import functools
 import logging
 import secrets
+import socket
 import time
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import gevent
 import gevent.event
 import socketio
-from flask import Flask, abort, render_template_string, send_from_directory
+from flask import Blueprint, Flask, abort, render_template_string, send_from_directory
+from flask.typing import ResponseReturnValue
 from gevent.pywsgi import LoggingLogAdapter
 
 from . import client_assets
@@ -30,7 +37,17 @@ from .adapter import (
 )
 from .namespace import Namespace
 
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+    from .cluster import Cluster
+    from .dispatch import NamespaceDispatcher
+    from .live import Bus, LiveData
+    from .tasks import Lifecycle
+
 __all__ = ["Server"]
+
+_S = TypeVar("_S", bound="Server")
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +73,7 @@ a { color: #2563eb; } .muted { color: #6b7280; }
 </body></html>"""
 
 
-def _first_line(text):
+def _first_line(text: str | None) -> str:
     return (text or "").strip().split("\n")[0]
 
 
@@ -75,7 +92,7 @@ _STATIC_REFUSED_FILES = frozenset({"package.json", "package-lock.json", "npm-shr
 _STATIC_REFUSED_DIRS = frozenset({"node_modules", "test", "tests"})
 
 
-def _static_allowed(path, node_modules=()):
+def _static_allowed(path: str, node_modules: Collection[str] = ()) -> bool:
     """True when the default app serves *path* (relative to ``server.static_dir``).
 
     Refused: any part starting with ``.`` (dotfiles, ``..``) or empty, package
@@ -135,39 +152,71 @@ class Server:
     #: The python-socketio server class; override to customize dispatch.
     socketio_server_class = SocketIOServer
 
-    def __init__(self, namespaces=(), config=None, app=None, host=None, port=None,
-                 lifecycle=None, blueprints=(), bus=None):
+    # Made by _build() from the configuration, on first use (_BUILT_ATTRIBUTES):
+    #: the configuration (a :class:`sbio.config.Config`, or the mapping given)
+    config: Any
+    #: ``server.host``, or the *host* given
+    host: str
+    _port: int
+    #: ``server.debug``
+    debug: bool
+    #: ``server.max_message_size``: bytes
+    max_message_size: int
+    #: the python-socketio server
+    sio: SocketIOServer
+    #: the Redis pieces with ``server.message_queue`` (see :mod:`sbio.cluster`), else None
+    cluster: Cluster | None
+    #: live data (subscriptions and their broadcasters), see :mod:`sbio.live`
+    live: LiveData
+    #: the Flask app
+    app: Flask
+    _socketio_app: Any
+
+    def __init__(self, namespaces: Iterable[type[Namespace]] = (),
+                 config: Mapping[str, Any] | None = None, app: Flask | None = None,
+                 host: str | None = None, port: int | None = None,
+                 lifecycle: Lifecycle | None = None, blueprints: Iterable[Blueprint] = (),
+                 bus: Bus | None = None) -> None:
         if lifecycle is None:
-            from .tasks import lifecycle
-        self.lifecycle = lifecycle
+            from .tasks import lifecycle as process_lifecycle
+
+            lifecycle = process_lifecycle
+        self.lifecycle: Lifecycle = lifecycle
         self._owns_lifecycle = False
-        self._hook_keys = []
-        self._options = {"config": config, "app": app, "host": host, "port": port, "bus": bus}
-        self._connection_sessions = {}
-        self._wsgi_server = None
-        self._wsgi_servers = []
+        self._hook_keys: list[tuple[str, type[Namespace]]] = []
+        self._options: dict[str, Any] = {"config": config, "app": app, "host": host,
+                                         "port": port, "bus": bus}
+        self._connection_sessions: dict[str, dict[str, Any]] = {}
+        self._wsgi_server: ConnectionLimitedWSGIServer | None = None
+        self._wsgi_servers: list[ConnectionLimitedWSGIServer] = []
         self._served_unstarted = False
         self._stopping = False
         self._stopped = gevent.event.Event()
         self._stopped.set()
-        self.namespaces = {}
-        self.blueprints = []
+        #: namespace name -> the Namespace subclass served there
+        self.namespaces: dict[str, type[Namespace]] = {}
+        #: the blueprints registered on :attr:`app`
+        self.blueprints: list[Blueprint] = []
         self._built = False
-        self._pending = (tuple(namespaces), tuple(blueprints))  # added by _build()
+        # added by _build()
+        self._pending: tuple[tuple[type[Namespace], ...], tuple[Blueprint, ...]] = (
+            tuple(namespaces), tuple(blueprints))
         for cls in self._pending[0]:
-            self._check_namespace(cls)
-            self.namespaces[cls.name] = cls
+            self.namespaces[self._check_namespace(cls)] = cls
         if config is not None:
             self._build()  # in memory only; without a config, on first need
 
-    def __getattr__(self, name):
-        # Only called for attributes not set yet: those _build() makes.
-        if name in _BUILT_ATTRIBUTES and not self.__dict__.get("_built", True):
-            self._build()
-            return getattr(self, name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+    if not TYPE_CHECKING:
+        # Hidden from type checkers, which see the built attributes declared
+        # above, so that a misspelt attribute stays an error for them.
+        def __getattr__(self, name):
+            # Only called for attributes not set yet: those _build() makes.
+            if name in _BUILT_ATTRIBUTES and not self.__dict__.get("_built", True):
+                self._build()
+                return getattr(self, name)
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
-    def _build(self):
+    def _build(self) -> None:
         """Make what the configuration decides: socket.io server, live data, Flask app."""
         if self._built:
             return
@@ -184,7 +233,7 @@ class Server:
         for blueprint in blueprints:
             self.add_blueprint(blueprint)
 
-    def _build_from(self, options):
+    def _build_from(self, options: dict[str, Any]) -> None:
         config = options["config"]
         if config is None:
             from .config import load_sbio_config
@@ -214,7 +263,6 @@ class Server:
         bus = options["bus"]
         if bus is None and self.cluster is not None:
             bus = self.cluster.bus
-        #: live data (subscriptions and their broadcasters), see :mod:`sbio.live`
         self.live = LiveData(self, config["broadcaster"], bus=bus)
         app = options["app"]
         self.app = app if app is not None else self._default_app()
@@ -224,14 +272,14 @@ class Server:
         self._socketio_app = socketio.WSGIApp(self.sio, self.app)
 
     @property
-    def bus(self):
+    def bus(self) -> Bus:
         """This server's live-data bus (``self.live.bus``): what its notifications go through."""
         return self.live.bus
 
     # -- configuration helpers -----------------------------------------------------
 
     @staticmethod
-    def _cors(origins):
+    def _cors(origins: Iterable[str] | None) -> str | list[str] | None:
         origins = [o for o in (origins or []) if o]
         if not origins:
             return None  # same origin only
@@ -239,7 +287,7 @@ class Server:
             return "*"
         return origins
 
-    def _client_manager(self):
+    def _client_manager(self) -> Any:
         """python-socketio's client manager: in-memory, or Redis with ``server.message_queue``.
 
         With a message queue this also builds :attr:`cluster` (a
@@ -255,16 +303,16 @@ class Server:
         self.cluster = Cluster(url, self.config.get("cluster"))
         return self.cluster.client_manager
 
-    def _secret_key(self):
+    def _secret_key(self) -> str:
         key = self.config["server"].get("secret_key")
         if key:
-            return key
+            return str(key)
         if not self.debug:
             log.warning("server.secret_key is not set: generated a random one for this "
                         "process (sessions will not survive a restart or span processes)")
         return secrets.token_hex(32)
 
-    def _default_app(self):
+    def _default_app(self) -> Flask:
         import os
         server_cfg = self.config["server"]
         static_dir = os.path.abspath(server_cfg.get("static_dir") or "static")
@@ -274,7 +322,7 @@ class Server:
         node_modules = frozenset(server_cfg.get("static_node_modules") or ())
 
         @app.route("/static/<path:filename>", endpoint="static")
-        def static(filename):
+        def static(filename: str) -> ResponseReturnValue:
             # Pages need their scripts and styles, never the manifests, tests
             # and node_modules/ that live next to them (see _static_allowed).
             if not _static_allowed(filename, node_modules):
@@ -282,14 +330,14 @@ class Server:
             return send_from_directory(static_dir, filename)
 
         @app.route("/")
-        def index():
+        def index() -> ResponseReturnValue:
             mounted = [{"name": name, "doc": _first_line(cls.__doc__)}
                        for name, cls in sorted(self.namespaces.items())]
             return render_template_string(_INDEX, namespaces=mounted, pages=self._pages())
 
         return app
 
-    def _pages(self):
+    def _pages(self) -> list[dict[str, str]]:
         """The blueprints that have an ``index`` view: their URL and description."""
         import sys
 
@@ -307,7 +355,7 @@ class Server:
 
     # -- pages --------------------------------------------------------------------------
 
-    def add_blueprint(self, blueprint, **options):
+    def add_blueprint(self, blueprint: Blueprint, **options: Any) -> Blueprint:
         """Register the Flask *blueprint* on :attr:`app` (before :meth:`start`).
 
         *options* go to :meth:`flask.Flask.register_blueprint` (``url_prefix``
@@ -326,20 +374,21 @@ class Server:
 
     # -- namespaces --------------------------------------------------------------------
 
-    def add_namespace(self, cls):
+    def add_namespace(self, cls: type[Namespace]) -> NamespaceDispatcher:
         """Host the :class:`~sbio.Namespace` subclass *cls* (before :meth:`start`)."""
         if self.started:
             raise RuntimeError(
                 f"Server.add_namespace({cls.__name__}) called after start(): "
                 "register every namespace before starting the server")
-        self._check_namespace(cls)
+        name = self._check_namespace(cls)
         self._build()
-        self.namespaces[cls.name] = cls
-        dispatcher = self.sio.add_namespace_class(cls)
+        self.namespaces[name] = cls
+        dispatcher: NamespaceDispatcher = self.sio.add_namespace_class(cls)
         self.live.add_dispatcher(dispatcher)
         return dispatcher
 
-    def _check_namespace(self, cls):
+    def _check_namespace(self, cls: object) -> str:
+        """*cls*'s namespace name, once it is checked to be one this server may serve."""
         if not (isinstance(cls, type) and issubclass(cls, Namespace)):
             raise TypeError(f"{cls!r} is not a subclass of sbio.Namespace")
         name = cls.name
@@ -349,8 +398,9 @@ class Server:
         if name in self.namespaces and self.namespaces[name] is not cls:
             raise ValueError(f"namespace {name} is served by both "
                              f"{self.namespaces[name].__name__} and {cls.__name__}")
+        return name
 
-    def _add_namespace_hooks(self):
+    def _add_namespace_hooks(self) -> None:
         """Register the namespaces' ``on_startup`` / ``on_shutdown`` on the lifecycle (at start)."""
         for cls in self.namespaces.values():
             startup = getattr(cls, "on_startup", None)
@@ -364,7 +414,7 @@ class Server:
                                      name=cls.__qualname__)
             self._hook_keys.append(key)
 
-    def _remove_namespace_hooks(self):
+    def _remove_namespace_hooks(self) -> None:
         """Forget the hooks :meth:`_add_namespace_hooks` added, once the lifecycle stopped."""
         if self.lifecycle.running:
             return  # another server runs it: the hooks are due at its stop
@@ -372,28 +422,31 @@ class Server:
         for key in keys:
             self.lifecycle.remove_hooks(key)
 
-    def dispatcher(self, name):
+    def dispatcher(self, name: str) -> NamespaceDispatcher:
         """The :class:`~sbio.dispatch.NamespaceDispatcher` of namespace *name*."""
-        return self.sio.dispatchers[name]
+        dispatcher: NamespaceDispatcher = self.sio.dispatchers[name]
+        return dispatcher
 
     @functools.cached_property
-    def _security_headers(self):
+    def _security_headers(self) -> tuple[tuple[str, str], ...]:
         """:data:`SECURITY_HEADERS`, or none with ``server.security_headers = false``."""
         return SECURITY_HEADERS if self.config["server"]["security_headers"] else ()
 
-    def _add_security_headers(self, start_response):
+    def _add_security_headers(self, start_response: StartResponse) -> StartResponse:
         """*start_response*, adding each of :attr:`_security_headers` the answer lacks."""
         headers = self._security_headers
         if not headers:
             return start_response
 
-        def add(status, response_headers, exc_info=None):
+        def add(status: str, response_headers: list[tuple[str, str]],
+                exc_info: Any = None) -> Callable[[bytes], object]:
             present = {name.lower() for name, _ in response_headers}
             missing = [h for h in headers if h[0].lower() not in present]
             return start_response(status, list(response_headers) + missing, exc_info)
         return add
 
-    def wsgi_app(self, environ, start_response):
+    def wsgi_app(self, environ: WSGIEnvironment,
+                 start_response: StartResponse) -> Iterable[bytes]:
         """The WSGI application: socket.io at ``/socket.io/``, the Flask app elsewhere.
 
         Every answer gets :data:`SECURITY_HEADERS` that it does not set
@@ -429,14 +482,16 @@ class Server:
                     ("Content-Type", "text/plain"), ("Content-Length", str(len(body))),
                     ("Connection", "close")])
                 return [body]
-        return self._socketio_app(environ, start_response)
+        result: Iterable[bytes] = self._socketio_app(environ, start_response)
+        return result
 
-    def __call__(self, environ, start_response):
+    def __call__(self, environ: WSGIEnvironment,
+                 start_response: StartResponse) -> Iterable[bytes]:
         """A Server is a WSGI application (:meth:`wsgi_app`): ``gunicorn -k
         sbio.gunicorn.Worker myapp:server`` serves it with its lifecycle."""
         return self.wsgi_app(environ, start_response)
 
-    def _connection_session(self, eio_sid):
+    def _connection_session(self, eio_sid: str) -> dict[str, Any]:
         session = self._connection_sessions.get(eio_sid)
         if session is None:
             session = self._connection_sessions[eio_sid] = {}
@@ -444,33 +499,34 @@ class Server:
 
     # -- emitting from outside handlers ----------------------------------------------
 
-    def emit(self, event, *args, namespace, to=None):
+    def emit(self, event: str, *args: Any, namespace: str,
+             to: str | Sequence[str] | None = None) -> None:
         """Send *event* to *namespace* (every connection), or to *to* (sid, room or list)."""
         self.sio.emit(event, args, to=to, namespace=namespace)
 
     # -- lifecycle ---------------------------------------------------------------------
 
     @property
-    def started(self):
+    def started(self) -> bool:
         """True between :meth:`start` and :meth:`stop`."""
         return not self._stopped.is_set()
 
     @property
-    def port(self):
+    def port(self) -> int:
         """The TCP port listened on (the real one once started with port 0)."""
-        if self._wsgi_server is not None:
+        if self._wsgi_server is not None and self._wsgi_server.server_port is not None:
             return self._wsgi_server.server_port
         return self._port
 
     @property
-    def url(self):
+    def url(self) -> str:
         """``http://host:port`` of the running server."""
         host = self.host
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self.port}"
 
-    def start(self, listeners=None):
+    def start(self: _S, listeners: Sequence[socket.socket] | None = None) -> _S:
         """Bind the port, start the lifecycle (hooks, tasks), then serve in the background.
 
         Returns at once; idempotent while running. The port is bound first,
@@ -495,12 +551,14 @@ class Server:
             self.max_message_size, self.sio.eio,
             tcp_nodelay=bool(server_cfg["tcp_nodelay"]), http_timeout=http_timeout)
         max_connections = connection_cap(int(server_cfg["max_connections"]))
+        addresses: Sequence[socket.socket | tuple[str, int]] = (
+            listeners or [(self.host, self._port)])
         self._wsgi_servers = [ConnectionLimitedWSGIServer(
             listener, self.wsgi_app, handler_class=handler,
             max_connections=max_connections, linger=min(1.0, http_timeout),
             log=LoggingLogAdapter(logging.getLogger("sbio.access"), logging.DEBUG),
             error_log=LoggingLogAdapter(logging.getLogger("sbio.wsgi"), logging.ERROR),
-        ) for listener in (listeners or [(self.host, self._port)])]
+        ) for listener in addresses]
         self._wsgi_server = self._wsgi_servers[0]
         for wsgi_server in self._wsgi_servers:
             wsgi_server.init_socket()  # bind: a busy port fails here, before anything ran
@@ -525,7 +583,7 @@ class Server:
                  ", ".join(sorted(self.namespaces)) or "none")
         return self
 
-    def stop(self, timeout=None):
+    def stop(self, timeout: float | None = None) -> None:
         """Stop gracefully, within *timeout* seconds (``server.shutdown_timeout``).
 
         In order: stop accepting connections, close every client's Engine.IO
@@ -565,7 +623,7 @@ class Server:
             self._stopped.set()
             log.info("sbio stopped")
 
-    def _stop_lifecycle(self, timeout):
+    def _stop_lifecycle(self, timeout: float) -> None:
         """Stop the lifecycle (if this server started it), then the live data and the cluster.
 
         The live data stops after the lifecycle, so that what a stopping task
@@ -584,7 +642,7 @@ class Server:
                 if self.cluster is not None:
                     self.cluster.stop()
 
-    def _close_connections(self, timeout):
+    def _close_connections(self, timeout: float) -> None:
         """Close every Engine.IO connection; give the CLOSE packets *timeout* s to go out.
 
         Not ``sio.disconnect()``: its "io server disconnect" tells socket.io
@@ -593,17 +651,18 @@ class Server:
         """
         close_transports(self.sio, timeout)
 
-    def serve_forever(self):
+    def serve_forever(self) -> None:
         """Start and block until :meth:`stop` is called (e.g. from a signal handler)."""
         self.start()
         self._stopped.wait()
 
-    def wait_stopped(self, timeout=None):
+    def wait_stopped(self, timeout: float | None = None) -> bool:
         """Block until the server has stopped; False if *timeout* ran out first."""
-        return self._stopped.wait(timeout)
+        return bool(self._stopped.wait(timeout))
 
-    def __enter__(self):
+    def __enter__(self: _S) -> _S:
         return self.start()
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.stop()

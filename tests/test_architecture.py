@@ -220,3 +220,53 @@ def test_type_checkers_see_every_public_name():
             assert alias.asname == alias.name, f"{alias.name}: re-export it as `X as X`"
             seen[alias.name] = f"sbio.{node.module}"
     assert seen == sbio._EXPORTS
+
+
+def _pyproject():
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import pytest
+
+        tomllib = pytest.importorskip("tomli")
+    with open(PACKAGE.parent / "pyproject.toml", "rb") as f:
+        return tomllib.load(f)
+
+
+def test_the_package_is_marked_typed_and_ships_the_marker():
+    # PEP 561: sbio/py.typed tells a project's type checker to read sbio's
+    # annotations; package-data puts it in the wheel (test_packaging_wheel.py
+    # checks an installed wheel has it).
+    assert (PACKAGE / "py.typed").is_file()
+    setuptools = _pyproject()["tool"]["setuptools"]
+    assert "py.typed" in setuptools["package-data"]["sbio"]
+    assert "Typing :: Typed" in _pyproject()["project"]["classifiers"]
+
+
+# Modules whose functions are not all annotated yet: the only ones mypy lets go.
+_UNTYPED_MODULES = ("sbio.adapter", "sbio.dispatch", "sbio.testing.*")
+
+
+def _matches(module, pattern):
+    """Whether mypy's override *pattern* ("a.b" or "a.b.*") applies to *module*."""
+    if pattern.endswith(".*"):
+        return module == pattern[:-2] or module.startswith(pattern[:-1])
+    return module == pattern
+
+
+def test_every_module_with_functions_is_held_to_annotating_them():
+    # A module in pyproject's disallow_untyped_defs override fails mypy on an
+    # unannotated def: a new module goes there (or, with a reason, into
+    # _UNTYPED_MODULES), so that what is typed stays typed.
+    strict = [pattern for override in _pyproject()["tool"]["mypy"]["overrides"]
+              if override.get("disallow_untyped_defs") for pattern in override["module"]]
+    with_defs = sorted(
+        _module_name(path) for path in PACKAGE.rglob("*.py")
+        if any(isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+               for node in ast.walk(ast.parse(path.read_text()))))
+    loose = [m for m in with_defs
+             if not any(_matches(m, p) for p in (*strict, *_UNTYPED_MODULES))]
+    assert not loose, f"add them to disallow_untyped_defs in pyproject.toml: {loose}"
+    typed_now = [p for p in _UNTYPED_MODULES
+                 if any(_matches(p.removesuffix(".*"), s) for s in strict)]
+    assert not typed_now, f"held to annotations already, drop from _UNTYPED_MODULES: {typed_now}"

@@ -8,6 +8,8 @@ The public API, in one place:
 * :func:`subscribes`, :func:`notifies`, :func:`notify` — live data: handlers
   clients subscribe to, re-run and pushed when their channels are notified.
 * :func:`rate_limit` — limit the calls of one handler per connection.
+* :func:`register_json_type` — send values of your own types as JSON (every
+  server of the process; ``server.register_json_type`` for one server).
 * :class:`DaemonTask`, :class:`Caller`, :class:`GenericCaller`,
   :func:`on_startup`, :func:`on_shutdown`, :data:`stopped` — background work
   tied to the server's lifecycle.
@@ -40,6 +42,7 @@ _EXPORTS = {
     "notifies": "sbio.live",
     "notify": "sbio.live",
     "rate_limit": "sbio.limits",
+    "register_json_type": "sbio.jsonenc",
     "DaemonTask": "sbio.tasks",
     "Caller": "sbio.tasks",
     "GenericCaller": "sbio.tasks",
@@ -67,6 +70,7 @@ if TYPE_CHECKING:
     from .errors import RpcError as RpcError
     from .errors import SbioError as SbioError
     from .errors import SbioTimeoutError as SbioTimeoutError
+    from .jsonenc import register_json_type as register_json_type
     from .limits import rate_limit as rate_limit
     from .live import notifies as notifies
     from .live import notify as notify

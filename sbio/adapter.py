@@ -32,7 +32,6 @@ one of these libraries, this file is the one to read against its changes.
   :class:`sbio.cluster.RedisManager` implements.
 """
 import contextlib
-import json
 import logging
 import re
 import socket
@@ -80,9 +79,12 @@ class SocketIOServer(socketio.Server):
         self.limits = Limits(sbio_server.config["server"])
         #: eio_sid -> ConnectionGuard
         self.guards = {}
+        #: the server's JSON provider (sbio.jsonenc): every value this server sends
+        self.json = sbio_server.json
         # python-socketio's `json=` argument would set the json module of its
-        # Packet class for every server in the process: a subclass of our own.
-        kwargs.setdefault("serializer", _packet_class(self.limits.max_json_depth))
+        # Packet class for every server in the process (socketio.base_server,
+        # 5.x: ``self.packet_class.json = json``): a subclass of our own.
+        kwargs.setdefault("serializer", _packet_class(self.limits.max_json_depth, self.json))
         super().__init__(**kwargs)
         server_cfg = sbio_server.config["server"]
         self.max_message_size = int(server_cfg["max_message_size"])
@@ -99,9 +101,10 @@ class SocketIOServer(socketio.Server):
         _install_outbound_limits(self.eio, server_cfg, self.engine_socket_class)
         # python-socketio's BaseManager.set_server (5.x) gives the client manager
         # the packet class's json, for the messages processes exchange through
-        # Redis: those are ours, not a client's, and must not meet its limits.
+        # Redis: those are ours, not a client's, and must not meet its limits;
+        # what they carry (emits) is encoded as this server encodes it.
         if getattr(self.manager, "json", None) is self.packet_class.json:
-            self.manager.json = json
+            self.manager.json = self.json
 
     def connection_guard(self, eio_sid):
         """The :class:`~sbio.limits.ConnectionGuard` of one Engine.IO connection."""
@@ -631,8 +634,12 @@ class _Rejected:
         self.reason = reason
 
 
-def _packet_class(max_depth):
+def _packet_class(max_depth, encoder):
     """python-socketio's Packet with :class:`~sbio.limits.StrictJSON` as its json.
+
+    *encoder*: the server's :class:`~sbio.jsonenc.JSONProvider`, which
+    encodes every packet of this server (``Packet.encode`` calls
+    ``json.dumps``); a class per server, so two servers never share it.
 
     Wraps socketio.packet.Packet.decode (5.x), which parses the id before the
     JSON payload: an EVENT whose payload StrictJSON refuses (NaN, too deep)
@@ -642,7 +649,7 @@ def _packet_class(max_depth):
     """
 
     class SbioPacket(sio_packet.Packet):
-        json = StrictJSON(max_depth)
+        json = StrictJSON(max_depth, encoder)
 
         def decode(self, encoded_packet):
             try:

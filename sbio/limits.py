@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from .config import section_defaults
 from .errors import BadJSON
+from .jsonenc import JSONProvider
 
 __all__ = ["rate_limit", "TokenBucket", "LogLimiter", "ConnectionGuard", "Limits",
            "StrictJSON", "BadJSON", "ABUSE_WINDOW"]
@@ -241,15 +242,19 @@ class StrictJSON:
       cost nothing on ordinary input: constants and floats go through hooks
       of the C decoder, and the depth is only walked when the text has more
       opening brackets than *max_depth* allows.
-    * ``dumps`` refuses NaN and Infinity (``allow_nan=False``) with
+    * ``dumps`` is the server's :class:`~sbio.jsonenc.JSONProvider` (*encoder*;
+      by default one with only the process-wide conversions): it encodes
+      datetimes, UUIDs, Decimals... and refuses NaN and Infinity with
       ValueError, so such a value never becomes a packet that makes
       socket.io-client drop the connection with "parse error".
     """
 
-    def __init__(self, max_depth: int = 64) -> None:
+    def __init__(self, max_depth: int = 64, encoder: JSONProvider | None = None) -> None:
         self.max_depth = max_depth
         self._decoder = json.JSONDecoder(parse_constant=_refuse_constant,
                                          parse_float=_parse_float)
+        self.encoder = JSONProvider() if encoder is None else encoder
+        self.dumps = self.encoder.dumps  # type: ignore[method-assign]  # see dumps
 
     def loads(self, text: str, **kwargs: Any) -> Any:
         try:
@@ -263,12 +268,7 @@ class StrictJSON:
         return value
 
     def dumps(self, value: Any, **kwargs: Any) -> str:
-        if kwargs == _COMPACT_KWARGS:  # what python-socketio's Packet.encode passes
-            return _compact_encoder.encode(value)
-        kwargs["allow_nan"] = False
-        return json.dumps(value, **kwargs)
-
-
-_COMPACT_KWARGS = {"separators": (",", ":")}
-# json.dumps builds a new encoder for every call with arguments: one, made once
-_compact_encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+        # python-socketio's Packet.encode passes separators=(",", ":"): the
+        # provider answers that with its encoder made once. (__init__ binds
+        # the provider's dumps over this method: one call less per packet.)
+        return self.encoder.dumps(value, **kwargs)

@@ -107,17 +107,19 @@ class UpdateEncoder:
     """Encodes the ``sbio:update`` pushes of one namespace as socket.io packet text.
 
     The framing (packet type, namespace, event name) comes from
-    python-socketio's packet encoder, once; each push is then the framing,
-    the subscription id's JSON and a *tail* holding the data, so a fan-out
-    to many subscribers encodes the data once (:meth:`data_tail`) and pays
-    one concatenation per subscriber (:meth:`update`).
+    python-socketio's packet encoder (*packet_class*: the server's), once;
+    each push is then the framing, the subscription id's JSON and a *tail*
+    holding the data, so a fan-out to many subscribers encodes the data once
+    (:meth:`data_tail`) and pays one concatenation per subscriber (:meth:`update`).
     """
 
-    __slots__ = ("prefix",)
+    __slots__ = ("prefix", "_dumps")
 
     _MARK = "sbio-update-id"
 
     def __init__(self, namespace: str, packet_class: Any = sio_packet.Packet) -> None:
+        #: the packet class's JSON (a server's: its :class:`~sbio.jsonenc.JSONProvider`)
+        self._dumps = packet_class.json.dumps
         framed = packet_class(sio_packet.EVENT, namespace=namespace,
                               data=[UPDATE_EVENT, {"id": self._MARK}]).encode()
         mark = _json(self._MARK) + "}]"
@@ -142,4 +144,5 @@ class UpdateEncoder:
 
     def error(self, id_json: str, error: Any) -> str:
         """The packet text of an error push ``{"id": ..., "error": error}``."""
-        return self.prefix + id_json + ',"error":' + _json(error) + "}]"
+        return self.prefix + id_json + ',"error":' + self._dumps(error, separators=(",", ":")) \
+            + "}]"

@@ -35,6 +35,7 @@ from .adapter import (
     connection_cap,
     websocket_handler_class,
 )
+from .jsonenc import JSONProvider
 from .namespace import Namespace
 
 if TYPE_CHECKING:
@@ -147,10 +148,15 @@ class Server:
     :param bus: the live-data :class:`sbio.live.Bus` of this server (a new
         :class:`~sbio.live.LocalBus` by default, or the cluster's Redis bus
         with ``server.message_queue``); see :attr:`bus`.
+    :param json: the :class:`sbio.jsonenc.JSONProvider` that encodes every
+        value this server sends (see :attr:`json`); by default a new
+        :attr:`json_provider_class`.
     """
 
     #: The python-socketio server class; override to customize dispatch.
     socketio_server_class = SocketIOServer
+    #: The class of :attr:`json` made when no ``json=`` is given.
+    json_provider_class = JSONProvider
 
     # Made by _build() from the configuration, on first use (_BUILT_ATTRIBUTES):
     #: the configuration (a :class:`sbio.config.Config`, or the mapping given)
@@ -176,12 +182,17 @@ class Server:
                  config: Mapping[str, Any] | None = None, app: Flask | None = None,
                  host: str | None = None, port: int | None = None,
                  lifecycle: Lifecycle | None = None, blueprints: Iterable[Blueprint] = (),
-                 bus: Bus | None = None) -> None:
+                 bus: Bus | None = None, json: JSONProvider | None = None) -> None:
         if lifecycle is None:
             from .tasks import lifecycle as process_lifecycle
 
             lifecycle = process_lifecycle
         self.lifecycle: Lifecycle = lifecycle
+        #: How this server writes JSON (acks, emits, calls, live pushes, emits
+        #: relayed through Redis): its own conversions (:meth:`register_json_type`),
+        #: then the process-wide ones (:func:`sbio.register_json_type`), then
+        #: sbio's built-ins. See docs/protocol.md, "Values on the wire".
+        self.json: JSONProvider = self.json_provider_class() if json is None else json
         self._owns_lifecycle = False
         self._hook_keys: list[tuple[str, type[Namespace]]] = []
         self._options: dict[str, Any] = {"config": config, "app": app, "host": host,
@@ -496,6 +507,30 @@ class Server:
         if session is None:
             session = self._connection_sessions[eio_sid] = {}
         return session
+
+    # -- values on the wire ---------------------------------------------------------
+
+    def register_json_type(self, cls, fn):
+        """Encode instances of *cls* (and subclasses) as ``fn(value)`` on this server only.
+
+        ::
+
+            server.register_json_type(Money, lambda m: {"amount": str(m.amount),
+                                                        "currency": m.currency})
+
+        *fn* returns a JSON-able value (it may hold datetimes, other
+        registered types...). It wins over a process-wide
+        :func:`sbio.register_json_type` of the same class; other servers of
+        the process do not see it. Register before :meth:`start`.
+
+        :raises RuntimeError: the server is running.
+        :raises TypeError: see :meth:`sbio.jsonenc.JSONTypes.register`.
+        """
+        if self.started:
+            raise RuntimeError(
+                f"Server.register_json_type({getattr(cls, '__qualname__', cls)}) called after "
+                "start(): register every JSON type before starting the server")
+        self.json.register_type(cls, fn)
 
     # -- emitting from outside handlers ----------------------------------------------
 

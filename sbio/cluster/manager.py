@@ -96,13 +96,17 @@ class RedisManager(RedisManagerBase):
             yield inbox.get()
 
     def publish_message(self, data: Any) -> None:
+        # Encoded first, outside the try: a value that cannot be sent as JSON
+        # (TypeError, ValueError naming it) is the emitter's error, raised to
+        # it, not a Redis outage.
+        text = self.json.dumps(data)
         if self.health.is_down(self.part):
             self.health.count("socket.io messages not sent to other processes")
             return
         try:
             if self._client is None:
                 self._client = make_client(self.redis_url, self.socket_timeout)
-            self._client.publish(self.channel, self.json.dumps(data))
+            self._client.publish(self.channel, text)
         except Exception as exc:
             self.health.failed(self.part, exc)
             self.health.count("socket.io messages not sent to other processes")

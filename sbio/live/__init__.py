@@ -74,7 +74,6 @@ from .subscription import (  # noqa: F401
     _UNJSONABLE,
     Subscription,
     _check_id,
-    _encode,
     _fingerprint,
     _SharedGroup,
     _Target,

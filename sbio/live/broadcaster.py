@@ -27,7 +27,6 @@ from .subscription import (
     _UNJSONABLE,
     Subscription,
     _check_id,
-    _encode,
     _fingerprint,
     _SharedGroup,
     _Target,
@@ -91,7 +90,10 @@ class Broadcaster:
         self._greenlet: Greenlet[[], None] | None = None
         self._stopping = False
         self.pool = gevent.pool.Pool(live.pool_size)
-        self._push = UpdateEncoder(self.namespace)
+        self._push = UpdateEncoder(self.namespace, self.sio.packet_class)
+        #: the canonical text of a result (sorted keys), by the server's JSON
+        #: provider: what is pushed is what is compared with the last push
+        self._encode = dispatcher.server.json.canonical
 
     def __repr__(self) -> str:
         return f"<Broadcaster {self.namespace} subscriptions={self.subscription_count()}>"
@@ -123,7 +125,7 @@ class Broadcaster:
             subs = self.by_sid.setdefault(sub.sid, {})
         subs[sub.id] = sub
         if sub.shared:
-            key = (sub.event, _encode(sub.args))
+            key = (sub.event, self._encode(sub.args))
             group = self.groups.get(key)
             if group is None:
                 group = self.groups[key] = _SharedGroup(key, sub.event, sub.args, sub.channels)
@@ -295,7 +297,7 @@ class Broadcaster:
             return
         if envelope["ok"]:
             try:
-                text = _encode(envelope["data"])
+                text = self._encode(envelope["data"])
             except (TypeError, ValueError, OverflowError, RecursionError) as exc:
                 self._unjsonable(sub, exc)
                 self._deliver_error(sub, _UNJSONABLE)
@@ -321,7 +323,7 @@ class Broadcaster:
         envelope = self._call(runner, "rerun")
         if envelope["ok"]:
             try:
-                text = _encode(envelope["data"])
+                text = self._encode(envelope["data"])
             except (TypeError, ValueError, OverflowError, RecursionError) as exc:
                 self._unjsonable(runner, exc)
                 envelope = error_envelope_of(_UNJSONABLE)
@@ -452,7 +454,7 @@ class Broadcaster:
         if sub_id not in existing and len(existing) >= self.live.max_subscriptions:
             return error_envelope("bad_request", f"too many subscriptions on this connection "
                                   f"(limit {self.live.max_subscriptions})")
-        size = len(_encode(call_args))
+        size = len(self._encode(call_args))
         held = sum(sub.size for key, sub in existing.items() if key != sub_id)
         if held + size > self.live.max_subscription_bytes:
             return error_envelope(
@@ -485,7 +487,7 @@ class Broadcaster:
             sub.running = False
         if envelope["ok"]:
             try:
-                sub.last = _fingerprint(_encode(envelope["data"]))
+                sub.last = _fingerprint(self._encode(envelope["data"]))
             except (TypeError, ValueError, OverflowError, RecursionError) as exc:
                 self._unjsonable(sub, exc)
                 envelope = error_envelope_of(dict(_UNJSONABLE))

@@ -1,9 +1,9 @@
-"""One subscription (:class:`Subscription`), a shared group of them, and the encoding and
-fingerprint of their results.
+"""One subscription (:class:`Subscription`), a shared group of them, and the fingerprint
+of their results (the text is the server's: ``server.json.canonical``, see
+:mod:`sbio.jsonenc`).
 """
 import enum
 import hashlib
-import json
 import logging
 from typing import Any
 
@@ -89,16 +89,6 @@ class _SharedGroup(_Target):
 
     def __repr__(self) -> str:
         return f"<SharedGroup {self.event}{tuple(self.args)!r} members={len(self.members)}>"
-
-
-def _encode(data: object) -> str:
-    """The canonical JSON text of *data* (sorted keys, compact); sent as is."""
-    # allow_nan=False: NaN/Infinity would make socket.io-client drop the connection
-    try:
-        return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    except TypeError:
-        # keys of mixed types cannot be sorted: compare in insertion order instead
-        return json.dumps(data, separators=(",", ":"), allow_nan=False)
 
 
 def _fingerprint(text: str) -> str | bytes:

@@ -34,6 +34,7 @@ import decimal
 import enum
 import json
 import uuid
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -107,12 +108,16 @@ class JSONTypes:
         value's MRO (a server's types have :func:`process_types` as parent).
     """
 
-    __slots__ = ("_by_class", "_version", "parent")
+    __slots__ = ("_by_class", "_dependents", "parent", "__weakref__")
 
     def __init__(self, parent: "JSONTypes | None" = None) -> None:
         self._by_class: dict[type, Converter] = {}
-        self._version = 0
+        # providers (and child registries) whose caches a registration here
+        # makes stale: told at once, so that encoding never checks
+        self._dependents: weakref.WeakSet[Any] = weakref.WeakSet()
         self.parent = parent
+        if parent is not None:
+            parent.watch(self)
 
     def register(self, cls: type, fn: Converter) -> None:
         """Encode instances of *cls* (and its subclasses) as ``fn(value)``.
@@ -139,7 +144,7 @@ class JSONTypes:
                 + "; a conversion for them would never run: convert such values before "
                 "sending them")
         self._by_class[cls] = fn
-        self._version += 1
+        self.changed()
 
     def get(self, cls: type) -> Converter | None:
         """The conversion registered for exactly *cls* (here, else in the parent)."""
@@ -148,12 +153,15 @@ class JSONTypes:
             return self.parent.get(cls)
         return fn
 
-    @property
-    def version(self) -> int:
-        """Grows whenever this registry or a parent gains a registration."""
-        if self.parent is None:
-            return self._version
-        return self._version + self.parent.version
+    def watch(self, dependent: Any) -> None:
+        """Call ``dependent.changed()`` whenever this registry (or a parent) gains a
+        registration; held weakly."""
+        self._dependents.add(dependent)
+
+    def changed(self) -> None:
+        """Tell the dependents that a registration was added."""
+        for dependent in list(self._dependents):
+            dependent.changed()
 
     def __contains__(self, cls: object) -> bool:
         return isinstance(cls, type) and self.get(cls) is not None
@@ -207,8 +215,9 @@ class JSONProvider:
 
     def __init__(self, types: JSONTypes | None = None) -> None:
         self.types = JSONTypes(parent=_PROCESS_TYPES) if types is None else types
+        #: class -> its conversion (None: none); cleared by changed()
         self._cache: dict[type, Converter | None] = {}
-        self._cache_version = self.types.version
+        self.types.watch(self)
         self._compact = json.JSONEncoder(separators=(",", ":"), allow_nan=False,
                                          default=self.default)
         self._sorted = json.JSONEncoder(separators=(",", ":"), allow_nan=False,
@@ -216,6 +225,10 @@ class JSONProvider:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.types!r}>"
+
+    def changed(self) -> None:
+        """Forget the conversions looked up so far (a registration was added)."""
+        self._cache = {}
 
     def register_type(self, cls: type, fn: Converter) -> None:
         """Encode instances of *cls* as ``fn(value)`` with this provider.
@@ -229,10 +242,6 @@ class JSONProvider:
     def converter(self, cls: type) -> Converter | None:
         """The conversion for instances of *cls*, or None: the nearest class on its MRO that
         has one wins; at one class, a registration beats sbio's built-in."""
-        version = self.types.version
-        if version != self._cache_version:
-            self._cache = {}
-            self._cache_version = version
         try:
             return self._cache[cls]
         except KeyError:
@@ -256,7 +265,10 @@ class JSONProvider:
             value that cannot be sent.
         """
         cls = type(value)
-        fn = self.converter(cls)
+        try:
+            fn = self._cache[cls]
+        except KeyError:
+            fn = self.converter(cls)
         if fn is None:
             raise TypeError(
                 f"Object of type {_name(cls)} is not JSON serializable: convert it before "

@@ -35,7 +35,7 @@ from .adapter import (
     connection_cap,
     websocket_handler_class,
 )
-from .jsonenc import JSONProvider
+from .jsonenc import Converter, JSONProvider
 from .namespace import Namespace
 
 if TYPE_CHECKING:
@@ -510,7 +510,7 @@ class Server:
 
     # -- values on the wire ---------------------------------------------------------
 
-    def register_json_type(self, cls, fn):
+    def register_json_type(self, cls: type, fn: Converter) -> None:
         """Encode instances of *cls* (and subclasses) as ``fn(value)`` on this server only.
 
         ::

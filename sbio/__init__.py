@@ -4,6 +4,8 @@ The public API, in one place:
 
 * :class:`Namespace` — subclass it; one instance per connection, with
   ``session``, an ACL over its ``on_*`` handlers, rooms and owned greenlets.
+* :func:`event` — ``@sbio.event("chat message")`` makes a method the handler
+  of any event name; ``raw=True`` acks its return value as plain socket.io does.
 * :class:`Server` — hosts namespaces and a Flask app on a gevent WSGIServer.
 * :func:`subscribes`, :func:`notifies`, :func:`notify` — live data: handlers
   clients subscribe to, re-run and pushed when their channels are notified.
@@ -33,6 +35,7 @@ __version__ = "0.1.0"
 #: public name -> module that defines it
 _EXPORTS = {
     "Namespace": "sbio.namespace",
+    "event": "sbio.namespace",
     "Server": "sbio.server",
     "RpcError": "sbio.errors",
     "ConnectionRefused": "sbio.errors",
@@ -76,6 +79,7 @@ if TYPE_CHECKING:
     from .live import notify as notify
     from .live import subscribes as subscribes
     from .namespace import Namespace as Namespace
+    from .namespace import event as event
     from .server import Server as Server
     from .tasks import Caller as Caller
     from .tasks import DaemonTask as DaemonTask

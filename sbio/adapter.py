@@ -188,12 +188,16 @@ class SocketIOServer(socketio.Server):
     # Not an override: upstream's ack path (socketio.Server._handle_event_internal
     # -> _send_packet) raises on an unserializable value; this one answers
     # ``internal`` instead. Uses the public packet class and Engine.IO's send().
+    # The ack's arguments are the dispatcher's (NamespaceDispatcher.ack_args):
+    # the envelope, or a raw handler's own values.
     def _send_ack(self, eio_sid, namespace, id, envelope, sid, event):
+        dispatcher = self.dispatchers.get(namespace)
+        ack_args = dispatcher.ack_args if dispatcher is not None else _envelope_args
         try:
             # Packet() runs python-socketio's recursive Packet.data_is_binary: a
             # result nested ~490 levels deep raises RecursionError already here.
             pkt = self.packet_class(sio_packet.ACK, namespace=namespace, id=id,
-                                    data=[envelope])
+                                    data=ack_args(event, envelope))
             encoded = pkt.encode()
         except (TypeError, ValueError, OverflowError, RecursionError) as exc:
             self.connection_guard(eio_sid).log.log(
@@ -202,8 +206,8 @@ class SocketIOServer(socketio.Server):
                 "event=%s): %s", sid, namespace, event, exc)
             pkt = self.packet_class(
                 sio_packet.ACK, namespace=namespace, id=id,
-                data=[error_envelope("internal", "the handler returned a value that "
-                                     "cannot be sent as JSON")])
+                data=ack_args(event, error_envelope("internal", "the handler returned a value "
+                                                    "that cannot be sent as JSON")))
             encoded = pkt.encode()
         self._send_encoded(eio_sid, encoded)
 
@@ -495,6 +499,10 @@ class SocketIOServer(socketio.Server):
             guard = self.guards.pop(eio_sid, None)
             if guard is not None:
                 guard.log.flush(log, f"connection {eio_sid}")
+
+
+def _envelope_args(event, envelope):
+    return [envelope]
 
 
 class ProtocolViolation(Exception):

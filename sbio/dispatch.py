@@ -7,9 +7,12 @@ connection its own :class:`~sbio.Namespace` instance. A
 * connect: creates an instance of the user's :class:`~sbio.Namespace`
   subclass and runs ``on_connect`` — a refusal or a crash always answers the
   client (python-socketio would leave it hanging);
-* events: :meth:`NamespaceDispatcher.handle_event` validates the name, checks
-  the ACL, checks the arguments, runs the handler and returns the envelope of
-  the wire protocol (``docs/protocol.md``).
+* events: :meth:`NamespaceDispatcher.handle_event` finds the handler of the
+  event name (one dict lookup: the class's ``on_*`` methods and
+  ``@sbio.event`` names), checks the ACL, checks the arguments, runs the
+  handler and returns the envelope of the wire protocol (``docs/protocol.md``);
+  :meth:`NamespaceDispatcher.ack_args` makes the ack of it (the envelope, or
+  a raw handler's own values).
 
 It is plain Python: the glue to python-socketio's packet handling (which
 calls into this module) is :class:`sbio.adapter.SocketIOServer`.
@@ -23,14 +26,16 @@ import socketio
 
 from .context import CallContext, _current_call, current_call
 from .errors import ConnectionRefused, RpcError, SbioTimeoutError
-from .namespace import RESERVED_HANDLERS
 from .protocol import ERROR_EVENT as ERROR_EVENT  # re-exported: its old location
 from .protocol import (
     EVENT_NAME_RE,
     RATE_LIMITED,
+    SBIO_EVENT_PREFIX,
     error_envelope,
     error_envelope_of,
+    event_name_problem,
     ok_envelope,
+    raw_ack_args,
     short_repr,
 )
 
@@ -47,12 +52,20 @@ _short = short_repr
 
 
 class _HandlerSpec:
-    """What dispatch needs to know of one ``on_*`` method, computed once per class."""
+    """What dispatch needs to know of one event's handler, computed once per class.
 
-    __slots__ = ("func", "min_args", "max_args", "checks", "params")
+    *entry* is the class's :class:`sbio.namespace.EventHandler`: ``acl_name``
+    is what the ACL is asked, ``raw`` whether the ack is the return value as
+    it is.
+    """
 
-    def __init__(self, func):
-        self.func = func
+    __slots__ = ("func", "min_args", "max_args", "checks", "params", "acl_name", "attr", "raw")
+
+    def __init__(self, entry):
+        func = self.func = entry.func
+        self.acl_name = entry.acl_name
+        self.attr = entry.attr
+        self.raw = entry.raw
         sig = inspect.signature(func)
         params = list(sig.parameters.values())[1:]  # drop self
         positional = [p for p in params
@@ -118,32 +131,20 @@ class NamespaceDispatcher:
         #: callables(instance, event, exc) told of every exception a handler raised
         #: that became an ``internal`` error (the test client uses this).
         self.error_hooks = []
-        self._specs = {}
-        self._check_handlers(cls)
+        #: event name -> _HandlerSpec: every client event of the class (raises
+        #: TypeError for handlers that cannot be dispatched)
+        self.handlers = {event: _HandlerSpec(entry)
+                         for event, entry in cls.event_handlers().items()}
+        #: the ack of an event without a handler is raw (Namespace.raw_acks)
+        self.raw_acks = bool(cls.raw_acks)
         #: handler calls of one connection running at once (``server.max_calls_in_flight``)
         self.max_calls_in_flight = int(server.config["server"]["max_calls_in_flight"])
         #: event -> (per_second, burst) of the handlers marked ``@rate_limit``
-        self.rate_limits = {name[3:]: cls.handler_function(name)._sbio_rate_limit
-                            for name in cls.handler_names()
-                            if hasattr(cls.handler_function(name), "_sbio_rate_limit")}
+        self.rate_limits = {event: spec.func._sbio_rate_limit
+                            for event, spec in self.handlers.items()
+                            if hasattr(spec.func, "_sbio_rate_limit")}
         self._decorated = (cls.exception_handler_decorator
                            is not _base_exception_handler_decorator())
-
-    @staticmethod
-    def _check_handlers(cls):
-        """Refuse ``on_*`` attributes that look like handlers but cannot be dispatched."""
-        problems = []
-        for attr in dir(cls):
-            if not attr.startswith("on_") or attr in RESERVED_HANDLERS:
-                continue
-            raw = inspect.getattr_static(cls, attr, None)
-            if isinstance(raw, (staticmethod, classmethod)):
-                problems.append(f"{attr} is a {type(raw).__name__}")
-            elif inspect.iscoroutinefunction(raw):
-                problems.append(f"{attr} is 'async def' (handlers run in greenlets: use def)")
-        if problems:
-            raise TypeError(f"{cls.__qualname__}: handlers must be plain methods: "
-                            + "; ".join(problems))
 
     # -- connect / disconnect ------------------------------------------------------
 
@@ -155,6 +156,7 @@ class NamespaceDispatcher:
                             connection_session=self.server._connection_session(eio_sid))
         instance._sbio_guard = sio.connection_guard(eio_sid)
         self.instances[sid] = instance
+        instance._sbio_connecting = gevent.getcurrent()
         try:
             accepted = instance.on_connect(auth)
         except ConnectionRefused as exc:
@@ -167,6 +169,8 @@ class NamespaceDispatcher:
             self._forget(sid, instance)
             log.exception("on_connect failed (sid=%s namespace=%s)", sid, self.name)
             raise socketio.exceptions.ConnectionRefusedError("Internal server error") from None
+        finally:
+            instance._sbio_connecting = None
         if accepted is False:
             self._forget(sid, instance)
             log.info("connection refused by on_connect (sid=%s namespace=%s)", sid, self.name)
@@ -256,37 +260,57 @@ class NamespaceDispatcher:
         internal = self.internal_events.get(event)
         if internal is not None:
             return internal(instance, args)
-        if not _EVENT_NAME.match(event):
-            return error_envelope(
-                "bad_request",
-                f"invalid event name {_short(event)}: use letters, digits and _, "
-                "starting with a letter")
         return self.call_handler(instance, event, args)
 
-    def handler_spec(self, method_name):
-        """The cached :class:`_HandlerSpec` of *method_name*, or None if not a handler."""
-        try:
-            return self._specs[method_name]
-        except KeyError:
-            pass
-        func = self.cls.handler_function(method_name)
-        spec = None if func is None else _HandlerSpec(func)
-        self._specs[method_name] = spec
-        return spec
+    def handler(self, event):
+        """The :class:`_HandlerSpec` of *event*, or None when the class has no handler for it."""
+        return self.handlers.get(event)
+
+    def acl_name(self, event):
+        """The name the ACL knows *event*'s handler by (``"on_<event>"`` or the event name)."""
+        spec = self.handlers.get(event)
+        if spec is not None:
+            return spec.acl_name
+        return "on_" + event if EVENT_NAME_RE.match(event) else event
+
+    def ack_args(self, event, envelope):
+        """The arguments of the ack answering *event* with *envelope*.
+
+        ``[envelope]``, or for a raw handler (``@sbio.event(..., raw=True)``,
+        ``raw_acks = True``) its return value as plain socket.io acks it (see
+        :func:`sbio.protocol.raw_ack_args`). sbio's own events always ack
+        the envelope.
+        """
+        spec = self.handlers.get(event) if type(event) is str else None
+        if spec is not None:
+            raw = spec.raw
+        else:
+            raw = self.raw_acks and not (type(event) is str
+                                         and event.startswith(SBIO_EVENT_PREFIX))
+        return raw_ack_args(envelope) if raw else [envelope]
+
+    def _no_handler(self, instance, event):
+        """The answer to *event*, which no handler of the class takes."""
+        problem = event_name_problem(event)
+        if problem is not None:
+            return error_envelope("bad_request", f"invalid event name {_short(event)}: {problem}")
+        # restricted connections learn nothing of which handlers exist
+        if not instance.is_method_allowed(self.acl_name(event)):
+            return error_envelope("forbidden", f"not allowed to call {_short(event)}")
+        return error_envelope("not_found", f"no handler for event {_short(event)}")
 
     def call_handler(self, instance, event, args, purpose="call", subscription=None):
-        """Run ``on_<event>`` of *instance* under its ACL; return the envelope.
+        """Run the handler of *event* for *instance* under its ACL; return the envelope.
 
         Used for client calls and by the live-data module (subscribe and
         re-runs, with the :class:`sbio.live.Subscription` being computed), so
         every path applies the same checks and error mapping.
         """
-        method_name = "on_" + event
-        if not instance.is_method_allowed(method_name):
-            return error_envelope("forbidden", f"not allowed to call {_short(event)}")
-        spec = self.handler_spec(method_name)
+        spec = self.handlers.get(event)
         if spec is None:
-            return error_envelope("not_found", f"no handler for event {_short(event)}")
+            return self._no_handler(instance, event)
+        if not instance.is_method_allowed(spec.acl_name):
+            return error_envelope("forbidden", f"not allowed to call {_short(event)}")
         problem = spec.check_args(event, args)
         if problem is not None:
             return error_envelope("bad_request", problem)

@@ -5,30 +5,145 @@ client. sbio instead creates one instance of your subclass for each
 connection to the namespace (see :mod:`sbio.dispatch`), so connection state
 lives on ``self``: ``self.session``, the ACL, spawned greenlets.
 
-Handlers are methods named ``on_<event>``. A client emitting ``login`` with
-an ack runs ``on_login`` and receives ``{"ok": true, "data": <return value>}``
-or ``{"ok": false, "error": {"code": ..., "message": ...}}``.
+Handlers are methods named ``on_<event>``, or methods marked with
+:func:`event` for any other event name. A client emitting ``login`` with an
+ack runs ``on_login`` and receives ``{"ok": true, "data": <return value>}``
+or ``{"ok": false, "error": {"code": ..., "message": ...}}``; a raw handler
+(``@event(name, raw=True)``, or every handler of a class with
+``raw_acks = True``) acks its return value as it is, as plain socket.io
+servers do.
 """
 import inspect
 import logging
-from collections.abc import Callable, Iterable
-from typing import Any, ClassVar, TypeVar
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import gevent
 import greenlet
 from gevent.pool import Group
 
 from .context import current_call
-from .errors import SbioTimeoutError
+from .errors import SbioError, SbioTimeoutError
+from .protocol import EVENT_NAME_RE, RESERVED_EVENT_NAMES, event_name_problem
 
-__all__ = ["Namespace"]
+__all__ = ["Namespace", "event", "EventHandler"]
 
 log = logging.getLogger(__name__)
 
-#: Methods named ``on_*`` that are lifecycle hooks, never client events.
 _F = TypeVar("_F", bound=Callable[..., Any])
 
+#: Methods named ``on_*`` that are lifecycle hooks, never client events.
 RESERVED_HANDLERS = frozenset({"on_connect", "on_disconnect", "on_startup", "on_shutdown"})
+
+
+def event(name: str, *, raw: bool | None = None) -> Callable[[_F], _F]:
+    """Make the decorated :class:`Namespace` method the handler of event *name*.
+
+    *name* is any string a socket.io client emits (``"chat message"``,
+    ``"message-with-ack"``), up to 128 characters; sbio's own ``sbio:*`` names,
+    socket.io's reserved ones (``connect``, ``disconnect``, ...), the empty
+    string and control characters are refused with ``ValueError``. The ACL
+    knows the handler by its event name. Stack the decorator to give one
+    method several names. The function is returned unchanged.
+
+    :param raw: True acks the handler's return value as plain socket.io does
+        (a tuple is several ack arguments, None none) instead of sbio's
+        envelope; a failure then acks ``{"error": {"code", "message"}}``.
+        False keeps the envelope; None (the default) follows the class's
+        :attr:`Namespace.raw_acks`.
+    """
+    if not isinstance(name, str):
+        raise TypeError("use @sbio.event(...) with parentheses and the event name, "
+                        "e.g. @sbio.event('chat message')")
+    problem = event_name_problem(name)
+    if problem is not None:
+        raise ValueError(f"@sbio.event({name!r}): {problem}")
+    if raw is not None and not isinstance(raw, bool):
+        raise TypeError(f"@sbio.event({name!r}): raw must be True, False or None, got {raw!r}")
+
+    def decorate(func: _F) -> _F:
+        if isinstance(func, (staticmethod, classmethod)):
+            raise TypeError(f"@sbio.event({name!r}) on a {type(func).__name__}: handlers must "
+                            "be plain methods (put @sbio.event above def, without it)")
+        if not inspect.isfunction(func):
+            raise TypeError(f"@sbio.event({name!r}) decorates a method, not {func!r}")
+        marks = getattr(func, "_sbio_events", ())
+        func._sbio_events = (*marks, (name, raw))  # type: ignore[attr-defined]  # a mark
+        return func
+
+    return decorate
+
+
+class EventHandler(NamedTuple):
+    """One client event a :class:`Namespace` class handles (:meth:`Namespace.event_handlers`)."""
+
+    #: the event name on the wire
+    event: str
+    #: the name the ACL knows it by: ``"on_<event>"``, or the event name of a
+    #: handler registered with :func:`event`
+    acl_name: str
+    #: the method's attribute name
+    attr: str
+    #: the plain function
+    func: Callable[..., Any]
+    #: acks the return value as it is, not in sbio's envelope
+    raw: bool
+
+
+def _handler_table(cls: type["Namespace"]) -> dict[str, EventHandler]:
+    """Every client event of *cls*: event name -> :class:`EventHandler`; TypeError on conflicts."""
+    raw_acks = bool(cls.raw_acks)
+    table: dict[str, EventHandler] = {}
+    problems: list[str] = []
+    for attr in dir(cls):
+        try:
+            value = inspect.getattr_static(cls, attr)
+        except AttributeError:
+            continue
+        if isinstance(value, (staticmethod, classmethod)):
+            if getattr(value.__func__, "_sbio_events", None) or (
+                    attr.startswith("on_") and attr not in RESERVED_HANDLERS):
+                problems.append(f"{attr} is a {type(value).__name__}")
+            continue
+        if not inspect.isfunction(value):
+            continue
+        marks = getattr(value, "_sbio_events", None)
+        if marks:
+            if attr in RESERVED_HANDLERS:
+                problems.append(f"{attr} is a lifecycle hook, it cannot handle events")
+                continue
+            entries = [EventHandler(name, name, attr, value, raw_acks if raw is None else raw)
+                       for name, raw in marks]
+        elif attr.startswith("on_") and attr not in RESERVED_HANDLERS:
+            name = attr[3:]
+            if EVENT_NAME_RE.match(name) is None:
+                continue  # on__private, on_: never events
+            if name in RESERVED_EVENT_NAMES:
+                problems.append(f"{attr}: {name!r} is reserved by socket.io and its clients "
+                                "cannot emit it (rename the method)")
+                continue
+            entries = [EventHandler(name, attr, attr, value, raw_acks)]
+        else:
+            continue
+        if inspect.iscoroutinefunction(value):
+            problems.append(f"{attr} is 'async def' (handlers run in greenlets: use def)")
+            continue
+        for entry in entries:
+            other = table.get(entry.event)
+            if other is not None:
+                problems.append(f"event {entry.event!r} is handled by both {other.attr} "
+                                f"and {entry.attr}")
+            table[entry.event] = entry
+    acl_names: dict[str, str] = {}
+    for entry in table.values():
+        other_event = acl_names.setdefault(entry.acl_name, entry.event)
+        if other_event != entry.event:
+            problems.append(f"events {other_event!r} and {entry.event!r} would share the ACL "
+                            f"name {entry.acl_name!r}")
+    if problems:
+        raise TypeError(f"{cls.__qualname__}: handlers must be plain methods with one event "
+                        "name each: " + "; ".join(problems))
+    return table
 
 
 class Namespace:
@@ -59,7 +174,13 @@ class Namespace:
     #: The socket.io namespace this class serves, e.g. ``"/chat"``.
     name: str | None = None
 
-    # the handler names of one class, cached on it by handler_names()
+    #: True: every handler acks its return value as plain socket.io does (a
+    #: tuple is several ack arguments, None none), not in sbio's envelope;
+    #: ``@event(name, raw=False)`` keeps the envelope for one handler.
+    raw_acks: ClassVar[bool] = False
+
+    # the handler table of one class, cached on it by event_handlers()
+    _sbio_event_handlers: ClassVar[dict[str, EventHandler]]
     _sbio_handler_names: ClassVar[frozenset[str]]
 
     def __init__(self, server: Any, sid: str, environ: dict[str, Any],
@@ -77,6 +198,7 @@ class Namespace:
         # greenlets running handler calls (killed at disconnect)
         self._sbio_calls: set[greenlet.greenlet] = set()
         self._sbio_guard: Any = None   # the connection's sbio.limits.ConnectionGuard
+        self._sbio_connecting: Any = None  # the greenlet running on_connect, while it runs
         self.reset_acl()
 
     def __repr__(self) -> str:
@@ -124,7 +246,9 @@ class Namespace:
 
         ``None`` (the default) allows every handler; any iterable of names
         (``["on_login"]``) restricts the connection to those until
-        :meth:`lift_acl_restrictions` or :meth:`add_acl_method` widen it.
+        :meth:`lift_acl_restrictions` or :meth:`add_acl_method` widen it. A
+        handler registered with :func:`event` is named by its event name
+        (``["on_login", "log in"]``).
         """
         return None
 
@@ -164,29 +288,42 @@ class Namespace:
         return allowed is None or method_name in allowed
 
     @classmethod
-    def handler_function(cls, method_name: str) -> Callable[..., Any] | None:
-        """The plain function behind handler *method_name*, or None if it is not one.
+    def event_handlers(cls) -> Mapping[str, EventHandler]:
+        """Every client event of the class: event name -> :class:`EventHandler`.
 
-        A handler is a regular method named ``on_<event>`` (not a lifecycle
-        hook, not a static or class method, not ``async def``).
+        Made once per class from its ``on_<event>`` methods (``<event>``:
+        letters, digits and ``_``, starting with a letter) and the methods
+        marked with :func:`event`. Raises ``TypeError`` for handlers that
+        cannot be dispatched (static or class methods, ``async def``, one
+        event name handled twice).
         """
-        if not method_name.startswith("on_") or method_name in RESERVED_HANDLERS:
-            return None
-        try:
-            raw = inspect.getattr_static(cls, method_name)
-        except AttributeError:
-            return None
-        if not inspect.isfunction(raw) or inspect.iscoroutinefunction(raw):
-            return None
-        return raw
+        table = cls.__dict__.get("_sbio_event_handlers")
+        if table is None:
+            table = cls._sbio_event_handlers = _handler_table(cls)
+        return table
+
+    @classmethod
+    def handler_function(cls, method_name: str) -> Callable[..., Any] | None:
+        """The plain function of the handler the ACL knows as *method_name*, or None.
+
+        *method_name* is an ACL name: ``"on_login"``, or the event name of a
+        handler registered with :func:`event`.
+        """
+        for entry in cls.event_handlers().values():
+            if entry.acl_name == method_name:
+                return entry.func
+        return None
 
     @classmethod
     def handler_names(cls) -> frozenset[str]:
-        """The names of every client-callable handler (``on_*``) of the class."""
+        """The ACL names of every client-callable handler of the class.
+
+        ``"on_<event>"`` for the ``on_*`` methods, the event name for the
+        handlers registered with :func:`event`.
+        """
         names = cls.__dict__.get("_sbio_handler_names")
         if names is None:
-            names = frozenset(attr for attr in dir(cls)
-                              if cls.handler_function(attr) is not None)
+            names = frozenset(entry.acl_name for entry in cls.event_handlers().values())
             cls._sbio_handler_names = names
         return names
 
@@ -194,8 +331,9 @@ class Namespace:
 
     def emit(self, event: str, *args: Any, to: Any = None) -> None:
         """Send *event* with *args* to this connection, or to *to* (a sid, a room or a list)."""
-        self.server.sio.emit(event, args, to=self.sid if to is None else to,
-                             namespace=self.namespace)
+        server = self.server
+        server.sio.emit(event, args, to=self.sid if to is None else to,
+                           namespace=self.namespace)
 
     def broadcast(self, event: str, *args: Any, room: Any = None,
                   include_self: bool = True) -> None:
@@ -203,8 +341,9 @@ class Namespace:
 
         :param include_self: False leaves this connection out.
         """
-        self.server.sio.emit(event, args, to=room, namespace=self.namespace,
-                             skip_sid=None if include_self else self.sid)
+        server = self.server
+        server.sio.emit(event, args, to=room, namespace=self.namespace,
+                           skip_sid=None if include_self else self.sid)
 
     def send(self, data: Any, to: Any = None) -> None:
         """Send a socket.io ``message`` event (the client's ``on("message")``)."""
@@ -215,10 +354,16 @@ class Namespace:
 
         Returns the client's ack value (a single value, or a tuple when the
         client acked with several). Raises :class:`sbio.SbioTimeoutError`
-        after *timeout* seconds.
+        after *timeout* seconds. Not from ``on_connect`` itself (the client
+        gets events only once the connection is accepted: :meth:`spawn` a
+        greenlet that calls).
         """
         import socketio.exceptions
 
+        if self._sbio_connecting is not None and self._sbio_connecting is gevent.getcurrent():
+            raise SbioError(f"{type(self).__name__}.call({event!r}) in on_connect: the client "
+                            "gets events only after on_connect returns; spawn() a greenlet "
+                            "that makes the call")
         try:
             result = self.server.sio.call(event, args, to=self.sid,
                                           namespace=self.namespace, timeout=timeout)
@@ -233,17 +378,20 @@ class Namespace:
 
     def disconnect(self) -> None:
         """Close this connection to the namespace (``on_disconnect`` runs)."""
-        self.server.sio.disconnect(self.sid, namespace=self.namespace)
+        server = self.server
+        server.sio.disconnect(self.sid, namespace=self.namespace)
 
     # -- rooms -------------------------------------------------------------------
 
     def enter_room(self, room: str) -> None:
         """Add this connection to *room* (see :meth:`broadcast` and ``emit(to=room)``)."""
-        self.server.sio.enter_room(self.sid, room, namespace=self.namespace)
+        server = self.server
+        server.sio.enter_room(self.sid, room, namespace=self.namespace)
 
     def leave_room(self, room: str) -> None:
         """Remove this connection from *room*."""
-        self.server.sio.leave_room(self.sid, room, namespace=self.namespace)
+        server = self.server
+        server.sio.leave_room(self.sid, room, namespace=self.namespace)
 
     def rooms(self) -> list[str]:
         """The rooms this connection is in (its own sid room included)."""

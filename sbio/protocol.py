@@ -2,7 +2,10 @@
 
 * the ack envelopes: :func:`ok_envelope`, :func:`error_envelope`;
 * the error codes (:data:`FORBIDDEN`, :data:`NOT_FOUND`, ...);
-* the event-name rule: :data:`EVENT_NAME_RE`, :func:`is_valid_event_name`;
+* the event-name rules: :func:`event_name_problem` (what a handler may be
+  registered as), :data:`EVENT_NAME_RE` (the names the ``on_<name>``
+  convention maps), :func:`is_valid_event_name`;
+* the ack of a raw handler (``@sbio.event(..., raw=True)``): :func:`raw_ack_args`;
 * the names of sbio's own events (``sbio:subscribe``, ``sbio:unsubscribe``,
   ``sbio:update``, ``sbio:error``);
 * the encoding of every sbio push: :func:`error_push_packet` (``sbio:error``)
@@ -20,6 +23,7 @@ from socketio import packet as sio_packet
 
 __all__ = [
     "ok_envelope", "error_envelope", "short_repr", "is_valid_event_name", "EVENT_NAME_RE",
+    "event_name_problem", "MAX_EVENT_NAME_LENGTH", "RESERVED_EVENT_NAMES", "raw_ack_args",
     "FORBIDDEN", "NOT_FOUND", "BAD_REQUEST", "INTERNAL", "TIMEOUT", "RATE_LIMITED",
     "ERROR_EVENT", "UPDATE_EVENT", "SUBSCRIBE_EVENT", "UNSUBSCRIBE_EVENT",
     "error_push_packet", "UpdateEncoder",
@@ -69,17 +73,72 @@ def error_envelope_of(error: Any) -> dict[str, Any]:
     return {"ok": False, "error": error}
 
 
+def raw_ack_args(envelope: dict[str, Any]) -> list[Any]:
+    """The arguments of the ack of a raw handler (``@sbio.event(..., raw=True)``).
+
+    A success acks the handler's return value as python-socketio and
+    Flask-SocketIO do: a tuple is several arguments, None none, anything else
+    one. A failure acks one object ``{"error": {"code": ..., "message": ...}}``.
+    """
+    if envelope["ok"]:
+        data = envelope["data"]
+        if data is None:
+            return []
+        if isinstance(data, tuple):
+            return list(data)
+        return [data]
+    return [{"error": envelope["error"]}]
+
+
 # -- event names -----------------------------------------------------------------------------
 
-#: A client event name: letters, digits and ``_``, starting with a letter.
+#: The event names the ``on_<name>`` convention maps: letters, digits and ``_``,
+#: starting with a letter (``on_login`` handles ``login``). Any other name is
+#: registered with ``@sbio.event("name")``.
 EVENT_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
+
+#: The longest event name a handler may be registered as (in characters).
+MAX_EVENT_NAME_LENGTH = 128
+
+#: Event names socket.io reserves: its clients refuse to emit them (socket.io's
+#: ``RESERVED_EVENTS``), so no handler may be registered as one.
+RESERVED_EVENT_NAMES = frozenset({"connect", "connect_error", "disconnect", "disconnecting",
+                                  "newListener", "removeListener"})
+
+#: The prefix of sbio's own events (``sbio:subscribe``, ``sbio:error``, ...).
+SBIO_EVENT_PREFIX = "sbio:"
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 _MAX_NAME_IN_MESSAGE = 64
 
 
+def event_name_problem(name: object) -> str | None:
+    """None when a handler may be registered as event *name*, else what is wrong with it.
+
+    Any string is an event name to socket.io; sbio refuses the empty string,
+    names longer than :data:`MAX_EVENT_NAME_LENGTH`, control characters,
+    names starting with ``sbio:`` (sbio's own events) and
+    :data:`RESERVED_EVENT_NAMES`.
+    """
+    if not isinstance(name, str):
+        return f"an event name is a string, not {type(name).__name__}"
+    if not name:
+        return "the event name is empty"
+    if len(name) > MAX_EVENT_NAME_LENGTH:
+        return f"the event name is longer than {MAX_EVENT_NAME_LENGTH} characters"
+    if name.startswith(SBIO_EVENT_PREFIX):
+        return f"event names starting with {SBIO_EVENT_PREFIX!r} are sbio's own"
+    if name in RESERVED_EVENT_NAMES:
+        return f"{name!r} is reserved by socket.io (its clients cannot emit it)"
+    if _CONTROL.search(name):
+        return "the event name contains a control character"
+    return None
+
+
 def is_valid_event_name(name: object) -> TypeGuard[str]:
-    """True when *name* is a string a client may use as an event name."""
-    return isinstance(name, str) and EVENT_NAME_RE.match(name) is not None
+    """True when a handler may be registered as event *name* (:func:`event_name_problem`)."""
+    return event_name_problem(name) is None
 
 
 def short_repr(name: object) -> str:

@@ -96,9 +96,12 @@ def test_session_is_per_connection(sbio_client):
 def test_error_codes(sbio_client):
     c = sbio_client(Things)
     assert code_of(c, "nope") == "not_found"
-    assert code_of(c, "connect") == "not_found"  # lifecycle hooks are not events
-    assert code_of(c, "_private") == "bad_request"
-    assert code_of(c, "sp ace") == "bad_request"
+    assert code_of(c, "connect") == "bad_request"  # reserved by socket.io: never an event
+    assert code_of(c, "sbio:nope") == "bad_request"  # sbio's own names
+    assert code_of(c, "") == "bad_request"
+    assert code_of(c, "x" * 129) == "bad_request"  # longer than any registered name
+    assert code_of(c, "_private") == "not_found"  # any other name could have a handler
+    assert code_of(c, "sp ace") == "not_found"
     assert code_of(c, "add") == "bad_request"  # too few arguments
     assert code_of(c, "add", 1, 2, 3) == "bad_request"  # too many
     assert code_of(c, "add", "1") == "bad_request"  # wrong kind

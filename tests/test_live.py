@@ -614,8 +614,10 @@ def test_subscribe_rejects_bad_payloads(env):
     assert code({"event": "cards"}) == "bad_request"  # no id
     assert code({"id": True, "event": "cards"}) == "bad_request"
     assert code({"id": "x" * 129, "event": "cards"}) == "bad_request"
-    assert code({"id": "a", "event": "no such"}) == "bad_request"
-    assert code({"id": "a", "event": "_cards"}) == "bad_request"
+    assert code({"id": "a", "event": 7}) == "bad_request"
+    assert code({"id": "a", "event": "sbio:update"}) == "bad_request"
+    assert code({"id": "a", "event": "no such"}) == "not_found"  # any string may be an event
+    assert code({"id": "a", "event": "_cards"}) == "not_found"
     assert code({"id": "a", "event": "cards", "args": "x"}) == "bad_request"
     assert code({"id": "a", "event": "cards", "extra": 1}) == "bad_request"
     assert code({"id": "a", "event": "messages", "args": []}) == "bad_request"

@@ -420,7 +420,7 @@ def test_well_formed_events_with_bad_names_or_arguments_keep_their_envelope(serv
     ws = RawWebSocket(server)
     cases = {
         1: '42/board,1[42]',                       # a number as name: valid socket.io
-        2: '42/board,2["who am i"]',
+        2: '42/board,2["sbio:who am i"]',         # sbio's own names
         3: '42/board,3["nope"]',
         4: '42/board,4["login"]',                  # too few arguments
         5: '42/board,5["login",7]',                # wrong type

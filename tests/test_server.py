@@ -63,7 +63,7 @@ def test_login_flow_and_error_codes(server, sbio_live_client, transports):
     for code, envelope in codes.items():
         assert envelope["ok"] is False and envelope["error"]["code"] == code, envelope
         assert "Traceback" not in envelope["error"]["message"]
-    assert c.call_envelope("bad name")["error"]["code"] == "bad_request"
+    assert c.call_envelope("sbio:bad name")["error"]["code"] == "bad_request"
     c.emit("nope")
     assert c.receive("sbio:error") == [{"event": "nope", "code": "not_found",
                                         "message": "no handler for event 'nope'"}]
@@ -219,7 +219,7 @@ def test_bad_input_is_never_logged_as_an_unhandled_exception(server, sbio_live_c
     caplog.set_level(logging.INFO)
     c = sbio_live_client(server, "/chat")
     c.call_envelope("nope")
-    c.call_envelope("bad name")
+    c.call_envelope("sbio:bad name")
     c.call_envelope("login")
     ws = _raw_websocket(server)
     ws.send('42/chat,["x", {oops')

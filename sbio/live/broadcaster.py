@@ -307,7 +307,7 @@ class Broadcaster:
             self._deliver_error(sub, envelope["error"])
 
     def _run_group(self, group: _SharedGroup, trigger: str) -> None:
-        method = "on_" + group.event
+        method = self.dispatcher.acl_name(group.event)
         runner = None
         for member in list(group.members):
             if not member.ready:  # its first result is being computed: run again after
@@ -391,7 +391,7 @@ class Broadcaster:
     def _deliver_error(self, sub: Subscription, error: dict[str, Any]) -> None:
         code = error.get("code")
         if code == "forbidden":
-            self._forbid(sub, "on_" + sub.event, error)
+            self._forbid(sub, self.dispatcher.acl_name(sub.event), error)
             return
         if code == "timeout":
             self.metrics["timeouts"] += 1
@@ -434,16 +434,15 @@ class Broadcaster:
         call_args = payload.get("args", [])
         if not isinstance(call_args, list):
             return error_envelope("bad_request", 'sbio:subscribe: "args" must be a list')
-        method = "on_" + event
         dispatcher = self.dispatcher
-        spec = dispatcher.handler_spec(method)
-        if spec is None or not instance.is_method_allowed(method):
+        spec = dispatcher.handler(event)
+        if spec is None or not instance.is_method_allowed(spec.acl_name):
             # the same forbidden / not_found answer as a call
             return dispatcher.call_handler(instance, event, call_args, purpose="subscribe")
         live_spec = getattr(spec.func, "_sbio_subscribes", None)
         if live_spec is None:
             return error_envelope("bad_request", f"event {_short(event)} cannot be "
-                                  f"subscribed to (mark {method} with @subscribes)")
+                                  f"subscribed to (mark {spec.attr} with @subscribes)")
         limited = dispatcher.admit_handler(instance, event)
         if limited is not None:
             return {"ok": False, "error": limited}
@@ -464,7 +463,7 @@ class Broadcaster:
         try:
             channels = live_spec.channels.format((instance, *call_args))
         except Exception as exc:
-            log.warning("cannot build the channels of %s%r (namespace %s): %s", method,
+            log.warning("cannot build the channels of %s%r (namespace %s): %s", event,
                         tuple(call_args), self.namespace, exc)
             return error_envelope("bad_request", f"cannot build the channels of "
                                   f"{_short(event)} from these arguments")

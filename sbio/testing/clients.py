@@ -113,6 +113,17 @@ class _ClientBase:
         """Call *event* with an ack and return the raw envelope dict."""
         return self._call(event, args, timeout)[0]
 
+    def call_raw(self, event: str, *args: Any, timeout: float | None = None) -> list[Any]:
+        """Call *event* with an ack and return the ack's arguments as a list.
+
+        For raw handlers (``@sbio.event(name, raw=True)``, ``raw_acks = True``):
+        a handler returning ``(1, 2)`` gives ``[1, 2]``, None gives ``[]``, a
+        failure ``[{"error": {"code": ..., "message": ...}}]``. An in-process
+        client with ``raise_server_errors`` raises :class:`CallError` instead
+        when the handler raised, with that exception as ``__cause__``.
+        """
+        return self._call_raw(event, args, timeout)
+
     def __enter__(self) -> Self:
         return self
 

@@ -70,6 +70,18 @@ class LiveClient(_ClientBase):
         except socketio.exceptions.TimeoutError:
             raise SbioTimeoutError(f"no ack for {event!r} within {timeout}s") from None
 
+    def _call_raw(self, event: str, args: Any, timeout: float | None) -> list[Any]:
+        import gevent.event
+
+        timeout = self.timeout if timeout is None else timeout
+        answer: gevent.event.AsyncResult[list[Any]] = gevent.event.AsyncResult()
+        self.client.emit(event, tuple(args), namespace=self.namespace,
+                         callback=lambda *data: answer.set(list(data)))
+        try:
+            return answer.get(timeout=timeout)
+        except gevent.Timeout:
+            raise SbioTimeoutError(f"no ack for {event!r} within {timeout}s") from None
+
     def emit(self, event: str, *args: Any) -> None:
         """Emit *event* without an ack."""
         self.client.emit(event, tuple(args), namespace=self.namespace)

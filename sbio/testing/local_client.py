@@ -150,7 +150,7 @@ class LocalClient(_ClientBase):
         elif kind in (sio_packet.ACK, sio_packet.BINARY_ACK):
             waiter = self._acks.pop(pkt.id, None)
             if waiter is not None and self.connected:
-                waiter.set(pkt.data[0] if pkt.data else None)
+                waiter.set(list(pkt.data or ()))
         elif kind in (sio_packet.EVENT, sio_packet.BINARY_EVENT):
             event, args = pkt.data[0], pkt.data[1:]
             self._record(event, args)
@@ -175,6 +175,18 @@ class LocalClient(_ClientBase):
 
     def _call(self, event: str, args: Any, timeout: float | None
               ) -> tuple[Any, BaseException | None]:
+        data, cause = self._call_args(event, args, timeout)
+        return (data[0] if data else None), cause
+
+    def _call_raw(self, event: str, args: Any, timeout: float | None) -> list[Any]:
+        data, cause = self._call_args(event, args, timeout)
+        if cause is not None and data and isinstance(data[0], dict) and "error" in data[0]:
+            error = data[0]["error"] or {}
+            raise CallError(error.get("code", "unknown"), error.get("message", "")) from cause
+        return data
+
+    def _call_args(self, event: str, args: Any, timeout: float | None
+                   ) -> tuple[list[Any], BaseException | None]:
         self._require_connected()
         timeout = self.timeout if timeout is None else timeout
         ack_id = next(self._ids)
@@ -183,17 +195,17 @@ class LocalClient(_ClientBase):
         self._feed(sio_packet.Packet(sio_packet.EVENT, namespace=self.namespace,
                                      data=[event, *args], id=ack_id))
         try:
-            envelope = waiter.get(timeout=timeout)
+            data = waiter.get(timeout=timeout)
         except gevent.Timeout:
             self._acks.pop(ack_id, None)
             raise SbioTimeoutError(f"no ack for {event!r} within {timeout}s") from None
-        if envelope is _DISCONNECTED:
+        if data is _DISCONNECTED:
             raise CallError("disconnected", f"the connection dropped before {event!r} was "
                             "answered")
         cause = None
         if self.raise_server_errors and self.instance is not None:
             cause = _ErrorCapture.of(self.server).take(self.sid, event)
-        return envelope, cause
+        return data, cause
 
     def emit(self, event: str, *args: Any) -> None:
         """Emit *event* without an ack (failures come back as ``sbio:error``)."""

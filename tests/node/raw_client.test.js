@@ -31,7 +31,8 @@ for (const transports of [["websocket"], ["polling"]]) {
       assert.deepEqual(await call(s, "login", "ann", "secret"), { ok: true, data: { user: "ann" } });
       assert.deepEqual(await call(s, "whoami"), { ok: true, data: "ann" });
       assert.equal((await call(s, "nope")).error.code, "not_found");
-      assert.equal((await call(s, "bad name")).error.code, "bad_request");
+      assert.equal((await call(s, "bad name")).error.code, "not_found");
+      assert.equal((await call(s, "sbio:bad")).error.code, "bad_request");
       assert.equal((await call(s, "join", 1, 2, 3)).error.code, "bad_request");
       assert.equal((await call(s, "join", 42)).error.code, "bad_request");
       const crash = await call(s, "crash");

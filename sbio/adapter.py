@@ -13,6 +13,8 @@ one of these libraries, this file is the one to read against its changes.
   server: a packet that breaks the protocol closes the connection (logged
   once); binary attachments are bounded in count and bytes; a connection
   that joins no namespace within ``server.connect_timeout`` is closed.
+  What is sent to a namespace while its ``on_connect`` runs is held and
+  sent right after the CONNECT acknowledgement (none of it on a refusal).
 * :class:`_StrictEngineSocket` — python-engineio's Socket: a polling POST is
   taken whole (a per-server packet limit derived from
   ``server.max_message_size``) or refused with 400; a client PING closes.
@@ -92,6 +94,11 @@ class SocketIOServer(socketio.Server):
         self.connect_timeout = float(server_cfg["connect_timeout"])
         #: eio_sid -> _PendingBinary: a binary packet waiting for its attachments
         self._pending_binary = {}
+        #: eio_sid -> _Holds: what is sent to namespaces whose on_connect runs (see
+        #: _handle_connect_checked); bounded like the outbound queue
+        self._held = {}
+        self.max_held_messages = int(server_cfg["max_outbound_messages"])
+        self.max_held_bytes = int(server_cfg["max_outbound_bytes"])
         #: eio_sid -> monotonic deadline for its first CONNECT (insertion order = deadline order)
         self._awaiting_connect = {}
         self._connect_watch = None
@@ -152,7 +159,103 @@ class SocketIOServer(socketio.Server):
                 sio_packet.CONNECT_ERROR, namespace=namespace,
                 data={"message": "Already connected to this namespace"}))
             return
-        super()._handle_connect(eio_sid, namespace, data)
+        if namespace not in self.dispatchers:
+            super()._handle_connect(eio_sid, namespace, data)
+            return
+        # Upstream sends CONNECT only after the connect handler returned, but the
+        # sid is in its rooms from the start: what on_connect (or anyone) emits
+        # to it would go out before the CONNECT, where the Socket.IO protocol
+        # (and its test suite) want the CONNECT first. It is held here and sent
+        # right after the CONNECT (_hold_packet); a refusal drops it.
+        holds = self._held.get(eio_sid)
+        if holds is None:
+            holds = self._held[eio_sid] = _Holds()
+        holds[namespace] = _Held()
+        try:
+            super()._handle_connect(eio_sid, namespace, data)
+        finally:
+            self._end_hold(eio_sid, namespace)  # still there: nothing answered, drop it
+
+    def _end_hold(self, eio_sid, namespace):
+        """Stop holding what is sent to *namespace* of *eio_sid*; return the _Held or None."""
+        holds = self._held.get(eio_sid)
+        if holds is None:
+            return None
+        held = holds.pop(namespace, None)
+        if held is not None and holds.binary_to is held:
+            holds.binary_to = None
+        if not holds:
+            del self._held[eio_sid]
+        return held
+
+    # Extends socketio.Server._send_packet (5.12-5.18), which upstream sends
+    # every packet built for one client through (CONNECT, CONNECT_ERROR, an
+    # emit with a callback, sbio's pushes): while a namespace's on_connect
+    # runs, its packets are held; its CONNECT goes out, then what was held.
+    def _send_packet(self, eio_sid, pkt):
+        if self._held:
+            holds = self._held.get(eio_sid)
+            if holds is not None and self._hold_packet(eio_sid, holds, pkt):
+                return
+        super()._send_packet(eio_sid, pkt)
+
+    def _hold_packet(self, eio_sid, holds, pkt):
+        namespace = pkt.namespace or "/"
+        held = holds.get(namespace)
+        if held is None:
+            return False
+        kind = pkt.packet_type
+        if kind == sio_packet.CONNECT:
+            self._end_hold(eio_sid, namespace)
+            super()._send_packet(eio_sid, pkt)
+            send = self.eio.send_packet
+            for eio_pkt in held.packets:
+                send(eio_sid, eio_pkt)
+            return True
+        if kind in (sio_packet.CONNECT_ERROR, sio_packet.DISCONNECT):  # refused: none of it
+            self._end_hold(eio_sid, namespace)
+            if held.packets:
+                log.debug("dropped %d packet(s) emitted to %s (namespace %s) while its refused "
+                          "on_connect ran", len(held.packets), eio_sid, namespace)
+            return False
+        encoded = pkt.encode()
+        for part in encoded if isinstance(encoded, list) else (encoded,):
+            self._hold(eio_sid, held, eio_packet.Packet(eio_packet.MESSAGE, part))
+        return True
+
+    # Extends socketio.Server._send_eio_packet (5.12-5.18), which upstream's
+    # Manager.emit sends every encoded emit through, once per recipient: the
+    # held namespace is read from the packet text; binary attachments follow
+    # their text packet (Manager.emit sends them in a row).
+    def _send_eio_packet(self, eio_sid, eio_pkt):
+        if self._held:
+            holds = self._held.get(eio_sid)
+            if holds is not None:
+                data = eio_pkt.data
+                if isinstance(data, str):
+                    held = holds.get(_namespace_of(data))
+                    holds.binary_to = held if held is not None and data[:1] in "56" else None
+                else:
+                    held = holds.binary_to
+                if held is not None:
+                    self._hold(eio_sid, held, eio_pkt)
+                    return
+        super()._send_eio_packet(eio_sid, eio_pkt)
+
+    def _hold(self, eio_sid, held, eio_pkt):
+        if held.full:
+            return
+        held.packets.append(eio_pkt)
+        data = eio_pkt.data
+        held.size += len(data) if data is not None else 0
+        if len(held.packets) > self.max_held_messages or held.size > self.max_held_bytes:
+            # Sent in a row after the CONNECT, these already overflow the
+            # outbound queue, which drops the connection as a slow consumer.
+            held.full = True
+            log.warning("connection %s: more than server.max_outbound_messages (%d) or "
+                        "server.max_outbound_bytes (%d) emitted to it while on_connect ran: "
+                        "dropping the rest", eio_sid, self.max_held_messages,
+                        self.max_held_bytes)
 
     # Replaces socketio.Server._trigger_event (5.12-5.18) for sbio namespaces:
     # upstream calls one singleton handler; sbio's connect/disconnect go to the
@@ -495,6 +598,7 @@ class SocketIOServer(socketio.Server):
         finally:
             self.sbio_server._connection_sessions.pop(eio_sid, None)
             self._pending_binary.pop(eio_sid, None)
+            self._held.pop(eio_sid, None)
             self._awaiting_connect.pop(eio_sid, None)
             guard = self.guards.pop(eio_sid, None)
             if guard is not None:
@@ -503,6 +607,41 @@ class SocketIOServer(socketio.Server):
 
 def _envelope_args(event, envelope):
     return [envelope]
+
+
+class _Held:
+    """The packets sent to one namespace of a connection while its on_connect runs."""
+
+    __slots__ = ("packets", "size", "full")
+
+    def __init__(self):
+        self.packets = []  # engineio packets, in order
+        self.size = 0
+        self.full = False
+
+
+class _Holds(dict):
+    """namespace -> _Held of one connection, and the _Held taking the binary attachments
+    that follow the last text packet (None: they are sent)."""
+
+    __slots__ = ("binary_to",)
+
+    def __init__(self):
+        super().__init__()
+        self.binary_to = None
+
+
+def _namespace_of(text):
+    """The namespace of an encoded socket.io packet: ``2/chat,[...]`` -> ``/chat``."""
+    start = 1
+    if text[:1] in "56":  # binary: the attachment count and "-" come first
+        dash = text.find("-", 1)
+        if dash != -1:
+            start = dash + 1
+    if text.startswith("/", start):
+        comma = text.find(",", start)
+        return text[start:] if comma == -1 else text[start:comma]
+    return "/"
 
 
 class ProtocolViolation(Exception):

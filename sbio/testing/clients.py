@@ -52,6 +52,10 @@ class _ClientBase:
         """Send *event* with an ack; return (the ack's first value, the server's exception)."""
         raise NotImplementedError
 
+    def _call_raw(self, event: str, args: Any, timeout: float | None) -> list[Any]:
+        """Send *event* with an ack; return the ack's arguments (a list)."""
+        raise NotImplementedError
+
     def disconnect(self) -> None:
         """Disconnect. Idempotent."""
         raise NotImplementedError

@@ -328,11 +328,14 @@ class Namespace:
         return names
 
     # -- talking to clients ----------------------------------------------------
+    # emit, broadcast, send, disconnect and the rooms are safe from any OS
+    # thread: from another thread than the server's hub they are handed to
+    # the hub (Server._run_in_hub), in order, and return at once.
 
     def emit(self, event: str, *args: Any, to: Any = None) -> None:
         """Send *event* with *args* to this connection, or to *to* (a sid, a room or a list)."""
         server = self.server
-        server.sio.emit(event, args, to=self.sid if to is None else to,
+        server._run_in_hub(server.sio.emit, event, args, to=self.sid if to is None else to,
                            namespace=self.namespace)
 
     def broadcast(self, event: str, *args: Any, room: Any = None,
@@ -342,7 +345,7 @@ class Namespace:
         :param include_self: False leaves this connection out.
         """
         server = self.server
-        server.sio.emit(event, args, to=room, namespace=self.namespace,
+        server._run_in_hub(server.sio.emit, event, args, to=room, namespace=self.namespace,
                            skip_sid=None if include_self else self.sid)
 
     def send(self, data: Any, to: Any = None) -> None:
@@ -356,7 +359,7 @@ class Namespace:
         client acked with several). Raises :class:`sbio.SbioTimeoutError`
         after *timeout* seconds. Not from ``on_connect`` itself (the client
         gets events only once the connection is accepted: :meth:`spawn` a
-        greenlet that calls).
+        greenlet that calls) and not from another OS thread than the server's.
         """
         import socketio.exceptions
 
@@ -364,6 +367,10 @@ class Namespace:
             raise SbioError(f"{type(self).__name__}.call({event!r}) in on_connect: the client "
                             "gets events only after on_connect returns; spawn() a greenlet "
                             "that makes the call")
+        if not self.server._in_hub_thread():
+            raise SbioError(f"{type(self).__name__}.call({event!r}) from another OS thread than "
+                            "the server's: call() waits for the client, which only the "
+                            "server's thread can do (emit() is safe from any thread)")
         try:
             result = self.server.sio.call(event, args, to=self.sid,
                                           namespace=self.namespace, timeout=timeout)
@@ -379,19 +386,19 @@ class Namespace:
     def disconnect(self) -> None:
         """Close this connection to the namespace (``on_disconnect`` runs)."""
         server = self.server
-        server.sio.disconnect(self.sid, namespace=self.namespace)
+        server._run_in_hub(server.sio.disconnect, self.sid, namespace=self.namespace)
 
     # -- rooms -------------------------------------------------------------------
 
     def enter_room(self, room: str) -> None:
         """Add this connection to *room* (see :meth:`broadcast` and ``emit(to=room)``)."""
         server = self.server
-        server.sio.enter_room(self.sid, room, namespace=self.namespace)
+        server._run_in_hub(server.sio.enter_room, self.sid, room, namespace=self.namespace)
 
     def leave_room(self, room: str) -> None:
         """Remove this connection from *room*."""
         server = self.server
-        server.sio.leave_room(self.sid, room, namespace=self.namespace)
+        server._run_in_hub(server.sio.leave_room, self.sid, room, namespace=self.namespace)
 
     def rooms(self) -> list[str]:
         """The rooms this connection is in (its own sid room included)."""

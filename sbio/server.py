@@ -36,6 +36,7 @@ from .adapter import (
     websocket_handler_class,
 )
 from .jsonenc import Converter, JSONProvider
+from .hub import HubHandoff, real_thread_ident
 from .namespace import Namespace
 
 if TYPE_CHECKING:
@@ -200,6 +201,8 @@ class Server:
         self._connection_sessions: dict[str, dict[str, Any]] = {}
         self._wsgi_server: ConnectionLimitedWSGIServer | None = None
         self._wsgi_servers: list[ConnectionLimitedWSGIServer] = []
+        # hands emits made in other OS threads to the hub of the server's thread
+        self._handoff: HubHandoff | None = None
         self._served_unstarted = False
         self._stopping = False
         self._stopped = gevent.event.Event()
@@ -257,6 +260,7 @@ class Server:
         self.debug = bool(server_cfg["debug"])
         self.max_message_size = int(server_cfg["max_message_size"])
 
+        self._open_handoff()
         self.sio = self.socketio_server_class(
             self,
             async_mode="gevent",
@@ -536,8 +540,38 @@ class Server:
 
     def emit(self, event: str, *args: Any, namespace: str,
              to: str | Sequence[str] | None = None) -> None:
-        """Send *event* to *namespace* (every connection), or to *to* (sid, room or list)."""
-        self.sio.emit(event, args, to=to, namespace=namespace)
+        """Send *event* to *namespace* (every connection), or to *to* (sid, room or list).
+
+        Safe from any OS thread, as :meth:`Namespace.emit <sbio.Namespace.emit>`.
+        """
+        self._run_in_hub(self.sio.emit, event, args, to=to, namespace=namespace)
+
+    # -- other OS threads ------------------------------------------------------------
+
+    def _open_handoff(self) -> None:
+        """The hand-off to the hub of the current thread (the one that builds, then serves)."""
+        handoff = self._handoff
+        if handoff is not None and not handoff.closed and handoff.in_hub_thread():
+            return
+        if handoff is not None and not handoff.closed:
+            handoff.close()
+        self._handoff = HubHandoff(in_greenlet=True, name="emit from another thread")
+
+    def _in_hub_thread(self) -> bool:
+        """True in the OS thread whose gevent hub runs this server."""
+        handoff = self._handoff
+        return handoff is None or real_thread_ident() == handoff.thread_ident
+
+    def _run_in_hub(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call ``fn(*args, **kwargs)`` now in the server's thread; from another OS
+        thread, hand it to the server's hub (run soon, in the order posted, errors
+        logged) and return None. After :meth:`stop` work from other threads is dropped.
+        """
+        handoff = self._handoff
+        if handoff is None or real_thread_ident() == handoff.thread_ident:
+            return fn(*args, **kwargs)
+        handoff.post(functools.partial(fn, *args, **kwargs))
+        return None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -580,6 +614,7 @@ class Server:
             raise RuntimeError("this Server has been stopped and cannot be started again; "
                                "create a new Server")
         self._build()
+        self._open_handoff()  # the hub of the thread that serves
         server_cfg = self.config["server"]
         http_timeout = float(server_cfg["http_timeout"])
         handler = websocket_handler_class(
@@ -638,7 +673,10 @@ class Server:
         if timeout is None:
             timeout = float(self.config["server"]["shutdown_timeout"])
         if not self.started:
-            self.live.stop(timeout=timeout)
+            try:
+                self.live.stop(timeout=timeout)
+            finally:
+                self._close_handoff()
             return
         if self._stopping:
             return
@@ -654,7 +692,10 @@ class Server:
             for server in self._wsgi_servers:
                 server.stop(timeout=max(0.0, join_deadline - time.monotonic()))
         finally:
-            self._stop_lifecycle(max(0.5, deadline - time.monotonic()))
+            try:
+                self._stop_lifecycle(max(0.5, deadline - time.monotonic()))
+            finally:
+                self._close_handoff()
             self._stopped.set()
             log.info("sbio stopped")
 
@@ -676,6 +717,14 @@ class Server:
             finally:
                 if self.cluster is not None:
                     self.cluster.stop()
+
+    def _close_handoff(self) -> None:
+        handoff = self._handoff
+        if handoff is not None and not handoff.closed:
+            if handoff.in_hub_thread():
+                handoff.close()
+            else:  # stopped from another thread: its hub closes it
+                handoff.post(handoff.close)
 
     def _close_connections(self, timeout: float) -> None:
         """Close every Engine.IO connection; give the CLOSE packets *timeout* s to go out.

@@ -51,7 +51,7 @@ from ..protocol import (  # noqa: F401
 from ..protocol import short_repr as _short  # noqa: F401
 from ..tasks import current_lifecycle  # noqa: F401
 from .broadcaster import Broadcaster
-from .bus import Bus, LocalBus, _Mailbox, _real_get_ident  # noqa: F401
+from .bus import Bus, LocalBus, _real_get_ident  # noqa: F401
 from .live_data import LiveData, _BusListener, _check_bus, live_data_on  # noqa: F401
 from .notify import (  # noqa: F401
     MANUAL_TRIGGER,

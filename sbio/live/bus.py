@@ -3,50 +3,29 @@
 """
 from __future__ import annotations
 
-import collections
 import logging
 from collections.abc import Callable, Hashable, Iterable
 
 import gevent
 import gevent.event
 import gevent.pool
-from gevent import monkey
 from gevent.hub import Hub
+
+from ..hub import HubHandoff
+from ..hub import real_thread_ident as _real_get_ident
 
 log = logging.getLogger("sbio.live")  # one logger for the package, as before the split
 
-# The real OS thread id, whether or not (or whenever) threading is monkey-patched.
-_real_get_ident: Callable[[], int] = monkey.get_original("_thread", "get_ident")
-
 #: A bus subscriber: ``callback(channels, trigger)``.
 Subscriber = Callable[[tuple[str, ...], str], object]
-_Item = tuple[Subscriber, tuple[str, ...], str]
 
 # -- the bus ----------------------------------------------------------------------------
 
 
-class _Mailbox:
-    """Hands notifications from other OS threads to one hub's thread."""
-
-    def __init__(self, hub: Hub) -> None:
-        self.thread_ident: int = hub.thread_ident
-        self.queue: collections.deque[_Item] = collections.deque()  # thread-safe ends
-        self.watcher = hub.loop.async_(ref=False)  # does not keep the loop alive by itself
-        self.watcher.start(self._drain)
-
-    def post(self, item: _Item) -> None:
-        self.queue.append(item)
-        self.watcher.send()  # thread-safe: wakes the loop of the hub's thread
-
-    def _drain(self) -> None:
-        queue = self.queue
-        while queue:
-            callback, channels, trigger = queue.popleft()
-            Bus._call(callback, channels, trigger)
-
-    def close(self) -> None:
-        self.watcher.stop()
-        self.watcher.close()
+def _mailbox(hub: Hub) -> HubHandoff:
+    """Hands notifications from other OS threads to one hub's thread (in its loop callback:
+    bus subscribers never block)."""
+    return HubHandoff(hub, name="live-data bus")
 
 
 class Bus:
@@ -64,8 +43,8 @@ class Bus:
 
     def __init__(self) -> None:
         # ((callback, mailbox), ...): replaced, never mutated
-        self._subscribers: tuple[tuple[Subscriber, _Mailbox], ...] = ()
-        self._mailboxes: dict[int, _Mailbox] = {}  # hub thread ident -> _Mailbox
+        self._subscribers: tuple[tuple[Subscriber, HubHandoff], ...] = ()
+        self._mailboxes: dict[int, HubHandoff] = {}  # hub thread ident -> HubHandoff
 
     def publish(self, channels: Iterable[str], trigger: str) -> None:
         """Send the notification; called from any greenlet or OS thread."""
@@ -76,7 +55,7 @@ class Bus:
         hub = gevent.get_hub()
         mailbox = self._mailboxes.get(hub.thread_ident)
         if mailbox is None:
-            mailbox = self._mailboxes[hub.thread_ident] = _Mailbox(hub)
+            mailbox = self._mailboxes[hub.thread_ident] = _mailbox(hub)
         self._subscribers = (*self._subscribers, (callback, mailbox))
 
     def unsubscribe(self, callback: Subscriber) -> None:
@@ -101,7 +80,7 @@ class Bus:
             if mailbox.thread_ident == ident:
                 self._call(callback, channels, trigger)
             else:
-                mailbox.post((callback, channels, trigger))
+                mailbox.post(self._call, callback, channels, trigger)
 
     @staticmethod
     def _call(callback: Subscriber, channels: tuple[str, ...], trigger: str) -> None:

@@ -298,3 +298,62 @@ def test_raw_acks_on_the_wire(sbio_server, sbio_live_client, transport):
     assert raw.call_raw("pair") == [1, "two"]
     assert raw.call_raw("nope") == [{"error": {"code": "not_found",
                                                "message": "no handler for event 'nope'"}}]
+
+
+def test_the_decorator_works_above_and_below_the_others(sbio_client):
+    from sbio import notifies
+
+    class Stacked(Namespace):
+        name = "/stacked"
+
+        @notifies("things")
+        @event("inner mark")
+        @rate_limit(100)
+        def inner(self):
+            return "inner"
+
+        @event("outer mark", raw=True)
+        @notifies("things")
+        @subscribes("things")
+        def outer(self):
+            return "outer"
+
+    table = Stacked.event_handlers()
+    assert set(table) == {"inner mark", "outer mark"}
+    assert hasattr(table["inner mark"].func, "_sbio_rate_limit")
+    c = sbio_client(Stacked)
+    assert c.call("inner mark") == "inner"
+    assert c.call_raw("outer mark") == ["outer"]
+    assert c.subscribe("outer mark").data == "outer"
+
+
+def test_notifies_triggers_with_the_event_name(sbio_client):
+    from sbio import notifies
+
+    cards = ["ace"]
+
+    class Board(Namespace):
+        name = "/board-events"
+
+        @event("all cards")
+        @subscribes("cards")
+        def all_cards(self):
+            return list(cards)
+
+        @event("add card")
+        @notifies("cards")
+        def add_card(self, card: str):
+            cards.append(card)
+
+        @notifies("cards")
+        @event("drop card")
+        def drop_card(self):
+            cards.pop()
+
+    c = sbio_client(Board)
+    sub = c.subscribe("all cards")
+    c.call("add card", "king")
+    assert sub.wait_update() == ["ace", "king"]
+    c.call("drop card")
+    assert sub.wait_update() == ["ace"]
+    assert [push["trigger"] for push in sub.pushes] == ["add card", "drop card"]

@@ -129,6 +129,9 @@ class _SubscribeSpec:
 
 
 def _trigger_of(func: Callable[..., Any]) -> str:
+    marks = getattr(func, "_sbio_events", None)  # @sbio.event("add card"): "add card"
+    if marks:
+        return marks[0][0]
     name = func.__name__
     return name[3:] if name.startswith("on_") else name
 
@@ -140,7 +143,7 @@ def notifies(*channels: Channel) -> Callable[[Callable[_P, _R]], Callable[_P, _R
     normally (it is dropped when the handler raises); outside a handler it
     is sent when the function returns. Templates (``"room:{room}"``) are
     formatted with the function's arguments. The trigger is the event name
-    (``on_add_card`` -> ``"add_card"``).
+    (``on_add_card`` -> ``"add_card"``; ``@sbio.event("add card")`` -> ``"add card"``).
     """
     if len(channels) == 1 and inspect.isfunction(channels[0]):
         raise TypeError("use @notifies(...) with parentheses and the channel names, "
@@ -148,13 +151,16 @@ def notifies(*channels: Channel) -> Callable[[Callable[_P, _R]], Callable[_P, _R
 
     def decorate(func: Callable[_P, _R]) -> Callable[_P, _R]:
         spec = _Channels(func, channels, "notifies")
-        trigger = _trigger_of(func)
+        trigger: str | None = None
 
         @functools.wraps(func)
         def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            nonlocal trigger
             result = func(*args, **kwargs)
             names = spec.format(args, kwargs)
             if names:
+                if trigger is None:  # known once @sbio.event (above or below) has marked it
+                    trigger = _trigger_of(wrapper)
                 _notify_names(names, True, trigger)
             return result
 

@@ -24,6 +24,7 @@ from gevent.pool import Group
 
 from .context import current_call
 from .errors import SbioError, SbioTimeoutError
+from .hub import real_thread_ident as _thread_ident
 from .protocol import EVENT_NAME_RE, RESERVED_EVENT_NAMES, event_name_problem
 
 __all__ = ["Namespace", "event", "EventHandler"]
@@ -335,8 +336,13 @@ class Namespace:
     def emit(self, event: str, *args: Any, to: Any = None) -> None:
         """Send *event* with *args* to this connection, or to *to* (a sid, a room or a list)."""
         server = self.server
-        server._run_in_hub(server.sio.emit, event, args, to=self.sid if to is None else to,
-                           namespace=self.namespace)
+        handoff = server._handoff
+        if handoff is None or _thread_ident() == handoff.thread_ident:  # the common case
+            server.sio.emit(event, args, to=self.sid if to is None else to,
+                            namespace=self.namespace)
+        else:
+            server._run_in_hub(server.sio.emit, event, args,
+                               to=self.sid if to is None else to, namespace=self.namespace)
 
     def broadcast(self, event: str, *args: Any, room: Any = None,
                   include_self: bool = True) -> None:
@@ -345,8 +351,13 @@ class Namespace:
         :param include_self: False leaves this connection out.
         """
         server = self.server
-        server._run_in_hub(server.sio.emit, event, args, to=room, namespace=self.namespace,
-                           skip_sid=None if include_self else self.sid)
+        handoff = server._handoff
+        skip_sid = None if include_self else self.sid
+        if handoff is None or _thread_ident() == handoff.thread_ident:  # the common case
+            server.sio.emit(event, args, to=room, namespace=self.namespace, skip_sid=skip_sid)
+        else:
+            server._run_in_hub(server.sio.emit, event, args, to=room, namespace=self.namespace,
+                               skip_sid=skip_sid)
 
     def send(self, data: Any, to: Any = None) -> None:
         """Send a socket.io ``message`` event (the client's ``on("message")``)."""

@@ -180,8 +180,7 @@ class Namespace:
     #: ``@event(name, raw=False)`` keeps the envelope for one handler.
     raw_acks: ClassVar[bool] = False
 
-    # the handler table of one class, cached on it by event_handlers()
-    _sbio_event_handlers: ClassVar[dict[str, EventHandler]]
+    # the ACL names of one class's handlers, cached on it by handler_names()
     _sbio_handler_names: ClassVar[frozenset[str]]
 
     def __init__(self, server: Any, sid: str, environ: dict[str, Any],
@@ -292,16 +291,14 @@ class Namespace:
     def event_handlers(cls) -> Mapping[str, EventHandler]:
         """Every client event of the class: event name -> :class:`EventHandler`.
 
-        Made once per class from its ``on_<event>`` methods (``<event>``:
-        letters, digits and ``_``, starting with a letter) and the methods
-        marked with :func:`event`. Raises ``TypeError`` for handlers that
-        cannot be dispatched (static or class methods, ``async def``, one
-        event name handled twice).
+        Made from its ``on_<event>`` methods (``<event>``: letters, digits
+        and ``_``, starting with a letter) and the methods marked with
+        :func:`event`, each time it is asked (a dispatcher asks once, when
+        the class is added to a server). Raises ``TypeError`` for handlers
+        that cannot be dispatched (static or class methods, ``async def``,
+        one event name handled twice).
         """
-        table = cls.__dict__.get("_sbio_event_handlers")
-        if table is None:
-            table = cls._sbio_event_handlers = _handler_table(cls)
-        return table
+        return _handler_table(cls)
 
     @classmethod
     def handler_function(cls, method_name: str) -> Callable[..., Any] | None:

@@ -35,8 +35,8 @@ from .adapter import (
     connection_cap,
     websocket_handler_class,
 )
-from .jsonenc import Converter, JSONProvider
 from .hub import HubHandoff, real_thread_ident
+from .jsonenc import Converter, JSONProvider
 from .namespace import Namespace
 
 if TYPE_CHECKING:

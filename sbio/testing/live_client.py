@@ -78,7 +78,7 @@ class LiveClient(_ClientBase):
         self.client.emit(event, tuple(args), namespace=self.namespace,
                          callback=lambda *data: answer.set(list(data)))
         try:
-            return answer.get(timeout=timeout)
+            return answer.get(timeout=timeout) or []
         except gevent.Timeout:
             raise SbioTimeoutError(f"no ack for {event!r} within {timeout}s") from None
 

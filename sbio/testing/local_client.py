@@ -195,7 +195,7 @@ class LocalClient(_ClientBase):
         self._feed(sio_packet.Packet(sio_packet.EVENT, namespace=self.namespace,
                                      data=[event, *args], id=ack_id))
         try:
-            data = waiter.get(timeout=timeout)
+            data: Any = waiter.get(timeout=timeout)
         except gevent.Timeout:
             self._acks.pop(ack_id, None)
             raise SbioTimeoutError(f"no ack for {event!r} within {timeout}s") from None

@@ -156,7 +156,7 @@ def test_an_emit_that_fails_in_the_hub_is_logged_and_the_next_one_goes(served, c
     _server, client, instance = served
 
     def work():
-        instance.emit("bad", {1, 2})  # not JSON: raises in the hub, not in the thread
+        instance.emit("bad", object())  # not JSON: raises in the hub, not in the thread
         instance.emit("good")
 
     threads = _start_native_threads(work)

@@ -17,9 +17,9 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import NamespaceLoadError
 
@@ -158,12 +158,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(level: str, debug: bool) -> None:
+#: Loggers that log every packet or HTTP request at INFO or DEBUG: WARNING unless --debug.
+_NOISY_LOGGERS = ("sbio.socketio", "sbio.engineio", "geventwebsocket.handler", "sbio.access.http")
+
+
+def _configure_logging(logging_config: Mapping[str, Any], debug: bool) -> None:
+    """Set up logging as ``[logging]`` says: the root level, then each of ``[[levels]]``.
+
+    ``--debug`` (``server.debug``) puts the root logger at DEBUG and leaves
+    the per-packet loggers (:data:`_NOISY_LOGGERS`) on; otherwise those are
+    at WARNING. ``[[levels]]`` is applied last, so it wins over both.
+    """
+    level = str(logging_config.get("level") or "INFO").upper()
     logging.basicConfig(level=logging.DEBUG if debug else getattr(logging, level, logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not debug:
-        for noisy in ("sbio.socketio", "sbio.engineio", "geventwebsocket.handler", "sbio.access"):
+        for noisy in _NOISY_LOGGERS:
             logging.getLogger(noisy).setLevel(logging.WARNING)
+    for name, name_level in (logging_config.get("levels") or {}).items():
+        logging.getLogger(name).setLevel(str(name_level).upper())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -189,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigurationError as exc:
         print(f"sbio: error: {exc}", file=sys.stderr)
         return 2
-    _configure_logging(config["logging"]["level"], config["server"]["debug"])
+    _configure_logging(config["logging"], config["server"]["debug"])
 
     try:
         server = make_server(config)

@@ -71,6 +71,7 @@ _EXPECTED = {
     "bool_list": "a list of booleans",
     "ip_addr_list": "a list of IPv4 addresses",
     "mixed_list": "a list",
+    "log_level": "a level name",
 }
 
 #: *extra_files*: one path or several.
@@ -426,11 +427,26 @@ def _single_as_list(check: Callable[..., Any]) -> Callable[..., Any]:
     return accept_single
 
 
+#: The names ``log_level()`` accepts, in any case (a configspec check of sbio's own).
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_level(value: Any) -> str:
+    """The check ``log_level()``: a logging level name, in any case; gives it upper case."""
+    if not isinstance(value, str):
+        raise _validate.VdtTypeError(value)
+    name = value.strip().upper()
+    if name not in LOG_LEVELS:
+        raise _validate.VdtValueError(value)
+    return name
+
+
 @lru_cache(maxsize=1)
 def _validator() -> Any:
     validator = _validate.Validator()
     for name in _SINGLE_AS_LIST:
         validator.functions[name] = _single_as_list(validator.functions[name])
+    validator.functions["log_level"] = _log_level
     return validator
 
 
@@ -482,6 +498,8 @@ def _describe(error: Any, check: str | None) -> str:
         return f"{message} (at most {_bound(args, kwargs, 'max', 1)} items)"
     if isinstance(error, _validate.VdtValueError) and fun == "option":
         return f"{message} (expected one of: {', '.join(args)})"
+    if isinstance(error, _validate.VdtValueError) and fun == "log_level":
+        return f"{message} (expected a level: {', '.join(LOG_LEVELS)}, in any case)"
     return message
 
 

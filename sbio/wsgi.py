@@ -34,7 +34,7 @@ def _build() -> Server:
     from .config import load_sbio_config
 
     config = load_sbio_config()
-    _configure_logging(config["logging"]["level"], config["server"]["debug"])
+    _configure_logging(config["logging"], config["server"]["debug"])
     return make_server(config)
 
 

@@ -463,7 +463,8 @@ def test_load_sbio_config_defaults(tmp_path, monkeypatch):
                                            "max_subscriptions": 1000,
                                            "max_subscription_bytes": 250000}
     assert dict(config["db"]) == {"url": "sqlite:///sbio.db", "pool_size": 20}
-    assert dict(config["logging"]) == {"level": "INFO"}
+    assert dict(config["logging"]) == {"level": "INFO", "access": "connections",
+                                       "access_rate": 100.0, "levels": {}}
 
 
 def test_load_sbio_config_reads_the_working_directory(tmp_path, monkeypatch, clean_env):

@@ -278,6 +278,8 @@ class SocketIOServer(socketio.Server):
         if dispatcher is None:
             return super()._handle_event_internal(server, sid, eio_sid, data, namespace, id)
         event = data[0] if data else None
+        access = self.sbio_server.access_log
+        started = time.perf_counter() if access.events else 0.0
         try:
             envelope = dispatcher.handle_event(sid, event, data[1:])
         except Exception:  # a bug in sbio itself: still answer
@@ -287,6 +289,9 @@ class SocketIOServer(socketio.Server):
             self._send_ack(eio_sid, namespace, id, envelope, sid, event)
         elif not envelope["ok"]:
             self.push_error(eio_sid, namespace, event, envelope["error"])
+        if access.events:  # [logging] access = events
+            access.event(sid, namespace, event,
+                         "ok" if envelope["ok"] else envelope["error"]["code"], started)
 
     # Not an override: upstream's ack path (socketio.Server._handle_event_internal
     # -> _send_packet) raises on an unserializable value; this one answers
@@ -534,6 +539,9 @@ class SocketIOServer(socketio.Server):
         guard = instance._sbio_guard or self.connection_guard(eio_sid)
         if type(data) is _Rejected:
             problem = {"code": "bad_request", "message": f"bad payload: {data.reason}"}
+            if self.sbio_server.access_log.events:
+                self.sbio_server.access_log.event(sid, namespace, None, "bad_request",
+                                                  time.perf_counter())
             guard.log.log(log, logging.WARNING, "'bad payload'",
                           "bad payload from sid=%s (namespace %s): %s", sid,
                           _short(namespace), data.reason)
@@ -565,6 +573,9 @@ class SocketIOServer(socketio.Server):
 
     def _refuse(self, eio_sid, namespace, id, sid, event, problem, guard):
         """Answer a call refused by the limits; close the connection on sustained abuse."""
+        if self.sbio_server.access_log.events:
+            self.sbio_server.access_log.event(sid, namespace, event, problem["code"],
+                                              time.perf_counter())
         guard.log.log(log, logging.WARNING, "'refused call'",
                       "refused a call from sid=%s (namespace %s event %s): %s", sid,
                       _short(namespace), _short(event), problem["message"])

@@ -26,6 +26,7 @@ import socketio
 
 from .context import CallContext, _current_call, current_call
 from .errors import ConnectionRefused, RpcError, SbioTimeoutError
+from .flask_context import call_in, connection_context, open_in
 from .protocol import ERROR_EVENT as ERROR_EVENT  # re-exported: its old location
 from .protocol import (
     EVENT_NAME_RE,
@@ -155,10 +156,13 @@ class NamespaceDispatcher:
         instance = self.cls(self.server, sid, environ,
                             connection_session=self.server._connection_session(eio_sid))
         instance._sbio_guard = sio.connection_guard(eio_sid)
+        if self.cls.flask_context:
+            instance._sbio_request_ctx = connection_context(self.server.flask_app, environ,
+                                                            sid, self.name)
         self.instances[sid] = instance
         instance._sbio_connecting = gevent.getcurrent()
         try:
-            accepted = instance.on_connect(auth)
+            accepted = open_in(instance._sbio_request_ctx, instance.on_connect, auth)
         except ConnectionRefused as exc:
             self._forget(sid, instance)
             log.info("connection refused (sid=%s namespace=%s): %s", sid, self.name, exc.message)
@@ -176,6 +180,7 @@ class NamespaceDispatcher:
             log.info("connection refused by on_connect (sid=%s namespace=%s)", sid, self.name)
             return False
         instance.connected = True
+        self.server.access_log.connected(instance)
         return True
 
     def _forget(self, sid, instance):
@@ -196,9 +201,10 @@ class NamespaceDispatcher:
                 log.exception("disconnect hook %r failed (sid=%s namespace=%s)",
                               hook, sid, self.name)
         try:
-            instance.on_disconnect(reason)
+            call_in(instance._sbio_request_ctx, instance.on_disconnect, reason)
         except Exception:
             log.exception("on_disconnect failed (sid=%s namespace=%s)", sid, self.name)
+        self.server.access_log.disconnected(instance, reason)
         # Not blocking: the disconnect may come from one of these very jobs.
         instance.jobs.kill(block=False)
         self._end_calls(instance)
@@ -318,9 +324,10 @@ class NamespaceDispatcher:
         token = _current_call.set(ctx)
         try:
             if self._decorated:
-                result = instance.exception_handler_decorator(spec.func)(instance, *args)
+                result = call_in(instance._sbio_request_ctx,
+                                 instance.exception_handler_decorator(spec.func), instance, *args)
             else:
-                result = spec.func(instance, *args)
+                result = call_in(instance._sbio_request_ctx, spec.func, instance, *args)
         except RpcError as exc:
             return error_envelope_of(exc.to_dict())
         except (SbioTimeoutError, gevent.Timeout) as exc:

@@ -26,8 +26,10 @@ import socketio
 from flask import Blueprint, Flask, abort, render_template_string, send_from_directory
 from flask.typing import ResponseReturnValue
 from gevent.pywsgi import LoggingLogAdapter
+from werkzeug.exceptions import HTTPException, NotFound
 
 from . import client_assets
+from .access import AccessLog
 from .adapter import (
     ConnectionLimitedWSGIServer,
     SocketIOServer,
@@ -114,7 +116,41 @@ def _static_allowed(path: str, node_modules: Collection[str] = ()) -> bool:
 
 #: Attributes a Server builds from its configuration, on first use (see Server._build).
 _BUILT_ATTRIBUTES = frozenset({"config", "host", "_port", "debug", "max_message_size", "sio",
-                               "cluster", "live", "app", "_socketio_app"})
+                               "cluster", "live", "app", "flask_app", "access_log",
+                               "_socketio_app"})
+
+
+def _check_app(app):
+    """Refuse, with a TypeError, an *app* that is neither None, a Flask app nor a WSGI callable."""
+    if app is None or isinstance(app, Flask):
+        return
+    if isinstance(app, type) or not callable(app):
+        what = f"the class {app.__qualname__}" if isinstance(app, type) else repr(app)
+        raise TypeError(
+            f"Server(app=...) takes a Flask app or a WSGI application (a callable "
+            f"taking environ and start_response), got {what}")
+
+
+class _Mount:
+    """A WSGI application beside sbio's own Flask app (``Server(app=<WSGI callable>)``).
+
+    The URLs the Flask app has a route for (the browser client at
+    ``/sbio/``, the blueprints of :meth:`Server.add_blueprint`) go to it;
+    every other URL goes to the mounted application.
+    """
+
+    def __init__(self, flask_app, app):
+        self.flask_app = flask_app
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        try:
+            self.flask_app.url_map.bind_to_environ(environ).match()
+        except NotFound:
+            return self.app(environ, start_response)
+        except HTTPException:  # a route, another method or a redirect: Flask answers
+            pass
+        return self.flask_app(environ, start_response)
 
 
 class Server:
@@ -131,9 +167,12 @@ class Server:
     :param config: sbio's configuration (see ``docs/configuration.md``); by
         default :func:`sbio.config.load_sbio_config` is read (from the current
         directory, the environment and ``/etc/sbio``) when first needed.
-    :param app: a Flask app for pages; by default a small one serving the
-        configured ``static_dir`` at ``/static`` and an index page listing
-        the namespaces.
+    :param app: what answers the HTTP requests that are not socket.io's: a
+        Flask app, or any WSGI application (a Django project's
+        ``get_wsgi_application()``...); by default a small Flask app serving
+        the configured ``static_dir`` at ``/static`` and an index page listing
+        the namespaces. Handlers run in the Flask contexts of
+        :attr:`flask_app`. Anything else raises TypeError.
     :param host: overrides ``server.host``.
     :param port: overrides ``server.port`` (0 picks a free port; see :attr:`port`).
     :param lifecycle: the :class:`sbio.tasks.Lifecycle` whose hooks, DaemonTasks
@@ -175,12 +214,14 @@ class Server:
     cluster: Cluster | None
     #: live data (subscriptions and their broadcasters), see :mod:`sbio.live`
     live: LiveData
-    #: the Flask app
-    app: Flask
+    #: what answers HTTP requests other than socket.io's: the *app* given (any WSGI app)
+    app: Any
+    #: the Flask app handlers, hooks and tasks run in: :attr:`app` if it is one, else sbio's own
+    flask_app: Flask
     _socketio_app: Any
 
     def __init__(self, namespaces: Iterable[type[Namespace]] = (),
-                 config: Mapping[str, Any] | None = None, app: Flask | None = None,
+                 config: Mapping[str, Any] | None = None, app: Any = None,
                  host: str | None = None, port: int | None = None,
                  lifecycle: Lifecycle | None = None, blueprints: Iterable[Blueprint] = (),
                  bus: Bus | None = None, json: JSONProvider | None = None) -> None:
@@ -188,6 +229,7 @@ class Server:
             from .tasks import lifecycle as process_lifecycle
 
             lifecycle = process_lifecycle
+        _check_app(app)
         self.lifecycle: Lifecycle = lifecycle
         #: How this server writes JSON (acks, emits, calls, live pushes, emits
         #: relayed through Redis): its own conversions (:meth:`register_json_type`),
@@ -279,12 +321,20 @@ class Server:
         if bus is None and self.cluster is not None:
             bus = self.cluster.bus
         self.live = LiveData(self, config["broadcaster"], bus=bus)
+        #: the access log (logger ``sbio.access``), see :mod:`sbio.access`
+        self.access_log = AccessLog(config.get("logging"))
         app = options["app"]
+        #: what answers HTTP requests other than socket.io's (the *app* given)
         self.app = app if app is not None else self._default_app()
-        client_assets.install(self.app)  # /sbio/sbio.js, /sbio/socket.io.min.js
-        if not self.app.secret_key:
-            self.app.secret_key = self._secret_key()
-        self._socketio_app = socketio.WSGIApp(self.sio, self.app)
+        #: the Flask app whose app and request contexts handlers, hooks and
+        #: tasks run in: :attr:`app` when it is a Flask app, else sbio's own
+        #: (it serves the browser client and the blueprints beside *app*)
+        self.flask_app = self.app if isinstance(self.app, Flask) else Flask("sbio")
+        client_assets.install(self.flask_app)  # /sbio/sbio.js, /sbio/socket.io.min.js
+        if not self.flask_app.secret_key:
+            self.flask_app.secret_key = self._secret_key()
+        pages = self.app if self.app is self.flask_app else _Mount(self.flask_app, self.app)
+        self._socketio_app = socketio.WSGIApp(self.sio, pages)
 
     @property
     def bus(self) -> Bus:
@@ -324,7 +374,11 @@ class Server:
             return str(key)
         if not self.debug:
             log.warning("server.secret_key is not set: generated a random one for this "
-                        "process (sessions will not survive a restart or span processes)")
+                        "process, so Flask sessions do not survive a restart or span "
+                        "processes. Set [server] secret_key in the configuration (e.g. "
+                        "/etc/sbio/sbio.ini) or the environment variable "
+                        "SBIO_SERVER__SECRET_KEY, to the output of: python -c \"import "
+                        "secrets; print(secrets.token_hex(32))\"")
         return secrets.token_hex(32)
 
     def _default_app(self) -> Flask:
@@ -371,7 +425,7 @@ class Server:
     # -- pages --------------------------------------------------------------------------
 
     def add_blueprint(self, blueprint: Blueprint, **options: Any) -> Blueprint:
-        """Register the Flask *blueprint* on :attr:`app` (before :meth:`start`).
+        """Register the Flask *blueprint* on :attr:`flask_app` (before :meth:`start`).
 
         *options* go to :meth:`flask.Flask.register_blueprint` (``url_prefix``
         ...). The default index page links each blueprint that has a view
@@ -383,7 +437,7 @@ class Server:
                 f"Server.add_blueprint({blueprint.name}) called after start(): "
                 "register every blueprint before starting the server")
         self._build()
-        self.app.register_blueprint(blueprint, **options)
+        self.flask_app.register_blueprint(blueprint, **options)
         self.blueprints.append(blueprint)
         return blueprint
 
@@ -626,7 +680,7 @@ class Server:
         self._wsgi_servers = [ConnectionLimitedWSGIServer(
             listener, self.wsgi_app, handler_class=handler,
             max_connections=max_connections, linger=min(1.0, http_timeout),
-            log=LoggingLogAdapter(logging.getLogger("sbio.access"), logging.DEBUG),
+            log=LoggingLogAdapter(logging.getLogger("sbio.access.http"), logging.DEBUG),
             error_log=LoggingLogAdapter(logging.getLogger("sbio.wsgi"), logging.ERROR),
         ) for listener in addresses]
         self._wsgi_server = self._wsgi_servers[0]
@@ -638,7 +692,8 @@ class Server:
                 self.cluster.start(self)  # before the lifecycle: singleton tasks need the lock
             self.live.open()  # before the lifecycle: a startup hook's notify() reaches us
             if not self.lifecycle.running:
-                self.lifecycle.start()
+                # hooks, tasks and deferred calls run in this server's Flask app context
+                self.lifecycle.start(context=self.flask_app.app_context)
                 self._owns_lifecycle = True
             for wsgi_server in self._wsgi_servers:
                 wsgi_server.start()
@@ -715,6 +770,7 @@ class Server:
                 self._remove_namespace_hooks()
                 self.live.stop(timeout=max(0.5, deadline - time.monotonic()))
             finally:
+                self.access_log.flush()
                 if self.cluster is not None:
                     self.cluster.stop()
 

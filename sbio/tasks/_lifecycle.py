@@ -22,6 +22,10 @@ from gevent.lock import RLock
 
 from sbio.errors import LifecycleError, SbioTimeoutError
 
+#: What Lifecycle.start(context=...) takes: makes the context each hook, task run and
+#: deferred call runs inside (the server's Flask ``app.app_context``).
+ContextFactory = Callable[[], contextlib.AbstractContextManager[Any]]
+
 logger = logging.getLogger("sbio.tasks")  # one logger for the whole package, as documented
 
 
@@ -209,6 +213,19 @@ class Lifecycle:
         self._state = _STOPPED
         self._lock = RLock()  # serialises start() and stop() across greenlets
         self._starter: object | None = None
+        self._context: ContextFactory | None = None
+
+    def in_context(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """``func(*args, **kwargs)`` inside the context given to :meth:`start` (if any).
+
+        What every hook call, DaemonTask run and deferred call goes through;
+        with :class:`sbio.Server` that is its Flask app context.
+        """
+        context = self._context
+        if context is None:
+            return func(*args, **kwargs)
+        with context():
+            return func(*args, **kwargs)
 
     # -- state -------------------------------------------------------------
 
@@ -342,7 +359,7 @@ class Lifecycle:
 
     # -- start -------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, context: ContextFactory | None = None) -> None:
         """Run the startup hooks by priority, then start every task and caller.
 
         Does nothing if already running (or starting). If a startup hook
@@ -351,10 +368,16 @@ class Lifecycle:
         startup hook succeeded), :attr:`stopped` is set again, and
         :class:`LifecycleError` naming the hook is raised from the original
         exception. No task has started at that point.
+
+        :param context: makes the context manager that each hook call, each
+            run of a DaemonTask's function and each deferred call runs
+            inside, until the lifecycle has stopped (:meth:`in_context`).
+            :class:`sbio.Server` passes its Flask app's ``app_context``.
         """
         with self._lock:
             if self._state != _STOPPED:
                 return
+            self._context = context
             self._state = _STARTING
             self._starter = gevent.getcurrent()
             self.stopped.clear()
@@ -387,7 +410,7 @@ class Lifecycle:
         logger.debug("%s: startup hook %s (priority %s)", self.name, hook.name, hook.priority)
         token = _current_lifecycle.set(self)
         try:
-            hook.func()
+            self.in_context(hook.func)
         except Exception as exc:
             raise LifecycleError(
                 f"startup hook {hook.name} (priority {hook.priority}) failed: "
@@ -408,6 +431,7 @@ class Lifecycle:
             errors = self._run_shutdown_hooks(deadline=time.monotonic() + self.abort_timeout)
         finally:
             self._state = _STOPPED
+            self._context = None
         if isinstance(exc, LifecycleError):
             exc.shutdown_errors.extend(errors)
             exc.args = (exc.args[0] + "; start-up aborted",)
@@ -445,6 +469,7 @@ class Lifecycle:
                 return self._run_shutdown_hooks(deadline)
             finally:
                 self._state = _STOPPED
+                self._context = None
                 logger.info("%s stopped", self.name)
 
     def _stop_services(self, deadline: float | None) -> None:
@@ -479,7 +504,7 @@ class Lifecycle:
             try:
                 logger.debug("%s: shutdown hook %s (priority %s)",
                              self.name, hook.name, hook.priority)
-                hook.func()
+                self.in_context(hook.func)
             except gevent.Timeout as exc:
                 if exc is not timer:
                     raise

@@ -83,7 +83,7 @@ class _CallerBase(_Service):
             self._queued -= 1
             func, args, kwargs = cast(_Call, item)
             try:
-                func(*args, **kwargs)
+                self.lifecycle.in_context(func, *args, **kwargs)
             except Exception:
                 logger.exception(
                     "%s %r: deferred call %s raised", self.kind, self.name, _qualname(func)

@@ -89,14 +89,15 @@ class DaemonTask(_Service):
         return self._stop_event
 
     def run_once(self) -> Exception | None:
-        """Call *func* once in the current greenlet, exactly as the loop does.
+        """Call *func* once in the current greenlet, exactly as the loop does
+        (in the lifecycle's context: the server's Flask app context).
 
         An exception is logged with the task's name and returned (not raised);
         ``None`` means the call succeeded. The ``sbio_run_task_once`` fixture wraps
         this and re-raises by default.
         """
         try:
-            self.func()
+            self.lifecycle.in_context(self.func)
         except Exception as exc:
             logger.exception("DaemonTask %r raised; it keeps running", self.name)
             return exc

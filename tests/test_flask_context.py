@@ -201,6 +201,14 @@ class PerCall(Namespace):
     def on_fail(self):
         raise RuntimeError("boom")
 
+    def on_after(self):
+        flask.after_this_request(lambda response: response)  # never runs: there is no response
+
+    def on_flash(self, message):
+        if message:
+            flask.flash(message)
+        return flask.get_flashed_messages()
+
 
 def teardown_app():
     app = Flask("teardown-tests")
@@ -224,6 +232,25 @@ def test_each_call_has_its_own_g_and_teardown_runs_after_it(sbio_server, sbio_li
     assert app.torn_down[baseline:] == [None, None]
     assert client.call_envelope("fail")["error"]["code"] == "internal"
     assert app.torn_down[-1] == "RuntimeError"  # the exception reaches teardown
+
+
+def test_what_one_call_reads_of_flashed_messages_is_not_seen_by_the_next(sbio_server,
+                                                                         sbio_live_client):
+    server = sbio_server(PerCall, app=teardown_app())
+    client = sbio_live_client(server, "/percall")
+    assert client.call("flash", "hi") == ["hi"]
+    assert client.call("flash", None) == []
+    assert [client.call("mark", i) for i in range(3)] == [None] * 3
+
+
+def test_after_this_request_does_not_pile_up_on_a_connection(sbio_client):
+    client = sbio_client(PerCall)
+    for _ in range(10):
+        client.call("after")
+    client.call("mark", 1)
+    # the contexts kept for the next calls carry nothing of those calls
+    contexts = client.instance._sbio_request_ctx
+    assert contexts.idle and all(ctx._after_request_functions == [] for ctx in contexts.idle)
 
 
 def test_concurrent_calls_of_one_connection_have_separate_contexts(sbio_server,
@@ -331,6 +358,9 @@ class Context(Namespace):
         return {"app": current_app.name, "probe": request.headers.get("X-Probe"),
                 "path": request.path}
 
+    def on_url(self):
+        return flask.url_for("sbio_client.asset", name="sbio.js")
+
 
 def test_a_plain_wsgi_app_is_mounted_beside_the_socket(sbio_server, sbio_live_client):
     server = sbio_server(Context, app=plain_wsgi)
@@ -344,6 +374,7 @@ def test_a_plain_wsgi_app_is_mounted_beside_the_socket(sbio_server, sbio_live_cl
     assert client_js.headers["Content-Type"].startswith("text/javascript")
     client = sbio_live_client(server, "/ctx", headers={"X-Probe": "p4"})
     assert client.call("where") == {"app": "sbio", "probe": "p4", "path": "/socket.io/"}
+    assert [client.call("url"), client.call("url")] == ["/sbio/sbio.js"] * 2
 
 
 def test_blueprints_beside_a_plain_wsgi_app(sbio_config):
@@ -371,3 +402,4 @@ def test_an_app_that_is_not_a_wsgi_application_is_a_type_error(app):
 def test_the_in_process_client_runs_handlers_in_the_contexts_too(sbio_client):
     client = sbio_client(Context)
     assert client.call("where") == {"app": "sbio", "probe": None, "path": "/socket.io/"}
+    assert [client.call("url"), client.call("url")] == ["/sbio/sbio.js"] * 2

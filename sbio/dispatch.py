@@ -14,6 +14,9 @@ connection its own :class:`~sbio.Namespace` instance. A
   :meth:`NamespaceDispatcher.ack_args` makes the ack of it (the envelope, or
   a raw handler's own values).
 
+``on_connect``, handlers and ``on_disconnect`` run inside the connection's
+Flask request context (:mod:`sbio.flask_context`).
+
 It is plain Python: the glue to python-socketio's packet handling (which
 calls into this module) is :class:`sbio.adapter.SocketIOServer`.
 """

@@ -20,7 +20,8 @@ behind a load balancer with sticky sessions (docs/scaling.md).
 Not supported, and refused or ignored: TLS in gunicorn (terminate it in the
 proxy), ``--preload`` (the app would be built before gevent's monkey-patching),
 ``--max-requests`` and ``--worker-connections`` (sbio's own limits apply);
-the access log is sbio's ``sbio.access`` logger, not ``--access-logfile``.
+the access log is sbio's ``sbio.access`` and ``sbio.access.http`` loggers, not
+``--access-logfile``.
 
 Importing this module imports gunicorn's gevent worker, nothing of sbio's
 server: gunicorn's master process imports the worker class before it forks.

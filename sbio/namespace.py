@@ -24,9 +24,9 @@ from gevent.pool import Group
 
 from .context import current_call
 from .errors import SbioError, SbioTimeoutError
+from .flask_context import call_in
 from .hub import real_thread_ident as _thread_ident
 from .protocol import EVENT_NAME_RE, RESERVED_EVENT_NAMES, event_name_problem
-from .flask_context import call_in
 
 __all__ = ["Namespace", "event", "EventHandler"]
 

@@ -42,7 +42,7 @@ from .jsonenc import Converter, JSONProvider
 from .namespace import Namespace
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
     from .cluster import Cluster
     from .dispatch import NamespaceDispatcher
@@ -120,7 +120,7 @@ _BUILT_ATTRIBUTES = frozenset({"config", "host", "_port", "debug", "max_message_
                                "_socketio_app"})
 
 
-def _check_app(app):
+def _check_app(app: object) -> None:
     """Refuse, with a TypeError, an *app* that is neither None, a Flask app nor a WSGI callable."""
     if app is None or isinstance(app, Flask):
         return
@@ -139,11 +139,12 @@ class _Mount:
     every other URL goes to the mounted application.
     """
 
-    def __init__(self, flask_app, app):
+    def __init__(self, flask_app: Flask, app: WSGIApplication) -> None:
         self.flask_app = flask_app
         self.app = app
 
-    def __call__(self, environ, start_response):
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse
+                 ) -> Iterable[bytes]:
         try:
             self.flask_app.url_map.bind_to_environ(environ).match()
         except NotFound:

@@ -16,10 +16,9 @@ servers do.
 import inspect
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, ClassVar, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
 
 import gevent
-import greenlet
 from gevent.pool import Group
 
 from .context import current_call
@@ -27,6 +26,9 @@ from .errors import SbioError, SbioTimeoutError
 from .flask_context import call_in
 from .hub import real_thread_ident as _thread_ident
 from .protocol import EVENT_NAME_RE, RESERVED_EVENT_NAMES, event_name_problem
+
+if TYPE_CHECKING:
+    import greenlet  # gevent's dependency; only a type here
 
 __all__ = ["Namespace", "event", "EventHandler"]
 

@@ -426,6 +426,19 @@ class Namespace:
         """The rooms this connection is in (its own sid room included)."""
         return self.server.sio.rooms(self.sid, namespace=self.namespace)
 
+    # -- live data ---------------------------------------------------------------
+
+    def unsubscribe_all(self) -> int:
+        """End every live-data subscription of this connection in this namespace.
+
+        No ``sbio:update`` reaches the connection any more until its client
+        subscribes again (sbio.js: ``conn.resubscribe()``), e.g. after a
+        logout. The client is not told; its rooms and ACL are untouched.
+        Returns how many subscriptions ended.
+        """
+        ended: int = self.server.live.unsubscribe_all(self.namespace, self.sid)
+        return ended
+
     # -- greenlets ---------------------------------------------------------------
 
     def spawn(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> gevent.Greenlet:

@@ -145,6 +145,9 @@ class Board(Namespace):
         for _ in range(count):
             notify(channel)
 
+    def on_unsubscribe_everything(self):
+        return self.unsubscribe_all()
+
 
 # -- helpers -------------------------------------------------------------------------------
 
@@ -458,6 +461,22 @@ def test_unsubscribe_one_and_many(env):
     assert c.call_envelope("sbio:unsubscribe", {"ids": ["nope", 7]}) == {"ok": True,
                                                                         "data": None}
     assert c.call_envelope("sbio:unsubscribe", {"id": "nope"}) == {"ok": True, "data": None}
+
+
+def test_unsubscribe_all_ends_every_subscription_of_the_connection_only(env):
+    c, other = env.client(), env.client()
+    mine = [c.subscribe("cards"), c.subscribe("messages", "r1"), c.subscribe("top_cards", 5)]
+    theirs = other.subscribe("top_cards", 5)
+    assert c.call("unsubscribe_everything") == 3           # Namespace.unsubscribe_all()
+    assert env.server_subs(c) == {}
+    assert set(env.server_subs(other)) == {theirs.id}
+    S.cards.append("c")
+    notify("cards")
+    assert theirs.wait_update() == ["a", "b", "c"]
+    env.settle(c, other)
+    assert [s.pushes for s in mine] == [[], [], []]
+    assert c.call("unsubscribe_everything") == 0           # none left: not an error
+    assert c.subscribe("cards").data == ["a", "b", "c"]    # and it may subscribe again
 
 
 def test_unsubscribe_rejects_bad_payloads(env):

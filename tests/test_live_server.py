@@ -38,6 +38,7 @@ from test_live import (  # noqa: F401  (fixtures and scenarios, run again here)
     test_subscription_data_is_kept_per_subscription,
     test_template_channels_rerun_only_matching_subscriptions,
     test_unjsonable_rerun_result_pushes_an_internal_error,
+    test_unsubscribe_all_ends_every_subscription_of_the_connection_only,
     test_unsubscribe_one_and_many,
     test_unsubscribe_rejects_bad_payloads,
     test_update_on_notify_from_a_greenlet,

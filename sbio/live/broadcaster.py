@@ -172,13 +172,16 @@ class Broadcaster:
                 if not targets:
                     del self.index[channel]
 
-    def drop_connection(self, sid: str) -> None:
-        """Forget every subscription of connection *sid*."""
+    def drop_connection(self, sid: str) -> int:
+        """Forget every subscription of connection *sid*; returns how many there were."""
         subs = self.by_sid.get(sid)
+        found = 0
         if subs:
             for sub in list(subs.values()):
                 self._remove(sub)
+                found += 1
         self.by_sid.pop(sid, None)
+        return found
 
     def unsubscribe(self, sid: str, ids: Iterable[str | int]) -> int:
         """Remove the subscriptions *ids* of *sid*; returns how many existed."""

@@ -94,6 +94,15 @@ class LiveData:
         """The :class:`Broadcaster` of *namespace* (e.g. for its ``metrics``)."""
         return self.broadcasters[namespace]
 
+    def unsubscribe_all(self, namespace: str, sid: str) -> int:
+        """End every subscription of connection *sid* in *namespace*; returns how many.
+
+        What :meth:`sbio.Namespace.unsubscribe_all` calls. A namespace this
+        server does not host has none.
+        """
+        broadcaster = self.broadcasters.get(namespace)
+        return 0 if broadcaster is None else broadcaster.drop_connection(sid)
+
     @property
     def metrics(self) -> dict[str, dict[str, int]]:
         """The metrics of every broadcaster, by namespace."""

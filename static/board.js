@@ -43,7 +43,7 @@
   });                                         // ended the connection on purpose
   $("reconnect").addEventListener("click", function () { conn.connect(); });
   conn.on("error", function (err) { showError(err.message || err.code); });
-  conn.on("activity", function (a) { addActivity(a.user + " " + a.text); });
+  conn.on("activity", function (a) { addActivity((a.own ? "you" : a.user) + " " + a.text); });
 
   function subscribeAll() {
     if (subscribed) {
@@ -190,11 +190,10 @@
     while (list.children.length > 6) list.lastChild.remove();
   }
 
-  function renderStats(s) {
-    if (!s || !s.updated) return;
+  function renderStats(s) {       // pushed whenever they change
     var cards = s.cards.map(function (c) { return c[0] + " " + c[1]; }).join(" · ");
     $("stats").textContent = "Online: " + (s.online.join(", ") || "nobody") + "  —  " + s.boards +
-      " boards, cards: " + cards + "  —  refreshed " + time(s.updated);
+      " boards, cards: " + cards + "  —  as of " + time(new Date().toISOString());
   }
 
   // -- helpers -------------------------------------------------------------------

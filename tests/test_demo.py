@@ -23,7 +23,8 @@ from sbio.testing import CallError, LiveClient
 with lifecycle.isolated():
     import board
     from board import BoardNamespace, blueprint
-    from board.models import Session, seed
+    from board.models import Board, Card, Session, seed
+    from board.namespace import failed_logins
     from board.tasks import stats_task
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,16 +48,6 @@ def login(sbio_client, sbio_db):
         client.call("login", user, "secret")
         return client
     return make
-
-
-@pytest.fixture(autouse=True)
-def failed_logins():
-    """The per-user table of failed logins, empty for each test and after it."""
-    from board.namespace import failed_logins
-
-    failed_logins.clear()
-    yield failed_logins
-    failed_logins.clear()
 
 
 # -- logging in ----------------------------------------------------------------------
@@ -188,7 +179,7 @@ def test_a_malformed_token_is_a_bad_request(sbio_client, sbio_db, caplog, token)
     assert [r for r in caplog.records if r.exc_info or r.levelname in ("ERROR", "CRITICAL")] == []
 
 
-def test_login_attempts_are_throttled_per_user(sbio_client, sbio_db, failed_logins):
+def test_login_attempts_are_throttled_per_user(sbio_client, sbio_db):
     guesser = [sbio_client(BoardNamespace) for _ in range(5)]
     for client in guesser:                                 # 5 failures from 5 connections
         with pytest.raises(CallError) as err:
@@ -202,7 +193,7 @@ def test_login_attempts_are_throttled_per_user(sbio_client, sbio_db, failed_logi
     assert sbio_client(BoardNamespace).call("login", "bob", "secret")["user"] == "bob"
 
 
-def test_login_attempts_are_throttled_per_connection(sbio_client, sbio_db, failed_logins):
+def test_login_attempts_are_throttled_per_connection(sbio_client, sbio_db):
     sprayer = sbio_client(BoardNamespace)
     for name in ["ann", "bob", "carol", "dave", "eve"]:               # one guess per user name
         with pytest.raises(CallError) as err:
@@ -224,8 +215,7 @@ def test_throttling_is_logged_once_not_per_guess(sbio_client, sbio_db, caplog):
                         f"5 failed logins on connection {c.sid} within 60.0 s: throttled"]
 
 
-def test_a_login_resets_the_count_and_the_window_ends(sbio_client, sbio_db, failed_logins,
-                                                      monkeypatch):
+def test_a_login_resets_the_count_and_the_window_ends(sbio_client, sbio_db, monkeypatch):
     c = sbio_client(BoardNamespace)
     for _ in range(2):
         for _ in range(4):
@@ -245,7 +235,7 @@ def test_a_login_resets_the_count_and_the_window_ends(sbio_client, sbio_db, fail
 
 
 def test_failed_logins_are_remembered_for_a_bounded_number_of_users(
-        sbio_client, sbio_db, failed_logins, monkeypatch, caplog):
+        sbio_client, sbio_db, monkeypatch, caplog):
     assert board.config["login.max_users"] == 10000                   # the default
     monkeypatch.setitem(board.config, "login.max_users", 20)
     for n in range(100):                                              # a spray over 100 user names
@@ -253,9 +243,10 @@ def test_failed_logins_are_remembered_for_a_bounded_number_of_users(
         with pytest.raises(CallError):
             client.call("login", f"user{n}", "guess")
         client.disconnect()
-    assert len(failed_logins) == 20
-    assert "user99" in failed_logins and failed_logins.retry_after("user99") == 0
-    assert "user0" not in failed_logins                               # the oldest went first
+    table = failed_logins(client.server)
+    assert len(table) == 20
+    assert "user99" in table and table.retry_after("user99") == 0
+    assert "user0" not in table                                       # the oldest went first
     assert [r.getMessage() for r in caplog.records if r.name == "board.namespace"] == [
         "failed logins of more than 20 user names: forgetting the oldest"]        # once
 
@@ -386,27 +377,90 @@ def test_activity_is_sent_to_the_board_room(login):
     ann.call("open_board", "ideas")
     ann.call("add_card", "ideas", "hello again")
     assert bob.receive("activity", count=2) == [{"user": "ann", "text": "added “hello again”"}]
-    assert ann.received("activity") == []               # never to oneself
+    # Her own actions reach ann once each, marked as hers, whether in the room or not.
+    assert ann.received("activity") == [
+        [{"user": "ann", "text": text, "own": True}]
+        for text in ["added “hello bob”", "added “bob is elsewhere”", "added “hello again”"]]
     with pytest.raises(CallError) as err:
         ann.call("open_board", "nope")
     assert err.value.code == "no_such_board"
 
 
-# -- the DaemonTask ---------------------------------------------------------------------
+# -- statistics: pushed on every change, and re-read by the DaemonTask ------------
 
 
-def test_stats_task_pushes_fresh_statistics(login, sbio_run_task_once):
+def test_stats_follow_commits_logins_and_logouts_at_once(login, sbio_client):
     ann = login("ann")
-    login("bob")
-    ann.call("add_card", "main", "one")
-    stats = ann.subscribe("stats")
+    stats = ann.subscribe("stats")                   # no task runs in these tests
+    assert stats.data == {"boards": 2, "online": ["ann"],
+                          "cards": [["To do", 0], ["Doing", 0], ["Done", 0]]}
 
-    sbio_run_task_once(stats_task)                             # what the task does every interval
-    pushed = stats.wait_update()
-    assert pushed["online"] == ["ann", "bob"]
-    assert pushed["boards"] == 2
-    assert pushed["cards"] == [["To do", 1], ["Doing", 0], ["Done", 0]]
-    assert pushed["updated"]
+    card_id = ann.call("add_card", "main", "one")         # a Card commit
+    assert stats.wait_update()["cards"] == [["To do", 1], ["Doing", 0], ["Done", 0]]
+    ann.call("move_card", "main", card_id, "Done")
+    assert stats.wait_update()["cards"] == [["To do", 0], ["Doing", 0], ["Done", 1]]
+    ann.call("add_board", "ops")                          # a Board commit
+    assert stats.wait_update()["boards"] == 3
+
+    bob = login("bob")                                    # a login
+    assert stats.wait_update()["online"] == ["ann", "bob"]
+    bob.call("logout")                                    # a logout
+    assert stats.wait_update()["online"] == ["ann"]
+    token = bob.call("login", "bob", "secret")["token"]
+    assert stats.wait_update()["online"] == ["ann", "bob"]
+    bob.disconnect()                                      # a disconnect
+    assert stats.wait_update()["online"] == ["ann"]
+    sbio_client(BoardNamespace, auth={"token": token})    # a login by token, at connect
+    assert stats.wait_update()["online"] == ["ann", "bob"]
+
+
+def test_stats_task_shows_what_nobody_announced(login, sbio_run_task_once):
+    from sqlalchemy import insert, select
+
+    ann = login("ann")
+    stats = ann.subscribe("stats")
+    with Session.engine.begin() as connection:      # SQL that no sbio.sa session notifies
+        main = connection.scalar(select(Board.id).filter_by(name="main"))
+        connection.execute(insert(Card).values(board_id=main, column="Doing",
+                                               title="from a script", author="cron"))
+
+    sbio_run_task_once(stats_task)                  # what the task does every interval
+    assert stats.wait_update()["cards"] == [["To do", 0], ["Doing", 1], ["Done", 0]]
+    sbio_run_task_once(stats_task)                  # nothing new: nothing pushed
+    ann.call("add_card", "main", "two")
+    assert stats.wait_update()["cards"] == [["To do", 1], ["Doing", 1], ["Done", 0]]
+
+
+# -- per-server state: two servers in one process share nothing ------------------
+
+
+def test_two_servers_in_one_process_keep_their_own_board_state(unstarted_server, sbio_db):
+    from sbio.testing import LocalClient
+
+    one, two = unstarted_server([BoardNamespace]), unstarted_server([BoardNamespace])
+    clients = []
+
+    def client(server, **kwargs):
+        clients.append(LocalClient(server, "/board", **kwargs))
+        return clients[-1]
+
+    try:
+        guesser = client(one)
+        for n in range(5):
+            with pytest.raises(CallError):
+                guesser.call("login", "ann", f"guess{n}")
+        with pytest.raises(CallError) as err:              # ann is throttled on one ...
+            client(one).call("login", "ann", "secret")
+        assert err.value.code == "rate_limited"
+        ann = client(two)
+        ann.call("login", "ann", "secret")                 # ... not on two
+        bob = client(one)
+        bob.call("login", "bob", "secret")
+        assert ann.subscribe("stats").data["online"] == ["ann"]   # who is online: per server
+        assert bob.subscribe("stats").data["online"] == ["bob"]
+    finally:
+        for c in clients:
+            c.disconnect()
 
 
 # -- configuration ------------------------------------------------------------------

@@ -8,7 +8,7 @@ step in docs/tutorial.md:
 * ``namespace.py``    the ``/board`` namespace: login and ACL, live subscriptions,
                       per-board channels and rooms;
 * ``throttle.py``     counting failed logins per user name and per connection;
-* ``tasks.py``        a :class:`sbio.DaemonTask` refreshing the statistics;
+* ``tasks.py``        a :class:`sbio.DaemonTask` re-reading the statistics;
 * ``pages.py``        the Flask blueprint serving the page, ``templates/board.html``
                       (with ``static/board.js`` and ``static/demo.css``).
 """

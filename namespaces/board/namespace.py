@@ -6,7 +6,7 @@ import uuid
 
 from sqlalchemy import delete, func, select
 
-from sbio import ConnectionRefused, Namespace, RpcError, notifies, subscribes
+from sbio import ConnectionRefused, Namespace, RpcError, notifies, notify, subscribes
 
 from . import config
 from .models import BOARD_NAME, Board, Card, Login, Session, seed
@@ -18,11 +18,6 @@ log = logging.getLogger(__name__)
 USERS = dict(pair.split(":", 1) for pair in config["board.users"])
 #: The columns of every board, left to right.
 COLUMNS = list(config["board.columns"])
-
-#: sid -> user name of every logged-in connection of this process (read by tasks.py).
-online = {}
-#: What tasks.refresh_stats computed last (read by on_stats).
-STATS = {}
 
 #: What a login token looks like (``secrets.token_urlsafe(32)`` makes 43 characters).
 TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -38,8 +33,16 @@ def login_throttle(max_keys):
                     window=lambda: config["login.window"], max_keys=max_keys)
 
 
-#: Failed logins per user name in this process; each connection counts its own too.
-failed_logins = login_throttle(max_keys=lambda: config["login.max_users"])
+def failed_logins(server):
+    """The failed logins per user name on *server*; each connection counts its own too.
+
+    One table per server, kept where a Flask extension keeps its state (the
+    server's ``app.extensions``): two servers in one process count apart.
+    """
+    tables = server.app.extensions
+    if "board.failed_logins" not in tables:
+        tables["board.failed_logins"] = login_throttle(max_keys=lambda: config["login.max_users"])
+    return tables["board.failed_logins"]
 
 
 class BoardNamespace(Namespace):
@@ -73,19 +76,20 @@ class BoardNamespace(Namespace):
                 self._logged_in(login.user)
 
     def on_disconnect(self, reason):
-        online.pop(self.sid, None)
+        if self.session.get("user"):
+            notify("stats")                  # one user fewer online
 
     def on_login(self, username: str, password: str):
         user_key = username[:40]             # a user name has at most 40 characters
-        mine = self.session["failed_logins"]
-        wait = max(failed_logins.retry_after(user_key), mine.retry_after(None))
+        per_user, mine = failed_logins(self.server), self.session["failed_logins"]
+        wait = max(per_user.retry_after(user_key), mine.retry_after(None))
         if wait:
             raise RpcError("rate_limited",
                            f"Too many failed logins: try again in {math.ceil(wait)} s.")
         if USERS.get(username) != password:
             self._failed_login(user_key)
             raise RpcError("bad_credentials", "Wrong user name or password.")
-        failed_logins.succeeded(user_key)
+        per_user.succeeded(user_key)
         mine.succeeded(None)
         with Session() as s:
             s.forget_expired_logins()
@@ -97,19 +101,20 @@ class BoardNamespace(Namespace):
     def _failed_login(self, user_key):
         """Count a failed login; log once when a user name or this connection has to wait."""
         failures, window = config["login.max_failures"], config["login.window"]
-        if failed_logins.failed(user_key):
+        per_user = failed_logins(self.server)
+        if per_user.failed(user_key):
             log.warning("%d failed logins as %r within %s s: throttled", failures, user_key, window)
         if self.session["failed_logins"].failed(None):
             log.warning("%d failed logins on connection %s within %s s: throttled",
                         failures, self.sid, window)
-        if failed_logins.evicted == 1:
+        if per_user.evicted == 1:
             log.warning("failed logins of more than %d user names: forgetting the oldest",
                         config["login.max_users"])
 
     def _logged_in(self, username):
         self.session["user"] = username
-        online[self.sid] = username
         self.lift_acl_restrictions()
+        notify("stats")                      # one more user online
 
     def on_whoami(self):
         return self.session.get("user")
@@ -120,13 +125,13 @@ class BoardNamespace(Namespace):
             raise RpcError("bad_request", "A login token is the string login() returned.")
         user = self.session.get("user")
         self.session["user"] = None
-        online.pop(self.sid, None)
         self.reset_acl()
         for room in self.rooms():            # no more activity messages
             if room != self.sid:
                 self.leave_room(room)
         # and no more pushes: the page subscribes again after the next login
-        self.server.live.broadcaster(self.namespace).drop_connection(self.sid)
+        self.unsubscribe_all()
+        notify("stats")                      # one user fewer online
         if token:
             with Session() as s:
                 revoked = s.execute(delete(Login).filter_by(token=token, user=user)).rowcount
@@ -214,12 +219,26 @@ class BoardNamespace(Namespace):
         return card
 
     def _tell(self, board, text):
-        """Tell the other people looking at *board* what this user did."""
-        self.broadcast("activity", {"user": self.session["user"], "text": text},
-                       room=f"board:{board}", include_self=False)
+        """Tell the people looking at *board* what this user did, and this connection too."""
+        activity = {"user": self.session["user"], "text": text}
+        self.broadcast("activity", activity, room=f"board:{board}", include_self=False)
+        # Straight to this connection, in the room or not (yet: after a reconnect
+        # the page joins the room again while its waiting calls go out).
+        self.emit("activity", dict(activity, own=True))
 
-    # -- statistics (refreshed by tasks.py) ------------------------------------------
+    # -- statistics ------------------------------------------------------------------
 
-    @subscribes("stats", shared=True)
-    def on_stats(self):
-        return STATS
+    @subscribes(Board, Card, "stats", shared=True)   # after every commit touching either
+    def on_stats(self):                              # table, and every login and logout
+        with Session() as s:
+            per_column = dict(s.execute(select(Card.column, func.count())
+                                        .group_by(Card.column)).all())
+            boards = s.scalar(select(func.count()).select_from(Board))
+        return {"boards": boards,
+                "cards": [[column, per_column.get(column, 0)] for column in COLUMNS],
+                "online": self._online()}
+
+    def _online(self):
+        """The users logged in on this server (each process of a cluster knows its own)."""
+        connections = self.server.dispatcher(self.namespace).instances.values()
+        return sorted({c.session["user"] for c in connections if c.session.get("user")})

@@ -5,7 +5,9 @@
  * - after a login subscribes to "boards", "stats" and "cards" of the open
  *   board: the server pushes every change, so the page never polls;
  * - shows the connection status; sbio.js reconnects and resubscribes by
- *   itself, and onConnect re-joins the open board's room.
+ *   itself, and onConnect re-joins the open board's room;
+ * - an action taken while disconnected waits for the connection, and the
+ *   outbox under the top bar says so at once, then what became of it.
  */
 (function () {
   "use strict";
@@ -68,33 +70,43 @@
     $("login-view").hidden = !!user;
     $("board-view").hidden = !user;
     $("me").hidden = $("logout").hidden = !user;
-    $("me").textContent = user ? "Logged in as " + user : "";
+    $("me-name").textContent = user || "";
     if (user) subscribeAll();
     else $("username").focus();
   }
 
   $("login-form").addEventListener("submit", async function (e) {
     e.preventDefault();
-    var error = $("login-error");
-    error.hidden = true;
+    // While disconnected the login waits for the connection: say so at once.
+    formMessage(conn.status === "open" ? "" : "Waiting for the connection to the server…", "waiting");
     try {
       var me = await conn.call("login", $("username").value.trim(), $("password").value);
       token = me.token;
       sessionStorage.setItem(TOKEN_KEY, token);
       $("password").value = "";
+      formMessage("");
       loggedIn(me.user);
       if (current) run(conn.call("open_board", current));   // logging out left its room
     } catch (err) {
-      error.textContent = err.code === "bad_credentials" ? err.message : "Cannot log in: " + err.message;
-      error.hidden = false;
+      formMessage(err.code === "bad_credentials" ? err.message : "Cannot log in: " + err.message, "error");
     }
   });
 
+  function formMessage(text, kind) {
+    var el = $("login-error");
+    el.textContent = text;
+    el.className = "form-message " + (kind || "");
+    el.hidden = !text;
+  }
+
   $("logout").addEventListener("click", function () {
-    run(conn.call("logout", token || ""));
-    token = null;
-    sessionStorage.removeItem(TOKEN_KEY);
-    loggedIn(null);
+    // The page logs out once the server has: while disconnected the call waits,
+    // and the reconnect logs in with the token first, so the logout revokes it.
+    act("Log out", "logout", [token || ""], function () {
+      token = null;
+      sessionStorage.removeItem(TOKEN_KEY);
+      loggedIn(null);
+    });
   });
 
   // -- boards ------------------------------------------------------------------------
@@ -130,7 +142,7 @@
     });
     if (location.hash.slice(1) !== name) history.replaceState(null, "", "#" + name);
     $("activity").replaceChildren(element("li", { className: "muted" }, "Nothing yet."));
-    run(conn.call("open_board", name));
+    if (conn.status === "open") run(conn.call("open_board", name));   // else onConnect does
     if (cardsSub) conn.unsubscribe(cardsSub);
     $("columns").replaceChildren();
     cardsSub = conn.subscribe("cards", [name], renderCards, { onError: subscriptionError });
@@ -139,10 +151,11 @@
   $("board-form").addEventListener("submit", function (e) {
     e.preventDefault();
     var input = $("board-name");
-    run(conn.call("add_board", input.value).then(function (name) {
+    act("Add board “" + input.value.trim() + "”", "add_board", [input.value], function (err, name) {
+      if (err) return;
       input.value = "";
       openBoard(name);
-    }));
+    });
   });
 
   // -- cards ------------------------------------------------------------------------
@@ -165,19 +178,27 @@
     var actions = element("div", { className: "actions" });
     if (i > 0) actions.appendChild(button("←", "Move to " + columns[i - 1], function () { move(card, columns[i - 1]); }));
     if (i < columns.length - 1) actions.appendChild(button("→", "Move to " + columns[i + 1], function () { move(card, columns[i + 1]); }));
-    actions.appendChild(button("✕", "Delete", function () { run(conn.call("delete_card", current, card.id)); }));
+    actions.appendChild(button("✕", "Delete", function () {
+      act("Delete “" + card.title + "”", "delete_card", [current, card.id]);
+    }));
     return element("li", { className: "card", "data-id": card.id },
       element("div", { className: "card-title" }, card.title),
       element("div", { className: "card-meta" }, "by " + card.author + " · " + time(card.created)),
       actions);
   }
 
-  function move(card, column) { run(conn.call("move_card", current, card.id, column)); }
+  function move(card, column) {
+    act("Move “" + card.title + "” to " + column, "move_card", [current, card.id, column]);
+  }
 
   $("card-form").addEventListener("submit", function (e) {
     e.preventDefault();
     var input = $("card-title");
-    run(conn.call("add_card", current, input.value).then(function () { input.value = ""; }));
+    var title = input.value;
+    input.value = "";             // ready for the next card, even while this one waits
+    act("Add card “" + title.trim() + "”", "add_card", [current, title], function (err) {
+      if (err && !input.value) input.value = title;   // failed: nothing typed is lost
+    });
   });
 
   // -- activity and statistics -------------------------------------------------
@@ -194,6 +215,59 @@
     var cards = s.cards.map(function (c) { return c[0] + " " + c[1]; }).join(" · ");
     $("stats").textContent = "Online: " + (s.online.join(", ") || "nobody") + "  —  " + s.boards +
       " boards, cards: " + cards + "  —  as of " + time(new Date().toISOString());
+  }
+
+  // -- actions: what the user asks the server to do -----------------------------------
+  //
+  // act() makes the call, then calls after(err, result). While the connection
+  // is down the call waits in sbio.js (socket.io's send buffer) and goes out
+  // on reconnect, if that happens within ACTION_WAIT_MS; otherwise it fails
+  // without being sent. Taken while disconnected, an action shows in the
+  // outbox at once, then what became of it. Other failures show in the banner.
+
+  var ACTION_WAIT_MS = 30000;
+  var OUTBOX_MAX = 6;             // notes shown at most: the oldest settled ones go first
+
+  function act(what, event, args, after) {
+    var note = conn.status === "open" ? null : outboxNote(what);
+    var calls = conn.timeout(ACTION_WAIT_MS);
+    calls.call.apply(calls, [event].concat(args)).then(function (result) {
+      if (note) note.settle("sent", "done: sent when the connection came back.");
+      if (after) after(null, result);
+    }, function (err) {
+      var why = failure(err);
+      if (note) note.settle("failed", "failed: " + why);
+      else showError(what + " failed: " + why);
+      if (after) after(err);
+    });
+  }
+
+  function failure(err) {
+    if (err.code === "timeout" && conn.status !== "open") {
+      return "not sent, the connection did not come back within " + ACTION_WAIT_MS / 1000 + " s.";
+    }
+    if (err.code === "closed") return "not sent, the connection is closed (Reconnect).";
+    if (err.code === "disconnected") return "the connection dropped before the answer: it may or may not be done.";
+    return err.message || err.code;
+  }
+
+  function outboxNote(what) {
+    var state = element("span", { className: "state" }, "waiting for the connection…");
+    var note = element("li", { "data-state": "waiting" },
+      element("span", { className: "text" }, element("b", {}, what), " ", state));
+    note.appendChild(button("✕", "Dismiss", function () { note.remove(); }));
+    var box = $("outbox");
+    box.appendChild(note);
+    while (box.children.length > OUTBOX_MAX) {
+      (box.querySelector("li:not([data-state=waiting])") || box.firstChild).remove();
+    }
+    return {
+      settle: function (outcome, text) {
+        note.setAttribute("data-state", outcome);
+        state.textContent = text;
+        if (outcome === "sent") setTimeout(function () { note.remove(); }, 8000);
+      },
+    };
   }
 
   // -- helpers -------------------------------------------------------------------

@@ -5,7 +5,8 @@ directory, so the SQLite database lands there) with the repository's
 namespaces and static files. Playwright's sync API runs in the test process:
 it works under the sbio plugin's gevent monkey-patching (the server is in
 another process, so nothing here has to cooperate with it). Every wait has a
-timeout; each test leaves one screenshot per page in its tmp_path.
+timeout; each test leaves one screenshot per page in its tmp_path (and the
+layout and offline tests one per step they check).
 """
 import os
 import re
@@ -13,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from itertools import pairwise
 
 import pytest
 
@@ -23,10 +25,14 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
 #: Milliseconds any single Playwright action or wait may take.
 WAIT_MS = 15_000
 
-#: What Chromium logs while the server is down and the page retries; allowed
-#: only in that window (see test_page_reconnects_and_resubscribes_after_a_restart).
+#: What Chromium logs while the server is down (or the browser offline) and the
+#: page retries; allowed only in that window (see
+#: test_page_reconnects_and_resubscribes_after_a_restart).
 NETWORK_ERROR = re.compile(r"ERR_CONNECTION_REFUSED|ERR_CONNECTION_RESET|ERR_EMPTY_RESPONSE"
-                           r"|WebSocket connection to .* failed")
+                           r"|ERR_INTERNET_DISCONNECTED|WebSocket connection to .* failed")
+#: A desktop window, and a phone's (an iPhone 12 to 15 is 390 CSS pixels wide).
+WIDE = {"width": 1200, "height": 760}
+NARROW = {"width": 390, "height": 844}
 
 
 class Demo:
@@ -87,8 +93,8 @@ class Pages:
         self.problems = []          # (page name, kind, text): console errors, page errors
         self.tolerate_network_errors = False
 
-    def open(self, name, path="/board/"):
-        context = self.browser.new_context(viewport={"width": 1200, "height": 760})
+    def open(self, name, path="/board/", viewport=WIDE):
+        context = self.browser.new_context(viewport=viewport)
         context.set_default_timeout(WAIT_MS)
         self.contexts.append(context)
         page = context.new_page()
@@ -106,8 +112,8 @@ class Pages:
         where = (msg.location or {}).get("url", "")
         self.problems.append((name, "console", f"{msg.text} ({where})"))
 
-    def login(self, name, user, password="secret"):
-        page = self.open(name)
+    def login(self, name, user, password="secret", viewport=WIDE):
+        page = self.open(name, viewport=viewport)
         page.fill("#username", user)
         page.fill("#password", password)
         page.click("#login-form button[type=submit]")
@@ -116,9 +122,13 @@ class Pages:
             page.wait_for_selector("#columns .column")
         return page
 
+    def screenshot(self, page, name):
+        """Save *page* now as ``<tmp_path>/<name>.png``."""
+        page.screenshot(path=str(self.tmp_path / f"{name}.png"), full_page=True)
+
     def screenshots(self):
         for name, page in self.pages.items():
-            page.screenshot(path=str(self.tmp_path / f"{name}.png"), full_page=True)
+            self.screenshot(page, name)
 
     def close(self):
         for context in self.contexts:
@@ -156,6 +166,7 @@ def test_two_users_see_each_others_cards_without_reload(pages):
     bob_card.wait_for()                                     # pushed, no reload
     assert "by ann" in bob_card.inner_text()
     bob.wait_for_selector("#activity >> text=ann added “Write the tutorial”")
+    ann.wait_for_selector("#activity >> text=you added “Write the tutorial”")   # her own too
 
     bob_card.get_by_role("button", name="Move to Doing").click()
     column(ann, "Doing").locator(".card", has_text="Write the tutorial").wait_for()
@@ -271,4 +282,144 @@ def test_log_out_and_in_again_on_the_same_page(pages):
     column(ann, "To do").locator(".card", has_text="ann is back").wait_for()
     ann.wait_for_selector("#activity >> text=bob added “ann is back”")
     assert ann.locator("#activity >> text=while ann was out").count() == 0
+    assert pages.problems == []
+
+
+# -- a phone-sized screen -------------------------------------------------------------
+
+#: The top bar's height and vertical padding, and of each visible part its box
+#: and the lines its text takes (the distinct tops of the text's boxes).
+TOPBAR_BOXES = """() => {
+  const bar = document.querySelector(".topbar");
+  const style = getComputedStyle(bar);
+  const lines = el => {
+    const range = document.createRange();
+    range.selectNodeContents(el);
+    const tops = Array.from(range.getClientRects()).filter(r => r.width > 0)
+      .map(r => r.top).sort((a, b) => a - b);
+    return tops.filter((top, i) => i === 0 || top - tops[i - 1] > 3).length;
+  };
+  const parts = Array.from(bar.children).map(el => [el, el.getBoundingClientRect()])
+    .filter(([el, box]) => box.width > 0 && box.height > 0);
+  return {
+    height: bar.getBoundingClientRect().height,
+    padding: parseFloat(style.paddingTop) + parseFloat(style.paddingBottom),
+    parts: parts.map(([el, box]) => ({name: el.id || el.className, top: box.top,
+                                      bottom: box.bottom, left: box.left, right: box.right,
+                                      lines: lines(el)})),
+  };
+}"""
+
+
+def boxes(page, selector):
+    return [page.locator(selector).nth(i).bounding_box()
+            for i in range(page.locator(selector).count())]
+
+
+def test_narrow_screen_stacks_the_columns_and_keeps_the_header_on_one_line(pages):
+    phone = pages.login("phone", "ann", viewport=NARROW)
+    add_card(phone, "Fits on a phone")
+    column(phone, "To do").locator(".card", has_text="Fits on a phone").wait_for()
+    desk = pages.login("desk", "bob")
+    column(desk, "To do").locator(".card", has_text="Fits on a phone").wait_for()
+    pages.screenshot(phone, "narrow")
+    pages.screenshot(desk, "wide")
+
+    # On the desk the three columns stand side by side ...
+    wide = boxes(desk, "#columns .column")
+    assert len(wide) == 3
+    assert len({round(box["y"]) for box in wide}) == 1
+    assert all(a["x"] + a["width"] <= b["x"] for a, b in pairwise(wide))
+    # ... on the phone one under the other, each the width of the board, no overlap.
+    narrow = boxes(phone, "#columns .column")
+    assert len(narrow) == 3
+    board = phone.locator("#columns").bounding_box()
+    for box in narrow:
+        assert abs(box["x"] - board["x"]) < 1 and abs(box["width"] - board["width"]) < 1
+    assert all(a["y"] + a["height"] <= b["y"] for a, b in pairwise(narrow))
+    assert board["width"] > NARROW["width"] * 0.8
+    # Nothing sticks out sideways: the page does not scroll horizontally.
+    assert phone.evaluate("document.documentElement.scrollWidth") <= NARROW["width"]
+    # The boards, the board and the activity follow each other too.
+    order = [phone.locator(sel).bounding_box() for sel in
+             (".boards-panel", ".board", ".activity-panel")]
+    assert all(a["y"] + a["height"] <= b["y"] for a, b in pairwise(order))
+
+    # The top bar is one line: its parts side by side within the screen, the text
+    # of each on one line, and it is no higher than its tallest part and its padding.
+    for page, width in [(phone, NARROW["width"]), (desk, WIDE["width"])]:
+        bar = page.evaluate(TOPBAR_BOXES)
+        parts = bar["parts"]
+        assert {"brand", "status", "me", "logout"} <= {p["name"].split()[0] for p in parts}
+        assert [p["lines"] for p in parts] == [1] * len(parts), parts
+        assert max(p["top"] for p in parts) < min(p["bottom"] for p in parts), parts
+        assert all(a["right"] <= b["left"] for a, b in pairwise(parts)), parts
+        assert parts[-1]["right"] <= width
+        tallest = max(p["bottom"] - p["top"] for p in parts)
+        assert bar["height"] <= tallest + bar["padding"] + 1, bar
+    assert phone.inner_text("#me") == "ann"                # "Logged in as" left out
+    assert desk.inner_text("#me") == "Logged in as bob"
+    assert pages.problems == []
+
+
+# -- actions taken while disconnected -----------------------------------------------
+
+
+def test_an_action_taken_offline_waits_and_goes_out_on_reconnect(pages):
+    ann = pages.login("ann", "ann")
+    bob = pages.login("bob", "bob")
+    pages.tolerate_network_errors = True
+    ann.context.set_offline(True)                          # the websocket drops at once
+    ann.wait_for_selector("#status.status-connecting")
+
+    add_card(ann, "Written offline")
+    note = ann.locator("#outbox li", has_text="Add card “Written offline”")
+    note.wait_for()
+    assert note.get_attribute("data-state") == "waiting"   # shown at once, before any answer
+    assert "waiting for the connection" in note.inner_text()
+    assert ann.input_value("#card-title") == ""            # ready for the next one
+    assert column(ann, "To do").locator(".card").count() == 0
+    pages.screenshot(ann, "offline-waiting")
+
+    ann.context.set_offline(False)
+    ann.wait_for_selector("#status.status-open", timeout=45_000)
+    ann.wait_for_selector('#outbox li[data-state="sent"] >> text=done: sent when the '
+                          "connection came back")
+    pages.tolerate_network_errors = False
+    for page in (ann, bob):
+        column(page, "To do").locator(".card", has_text="Written offline").wait_for()
+    ann.wait_for_selector("#activity >> text=you added “Written offline”")
+    bob.wait_for_selector("#activity >> text=ann added “Written offline”")
+    pages.screenshot(ann, "offline-sent")
+    assert pages.problems == []
+
+
+def test_an_action_taken_offline_that_fails_says_why(pages):
+    ann = pages.login("ann", "ann", viewport=NARROW)
+    bob = pages.login("bob", "bob")
+    add_card(bob, "Soon gone")
+    card = column(ann, "To do").locator(".card", has_text="Soon gone")
+    card.wait_for()
+
+    pages.tolerate_network_errors = True
+    ann.context.set_offline(True)
+    ann.wait_for_selector("#status.status-connecting")
+    card.get_by_role("button", name="Move to Doing").click()
+    note = ann.locator("#outbox li", has_text="Move “Soon gone” to Doing")
+    note.wait_for()
+    assert note.get_attribute("data-state") == "waiting"
+    # Meanwhile bob deletes the card: the move cannot succeed any more.
+    column(bob, "To do").locator(".card", has_text="Soon gone").get_by_role(
+        "button", name="Delete").click()
+    column(bob, "To do").locator(".card").first.wait_for(state="detached")
+    pages.screenshot(ann, "offline-waiting")
+
+    ann.context.set_offline(False)
+    ann.wait_for_selector("#status.status-open", timeout=45_000)
+    ann.wait_for_selector('#outbox li[data-state="failed"] >> text=failed: That card does '
+                          "not exist (any more).")
+    pages.tolerate_network_errors = False
+    card.wait_for(state="detached")                        # the fresh cards arrived too
+    assert ann.locator("#error").is_hidden()               # said once, in the outbox
+    pages.screenshot(ann, "offline-failed")
     assert pages.problems == []

@@ -1117,32 +1117,56 @@ def websocket_handler_class(max_message_size, engineio_server, tcp_nodelay, http
 
 
 def close_transports(sio, timeout):
-    """Close every Engine.IO connection of *sio*; give the CLOSE packets *timeout* s to go out.
+    """Close every Engine.IO connection of *sio*; give queued packets *timeout* s to go out.
 
-    Not ``sio.disconnect()``: its "io server disconnect" tells socket.io
-    clients never to reconnect. Not Engine.IO's ``disconnect()`` either: it
-    waits without a bound for a long-polling client to fetch its CLOSE.
+    What every client library reconnects after: the transport ends, with no
+    goodbye packet. Not ``sio.disconnect()``: its socket.io DISCONNECT (reason
+    "io server disconnect") tells socket.io-client and sbio.js never to
+    reconnect. Not the Engine.IO CLOSE packet either (``Socket.close`` without
+    ``abort``): python-socketio's client takes it as "server disconnect" and
+    does not reconnect (python-engineio's ``Client._receive_packet`` calls
+    ``disconnect()``, so socketio.Client._handle_eio_disconnect finds the
+    state "disconnecting"). Not Engine.IO's ``disconnect()``: it waits without
+    a bound for a long-polling client. So each socket is closed with
+    ``abort=True``: what is queued still goes out, then a websocket gets its
+    close frame; a waiting long-poll GET is answered with a NOOP and the next
+    one with 400 (the session is gone). Every client sees a transport
+    close / error and reconnects; ``on_disconnect`` runs with reason
+    "server disconnect".
 
     Touches engineio.Server.sockets (the sid -> engineio.socket.Socket dict)
-    and each socket's ``queue`` (python-engineio 4.11-4.15): there is no public
-    "close all without waiting" call. ``Socket.close(wait=False, reason=)`` is
-    the signature of engineio 4.11+.
+    and each socket's ``queue`` and ``upgraded`` (python-engineio 4.11-4.15):
+    there is no public "close all without waiting" call.
+    ``Socket.close(wait=False, abort=True, reason=)`` is the signature of
+    engineio 4.11+.
     """
     eio = sio.eio
     sockets = list(eio.sockets.values())
     eio.sockets.clear()  # not a new dict: it is the _SocketTable of the outbound limits
     for sock in sockets:
         try:
-            sock.close(wait=False, reason=eio.reason.SERVER_DISCONNECT)
+            if not sock.upgraded and not sock.closed:
+                # a long-poll GET waiting now returns a well-formed payload ("6"),
+                # not an empty body (socket.io-client decodes that as a parser error)
+                sock.queue.put(eio_packet.Packet(eio_packet.NOOP))
+            sock.close(wait=False, abort=True, reason=eio.reason.SERVER_DISCONNECT)
         except Exception:
             log.exception("closing connection %s at shutdown failed", sock.sid)
+    # Not queue.join(): a long-poll GET that took the None puts it back
+    # (Socket.poll), so the queue never counts as done; the packets are out
+    # once only that None is left.
     # Timeout(s, False) expires silently, as gevent documents (its stubs want an exception)
     with gevent.Timeout(timeout, False):  # type: ignore[arg-type]
-        for sock in sockets:
-            sock.queue.join()
+        while not all(_only_none_left(sock) for sock in sockets):
+            gevent.sleep(0.02)
     socket_class = getattr(eio.sockets, "socket_class", None)
     if socket_class is not None:  # slow consumers still being closed
         socket_class.closers.kill(timeout=max(0.1, timeout))
+
+
+def _only_none_left(sock):
+    """Whether the Engine.IO socket's transport took every packet queued before its close."""
+    return all(pkt is None for pkt in sock.queue.queue)
 
 
 # -- sending already-encoded packets ----------------------------------------------------------

@@ -7,6 +7,8 @@ The public API, in one place:
 * :func:`event` — ``@sbio.event("chat message")`` makes a method the handler
   of any event name; ``raw=True`` acks its return value as plain socket.io does.
 * :class:`Server` — hosts namespaces and a Flask app on a gevent WSGIServer.
+* :class:`Client`, :class:`Subscription` — a Python client of sbio servers
+  (calls, subscriptions, reconnects), for scripts and server-to-server work.
 * :func:`subscribes`, :func:`notifies`, :func:`notify` — live data: handlers
   clients subscribe to, re-run and pushed when their channels are notified.
 * :func:`rate_limit` — limit the calls of one handler per connection.
@@ -18,9 +20,10 @@ The public API, in one place:
 * :func:`notify_remote` — notify the subscribers of a cluster of servers from
   a program that is not one (a cron job, a worker).
 * :func:`parse_config` — layered, validated configuration for your package.
-* :class:`RpcError`, :class:`ConnectionRefused`, :class:`SbioError`,
-  :class:`SbioTimeoutError`, :class:`ConfigurationError`,
-  :class:`LifecycleError`, :class:`QueueFull` — the exception tree.
+* :class:`RpcError`, :class:`CallTimeout`, :class:`ConnectionRefused`,
+  :class:`ConnectionFailed`, :class:`SbioError`, :class:`SbioTimeoutError`,
+  :class:`ConfigurationError`, :class:`LifecycleError`, :class:`QueueFull` —
+  the exception tree.
 
 Importing sbio has no side effects: no monkey-patching, no sockets, no
 configuration parsed. The names are loaded on first use, so ``import sbio``
@@ -37,8 +40,12 @@ _EXPORTS = {
     "Namespace": "sbio.namespace",
     "event": "sbio.namespace",
     "Server": "sbio.server",
+    "Client": "sbio.client",
+    "Subscription": "sbio.client",
     "RpcError": "sbio.errors",
+    "CallTimeout": "sbio.errors",
     "ConnectionRefused": "sbio.errors",
+    "ConnectionFailed": "sbio.errors",
     "SbioError": "sbio.errors",
     "SbioTimeoutError": "sbio.errors",
     "subscribes": "sbio.live",
@@ -64,9 +71,13 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:
     # What type checkers see (``X as X``: an explicit re-export); at run time
     # __getattr__ below loads each name on first use.
+    from .client import Client as Client
+    from .client import Subscription as Subscription
     from .cluster import notify_remote as notify_remote
     from .config import parse_config as parse_config
+    from .errors import CallTimeout as CallTimeout
     from .errors import ConfigurationError as ConfigurationError
+    from .errors import ConnectionFailed as ConnectionFailed
     from .errors import ConnectionRefused as ConnectionRefused
     from .errors import LifecycleError as LifecycleError
     from .errors import QueueFull as QueueFull

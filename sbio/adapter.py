@@ -29,19 +29,26 @@ one of these libraries, this file is the one to read against its changes.
 * :func:`feed_connect`, :func:`feed_message`, :func:`feed_disconnect`,
   :func:`capture_output` — drive a server's packet handling without a
   socket, and catch what it sends (``sbio.testing``).
+* :class:`ClientSocket` — python-socketio's threaded client for
+  :class:`sbio.Client`: packets handled in order on one thread, events
+  handed over with a reply function, a server's DISCONNECT told apart from
+  a dropped transport.
 * :class:`RedisManagerBase` — python-socketio's Redis manager with its
   transport (publish / listen) handed to public-named methods that
   :class:`sbio.cluster.RedisManager` implements.
 """
 import contextlib
 import logging
+import queue
 import re
 import socket
 import struct
+import threading
 import time
 import urllib.parse
 from typing import Any
 
+import engineio
 import gevent
 import gevent.pool
 import gevent.queue
@@ -62,7 +69,7 @@ from .protocol import short_repr as _short
 __all__ = ["SocketIOServer", "ProtocolViolation", "MessageTooBig", "websocket_handler_class",
            "close_transports", "send_text", "text_sender", "feed_connect", "feed_message",
            "feed_disconnect", "capture_output", "RedisManagerBase", "ConnectionLimitedWSGIServer",
-           "connection_cap"]
+           "connection_cap", "ClientSocket"]
 
 log = logging.getLogger(__name__)
 
@@ -1240,6 +1247,157 @@ def capture_output(sio, send_packet, disconnect):
     eio.send = lambda eio_sid, data: send_packet(
         eio_sid, eio_packet.Packet(eio_packet.MESSAGE, data=data))
     eio.disconnect = disconnect
+
+
+# -- the Python client (sbio.Client) ------------------------------------------------------------
+#
+# sbio.Client drives python-socketio's threaded client (socketio.Client over
+# engineio.Client). Three things of it are changed, all here:
+# * order: engineio.Client hands every received message to a new thread, so
+#   two packets can be handled out of order (an older update after a newer
+#   one), and triggers "disconnect" in its read loop, possibly before
+#   messages that arrived earlier were handled. ClientSocket's Engine.IO
+#   client hands both to one thread, in arrival order;
+# * events: socketio.Client calls the handler of a server event in that
+#   thread and acks with its return value; ClientSocket hands each event
+#   (and a reply function, for a server's call) to sbio.Client, which runs
+#   application code on a thread of its own, so a slow callback never holds
+#   up the acks it may be waiting for;
+# * a namespace DISCONNECT (the server's Namespace.disconnect(): on purpose,
+#   no reconnect) and an Engine.IO close both reach the client's disconnect
+#   handler as "server disconnect": ClientSocket.kicked tells them apart.
+# Written against python-socketio 5.12-5.18 (socketio/client.py) and
+# python-engineio 4.11-4.15 (engineio/client.py).
+
+
+class _OrderedEngineClient(engineio.Client):
+    """``engineio.Client`` whose messages and disconnect are handled on one thread, in order."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._inbox: queue.Queue[Any] = queue.Queue()
+        self._inbox_lock = threading.Lock()
+        self._dispatcher = None
+        self._dispatch_stopped = False
+
+    # Replaces engineio.Client._trigger_event (4.11-4.15) for "message" (upstream:
+    # a thread per message, run_async=True) and "disconnect" (upstream: run in
+    # the read loop, run_async=False): both go to the inbox, which one thread
+    # drains. "connect" stays upstream's (run in connect(), before the read loop).
+    def _trigger_event(self, event, *args, **kwargs):
+        if event not in ("message", "disconnect") or event not in self.handlers:
+            return super()._trigger_event(event, *args, **kwargs)
+        with self._inbox_lock:
+            if self._dispatch_stopped:
+                return None
+            self._inbox.put((event, self.handlers[event], args))
+            if self._dispatcher is None:
+                self._dispatcher = threading.Thread(target=self._dispatch, daemon=True,
+                                                    name="sbio.Client packets")
+                self._dispatcher.start()
+        return None
+
+    def _dispatch(self):
+        while True:
+            item = self._inbox.get()
+            if item is None:
+                return
+            event, handler, args = item
+            try:
+                handler(*args)
+            except Exception:  # a bug: log it, keep handling packets
+                self.logger.exception("handling Engine.IO %s failed", event)
+
+    def flush(self, timeout):
+        """Wait up to *timeout* s until what is queued now has been handled (False: not yet)."""
+        with self._inbox_lock:
+            if self._dispatcher is None:
+                return True
+            done = threading.Event()
+            self._inbox.put(("flush", done.set, ()))
+        return done.wait(timeout)
+
+    def stop_dispatch(self, timeout):
+        """Stop the packet thread after what is queued; join it for up to *timeout* s."""
+        with self._inbox_lock:
+            self._dispatch_stopped = True
+            thread, self._dispatcher = self._dispatcher, None
+            self._inbox.put(None)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+
+class ClientSocket(socketio.Client):
+    """``socketio.Client`` for :class:`sbio.Client` (see the section comment above).
+
+    :param on_event: ``on_event(event, args, reply)`` for each event the
+        server sends, on the packet thread (it must not block); *reply* is
+        ``reply(*values)`` for an event the server sent with an ack id (its
+        ``Namespace.call``), else None.
+    Other keyword arguments are ``socketio.Client``'s.
+    """
+
+    def __init__(self, on_event, **kwargs):
+        self.on_event = on_event
+        #: the server ended the namespace on purpose (a socket.io DISCONNECT); reset on connect
+        self.kicked = False
+        #: the payload of the CONNECT_ERROR that refused the namespace ({"message", "data"})
+        self.refusal = None
+        self._send_lock = threading.Lock()
+        super().__init__(**kwargs)
+
+    # Replaces socketio.Client._engineio_client_class (5.12-5.18): the ordered Engine.IO client.
+    def _engineio_client_class(self):
+        return _OrderedEngineClient
+
+    # Replaces socketio.Client._handle_event (5.12-5.18), which runs the
+    # event's handler on the packet thread and acks with its return value:
+    # the event goes to on_event with a reply function instead.
+    def _handle_event(self, namespace, id, data):
+        namespace = namespace or "/"
+        if not data:
+            return
+        reply = None
+        if id is not None:
+            def reply(*values):
+                self._send_packet(self.packet_class(sio_packet.ACK, namespace=namespace,
+                                                    id=id, data=list(values)))
+        self.on_event(data[0], list(data[1:]), reply)
+
+    # Extends socketio.Client._handle_disconnect (5.12-5.18), the server's
+    # socket.io DISCONNECT: remembered, as it means "do not reconnect".
+    def _handle_disconnect(self, namespace):
+        if self.connected:
+            self.kicked = True
+        super()._handle_disconnect(namespace)
+
+    # Extends socketio.Client._handle_error (5.12-5.18), the CONNECT_ERROR of
+    # a refused namespace: its payload is kept, to tell a refusal (with the
+    # server's message) from a transport failure, which upstream reports
+    # through the same connect_error event.
+    def _handle_error(self, namespace, data):
+        self.refusal = data if data is not None else {"message": "Connection refused"}
+        super()._handle_error(namespace, data)
+
+    # Extends socketio.Client._send_packet (5.12-5.18): upstream is not
+    # thread-safe for a packet with binary attachments (several Engine.IO
+    # messages); sbio.Client sends from several threads.
+    def _send_packet(self, pkt):
+        with self._send_lock:
+            super()._send_packet(pkt)
+
+    def abort(self):
+        """Drop the Engine.IO connection at once (after a failed connect: a polling
+        transport would wait out its long-poll). ``engineio.Client.disconnect(abort=True)``."""
+        self.eio.disconnect(abort=True)
+
+    def flush(self, timeout):
+        """Wait up to *timeout* s until the packets received so far have been handled."""
+        return self.eio.flush(timeout)
+
+    def stop_dispatch(self, timeout):
+        """Stop the packet thread (see :class:`_OrderedEngineClient`), for good."""
+        self.eio.stop_dispatch(timeout)
 
 
 # -- the Redis client manager ----------------------------------------------------------------

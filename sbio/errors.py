@@ -3,12 +3,17 @@
 Handlers raise :class:`RpcError` to answer a call with an application error
 code, and :class:`ConnectionRefused` from ``on_connect`` to refuse a
 connection with a message and a payload the client receives.
+:class:`sbio.Client` raises the same classes on the other side: an error
+answer as :class:`RpcError` (a timeout as :class:`CallTimeout`), a refusal as
+:class:`ConnectionRefused`, an unreachable server as :class:`ConnectionFailed`.
 
 ::
 
     SbioError
     ├── RpcError                  (sbio.sa.ValidationError, sbio.testing.CallError)
+    │   └── CallTimeout           also a SbioTimeoutError (so a TimeoutError): code "timeout"
     ├── ConnectionRefused
+    ├── ConnectionFailed          also a ConnectionError
     ├── SbioTimeoutError          also a TimeoutError
     ├── ConfigurationError        also a ValueError
     ├── LifecycleError
@@ -24,7 +29,8 @@ import queue as _stdlib_queue
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["SbioError", "RpcError", "ConnectionRefused", "SbioTimeoutError",
+__all__ = ["SbioError", "RpcError", "CallTimeout", "ConnectionRefused", "ConnectionFailed",
+           "SbioTimeoutError",
            "ConfigurationError", "LifecycleError", "QueueFull", "NamespaceLoadError", "BadJSON"]
 
 
@@ -75,6 +81,30 @@ class ConnectionRefused(SbioError):
 
 class SbioTimeoutError(SbioError, TimeoutError):
     """A wait that sbio bounds ran out of time (e.g. ``Namespace.call``)."""
+
+
+class CallTimeout(RpcError, SbioTimeoutError):
+    """A call got no answer in time, or the server answered it with code ``timeout``.
+
+    An :class:`RpcError` with ``code == "timeout"``, and also a
+    :class:`SbioTimeoutError` (so a :class:`TimeoutError`): catch it as any
+    of the three. :class:`sbio.Client` raises it when a call, a subscription's
+    first result or the connection it waits for does not come within the
+    timeout, and for a ``timeout`` error envelope (a bound of the server ran
+    out), so that one ``except`` covers both.
+    """
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__("timeout", message)
+
+
+class ConnectionFailed(SbioError, ConnectionError):
+    """:class:`sbio.Client` could not reach the server, or the handshake failed.
+
+    Not a refusal (that is :class:`ConnectionRefused`, with the server's
+    message): the server is down, the URL is wrong, or no answer came within
+    the client's timeout. Also a :class:`ConnectionError`.
+    """
 
 
 class ConfigurationError(SbioError, ValueError):

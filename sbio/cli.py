@@ -1,6 +1,10 @@
-"""``sbio run`` (also installed as ``run_server``): serve the namespaces of a directory.
+"""The ``sbio`` command: ``sbio run`` serves, ``sbio call`` / ``sbio subscribe`` are clients.
 
     sbio run [--host H] [--port P] [--namespaces DIR]... [--config FILE] [--debug]
+    sbio call URL EVENT [ARG ...] [--namespace NS] [--auth JSON] [--timeout S]
+    sbio subscribe URL EVENT [ARG ...] [--count N] [--namespace NS] [--auth JSON] [--timeout S]
+
+``sbio run`` (also installed as ``run_server``) serves the namespaces of a directory.
 
 Every module and package in each namespaces directory (``namespaces/`` by
 default, relative to the current directory) is imported, and every
@@ -8,11 +12,21 @@ default, relative to the current directory) is imported, and every
 A module-level ``blueprint`` (a :class:`flask.Blueprint`) of such a module is
 registered on the server's Flask app: that is how an application adds pages.
 SIGINT and SIGTERM stop the server gracefully.
+
+``sbio call`` and ``sbio subscribe`` connect an :class:`sbio.Client` (the
+namespace is the URL's path or ``--namespace``), print the result, or each
+result of the subscription, as one line of JSON on stdout, and exit 0; an
+error answer is printed as ``{"error": {"code", "message"}}`` on stderr, exit
+1; a connection that fails or is refused exits 3; bad arguments 2; Ctrl-C 130.
+Each ARG is parsed as JSON if it is valid JSON (``42``, ``true``, ``null``,
+``'{"a": 1}'``, ``'"42"'`` for the string) and taken as a string otherwise.
+See docs/python-client.md.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import os
 import signal
@@ -32,7 +46,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sbio.cli")
 
-__all__ = ["main", "make_server", "load_namespaces", "load_blueprints", "NamespaceLoadError"]
+__all__ = ["main", "make_server", "load_namespaces", "load_blueprints", "NamespaceLoadError",
+           "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_CONNECTION", "EXIT_INTERRUPTED"]
+
+#: exit statuses of ``sbio call`` / ``sbio subscribe``
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CONNECTION, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+#: the commands that are clients (they do not monkey-patch)
+_CLIENT_COMMANDS = ("call", "subscribe")
 
 
 def _module_entries(directory: str) -> Iterator[tuple[str, str]]:
@@ -155,7 +175,116 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--message-queue", metavar="URL",
                      help="redis:// URL to share events with other sbio processes")
     run.add_argument("--debug", action="store_true", help="debug logging and settings")
+    call = commands.add_parser(
+        "call", help="call EVENT of a server; print the result as JSON",
+        description="Call on_EVENT(ARG...) of a namespace and print the result as one JSON "
+                    "line. Exit 0 on success, 1 on an error answer (printed as JSON on "
+                    "stderr), 3 if the connection fails or is refused.")
+    subscribe = commands.add_parser(
+        "subscribe", help="subscribe to EVENT of a server; print each result as JSON",
+        description="Subscribe to on_EVENT(ARG...) of a namespace and print the first result "
+                    "and every change as JSON lines, until Ctrl-C or --count results. The "
+                    "client reconnects and resubscribes by itself.")
+    for command in (call, subscribe):
+        command.add_argument("url", metavar="URL",
+                             help="the server, e.g. http://127.0.0.1:8282/chat (the path is "
+                                  "the namespace)")
+        command.add_argument("event", metavar="EVENT", help="the handler on_EVENT to call")
+        command.add_argument("args", nargs="*", metavar="ARG",
+                             help="an argument: JSON if it parses as JSON (42, true, null, "
+                                  "'{\"a\": 1}', '\"42\"'), else a string")
+        command.add_argument("--namespace", metavar="NS",
+                             help="the namespace, if the URL has no path (default /)")
+        command.add_argument("--auth", metavar="JSON",
+                             help="the handshake payload on_connect(auth) gets, as JSON")
+        command.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                             help="seconds for the connection and the answer (default 10)")
+    subscribe.add_argument("--count", type=int, default=0, metavar="N",
+                           help="exit after N results (the first one counts; default: run "
+                                "until Ctrl-C)")
     return parser
+
+
+def _json_arg(text: str) -> Any:
+    """*text* parsed as JSON if it is valid (strict: no NaN), else the string itself."""
+    def refuse(constant: str) -> Any:
+        raise ValueError(constant)
+
+    try:
+        return json.loads(text, parse_constant=refuse)
+    except ValueError:
+        return text
+
+
+def _print_json(value: Any, stream: Any = None) -> None:
+    stream = sys.stdout if stream is None else stream
+    stream.write(json.dumps(value, ensure_ascii=False, default=repr) + "\n")
+    stream.flush()
+
+
+def _print_error(error: Any) -> None:
+    _print_json({"error": {"code": error.code, "message": error.message}}, sys.stderr)
+
+
+def client_command(args: argparse.Namespace) -> int:
+    """``sbio call`` / ``sbio subscribe``: one :class:`sbio.Client`, results as JSON lines."""
+    import threading
+
+    from .client import Client
+    from .errors import ConnectionFailed, ConnectionRefused, RpcError
+
+    logging.basicConfig(level=logging.WARNING, format="sbio: %(levelname)s %(name)s: %(message)s")
+    auth = None
+    if args.auth is not None:
+        try:
+            auth = json.loads(args.auth)
+        except ValueError as exc:
+            print(f"sbio: error: --auth is not JSON: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    if args.timeout <= 0 or getattr(args, "count", 0) < 0:
+        print("sbio: error: --timeout must be > 0 and --count >= 0", file=sys.stderr)
+        return EXIT_USAGE
+    values = [_json_arg(arg) for arg in args.args]
+    try:
+        client = Client(args.url, args.namespace or "/", auth=auth, timeout=args.timeout)
+    except (TypeError, ValueError) as exc:
+        print(f"sbio: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ConnectionRefused as exc:
+        print(f"sbio: error: connection refused: {exc.message}"
+              + (f" {json.dumps(exc.data)}" if exc.data is not None else ""), file=sys.stderr)
+        return EXIT_CONNECTION
+    except ConnectionFailed as exc:
+        print(f"sbio: error: {exc}", file=sys.stderr)
+        return EXIT_CONNECTION
+    try:
+        if args.command == "call":
+            _print_json(client.call(args.event, *values))
+            return EXIT_OK
+        done = threading.Event()
+        shown = [0]
+
+        def show(data: Any) -> None:
+            _print_json(data)
+            shown[0] += 1
+            if args.count and shown[0] >= args.count:
+                done.set()
+
+        client.subscribe(args.event, *values, callback=show, on_error=_print_error)
+        while not done.wait(0.2):
+            if client.status == "closed":
+                print("sbio: error: the connection was closed"
+                      + (f": refused: {client.refused.message}" if client.refused else ""),
+                      file=sys.stderr)
+                return EXIT_CONNECTION
+        return EXIT_OK
+    except RpcError as exc:
+        _print_error(exc)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    finally:
+        client.close()
 
 
 #: Loggers that log every packet or HTTP request at INFO or DEBUG: WARNING unless --debug.
@@ -234,14 +363,18 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sbio`` and ``run_server`` commands."""
-    # Patch first, before anything imports socket, ssl or threading.
-    from gevent import monkey
-
-    monkey.patch_all()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("run", "-h", "--help"):
+    if not argv or argv[0] not in ("run", *_CLIENT_COMMANDS, "-h", "--help"):
         argv.insert(0, "run")
+    if argv[0] not in _CLIENT_COMMANDS:
+        # The server patches first, before anything imports socket, ssl or
+        # threading. The clients run on plain threads: no patching.
+        from gevent import monkey
+
+        monkey.patch_all()
     args = _parser().parse_args(argv)
+    if args.command in _CLIENT_COMMANDS:
+        return client_command(args)
     return run(args)
 
 

@@ -486,3 +486,57 @@ def test_import_sbio_and_the_client_do_not_monkey_patch():
     assert result.stdout.strip() == "ok", result.stderr
     assert sbio.Client is Client
 
+
+# -- sbio call / sbio subscribe ---------------------------------------------------------------
+
+
+def _sbio(*args, timeout=60):
+    return subprocess.run([sys.executable, "-m", "sbio", *args], capture_output=True, text=True,
+                          timeout=timeout, env=dict(os.environ, PYTHONPATH=REPO))
+
+
+def test_cli_call_prints_json_and_exits_by_the_envelope(server):
+    ok = _sbio("call", server.url + "/demo", "echo", "42", "ann", "true", "null",
+               '{"a": [1]}', '"42"', "NaN")
+    assert (ok.returncode, ok.stdout) == (0, '[42, "ann", true, null, {"a": [1]}, "42", "NaN"]\n')
+    assert ok.stderr == ""
+    login = _sbio("call", server.url, "login", "ann", "secret", "--namespace", "/demo")
+    assert (login.returncode, json.loads(login.stdout)) == (0, {"user": "ann"})
+    refused = _sbio("call", server.url + "/demo", "whoami")
+    assert (refused.returncode, refused.stdout) == (1, "")
+    assert json.loads(refused.stderr) == {"error": {
+        "code": "forbidden", "message": "not allowed to call 'whoami'"}}
+    slow = _sbio("call", server.url + "/demo", "slow", "5", "--timeout", "1")
+    assert slow.returncode == 1 and json.loads(slow.stderr)["error"]["code"] == "timeout"
+    bad = _sbio("call", server.url + "/demo", "echo", "--auth", '{"token": "bad"}')
+    assert bad.returncode == 3 and "bad token" in bad.stderr
+    down = _sbio("call", f"http://127.0.0.1:{free_port()}/demo", "echo", "--timeout", "3")
+    assert down.returncode == 3 and "cannot connect" in down.stderr
+    usage = _sbio("call", server.url + "/demo", "echo", "--auth", "{not json")
+    assert usage.returncode == 2 and "--auth" in usage.stderr
+
+
+def test_cli_subscribe_prints_each_result_until_count(server, clients):
+    other = clients(server.url)
+    start = other.call("bump", 0)
+    proc = subprocess.Popen([sys.executable, "-m", "sbio", "subscribe", server.url + "/demo",
+                             "counter", "--count", "3"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=REPO))
+    try:
+        lines = []
+        with gevent.Timeout(60, AssertionError("sbio subscribe printed nothing")):
+            lines.append(json.loads(proc.stdout.readline()))
+            other.call("bump")
+            lines.append(json.loads(proc.stdout.readline()))
+            other.call("bump")
+            lines.append(json.loads(proc.stdout.readline()))
+        assert lines == [start, start + 1, start + 2]
+        assert proc.wait(timeout=30) == 0
+        assert proc.stdout.read() == ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    refused = _sbio("subscribe", server.url + "/demo", "nope", "--count", "1")
+    assert refused.returncode == 1 and json.loads(refused.stderr)["error"]["code"] == "forbidden"

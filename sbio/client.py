@@ -68,6 +68,18 @@ def _library_logger(name: str) -> logging.Logger:
     return logger
 
 
+def _check_transport_libraries(transports: list[str] | None) -> None:
+    """Fail with how to fix it when python-socketio's client transports are not installed."""
+    import importlib.util
+
+    needed = {"polling": "requests", "websocket": "websocket"}
+    missing = [needed[t] for t in (transports or ["polling", "websocket"])
+               if t in needed and importlib.util.find_spec(needed[t]) is None]
+    if missing:
+        raise ImportError(f"sbio.Client needs {', '.join(missing)} (the transports of "
+                          "python-socketio's client): pip install 'sbio[client]'")
+
+
 def _canonical(value: Any) -> str:
     """JSON with sorted keys: two equal results encode the same (bytes via repr)."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=repr)
@@ -173,7 +185,7 @@ class _Worker:
             with self._cond:
                 while not self._jobs and not self._stopped:
                     self._cond.wait()
-                if self._stopped:
+                if not self._jobs:  # stopped, and what was queued has run
                     return
                 fn, args = self._jobs.popleft()
             try:
@@ -185,14 +197,15 @@ class _Worker:
         return self._runner is not None and self._runner is threading.current_thread()
 
     def stop(self, timeout: float) -> None:
-        """Drop what is queued; let the running job finish (joined for up to *timeout* s)."""
+        """Take no more jobs; run what is queued for up to *timeout* s, then drop the rest."""
         with self._cond:
             self._stopped = True
-            self._jobs.clear()
             self._cond.notify_all()
             thread = self._runner
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
+        with self._cond:
+            self._jobs.clear()
 
 
 class _Pending:
@@ -340,6 +353,7 @@ class Client:
         self.reconnect_delay_max = max(float(reconnect_delay_max), self.reconnect_delay)
         if max_backlog < 1:
             raise ValueError("sbio.Client: max_backlog must be at least 1")
+        _check_transport_libraries(self.transports)
         #: :data:`CONNECTING`, :data:`OPEN` or :data:`CLOSED`
         self.status = CONNECTING
         #: the :class:`~sbio.ConnectionRefused` that ended the client, if one did
@@ -576,7 +590,8 @@ class Client:
     def close(self, timeout: float = 5.0) -> None:
         """Disconnect for good and stop the client's threads (within *timeout* s). Idempotent.
 
-        Waiting calls raise :class:`~sbio.RpcError` ``closed``; subscriptions end.
+        Waiting calls raise :class:`~sbio.RpcError` ``closed``; callbacks and
+        handlers already queued still run (within *timeout*); subscriptions end.
         """
         with self._cond:
             if self._closing:
@@ -585,14 +600,16 @@ class Client:
             self.status = CLOSED
             pending = list(self._pending)
             self._pending.clear()
-            for sub in self._subs.values():
-                sub.active = False
             self._cond.notify_all()
         self._stop.set()
         for call in pending:
             call.fail(RpcError("closed",
                                f"the client was closed before {call.event!r} was answered"))
-        self._stop_threads(timeout)
+        self._stop_threads(timeout)  # callbacks already queued still run (within timeout)
+        with self._cond:
+            for sub in self._subs.values():
+                sub.active = False
+            self._cond.notify_all()
         log.info("sbio.Client closed (%s, namespace %s)", self.url, self.namespace)
 
     def wait_closed(self, timeout: float | None = None) -> bool:

@@ -8,6 +8,7 @@ with and without gevent's monkey-patching.
 import json
 import logging
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -485,6 +486,55 @@ def test_import_sbio_and_the_client_do_not_monkey_patch():
                             capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "ok", result.stderr
     assert sbio.Client is Client
+
+
+
+# -- server to server (the example of docs/python-client.md) -----------------------------------
+
+
+def _doc_example(marker):
+    """The fenced Python block of docs/python-client.md whose first line is *marker*."""
+    text = pathlib.Path(REPO, "docs", "python-client.md").read_text()
+    for block in text.split("```python\n")[1:]:
+        code = block.split("```", 1)[0]
+        if code.startswith(marker):
+            return code
+    raise AssertionError(f"no example starting with {marker!r} in docs/python-client.md")
+
+
+def test_server_to_server_a_daemon_task_follows_another_server(server, clients, tmp_path):
+    namespaces = tmp_path / "namespaces"
+    namespaces.mkdir()
+    (namespaces / "dashboard.py").write_text(_doc_example("# namespaces/dashboard.py"))
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=REPO, PYTHONUNBUFFERED="1",
+               PRICES_URL=server.url + "/prices")
+    dashboard = subprocess.Popen(
+        [sys.executable, "-m", "sbio", "run", "--host", "127.0.0.1", "--port", str(port),
+         "--namespaces", str(namespaces)], cwd=tmp_path, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_port(port, dashboard, timeout=30)
+        upstream = clients(server.url)
+        start = upstream.call("bump", 0)
+        browser = clients(f"http://127.0.0.1:{port}", "/dashboard")
+        seen = Recorder()
+        browser.subscribe("prices", callback=seen)
+        for _ in range(300):  # None until the task's client has its first result
+            if seen.values and seen.values[-1] == {"n": start}:
+                break
+            gevent.sleep(0.1)
+        assert seen.values[-1] == {"n": start}
+        upstream.call("bump")  # a change upstream reaches the dashboard's subscribers
+        assert seen.wait_count(len(seen.values) + 1) == {"n": start + 1}
+        dashboard.send_signal(signal.SIGTERM)
+        assert dashboard.wait(timeout=30) == 0
+        err = dashboard.stderr.read()
+        assert "Traceback" not in err and "did not stop" not in err, err
+    finally:
+        if dashboard.poll() is None:
+            dashboard.kill()
+            dashboard.wait(timeout=10)
 
 
 # -- sbio call / sbio subscribe ---------------------------------------------------------------

@@ -71,3 +71,13 @@ class ClientDemo(Namespace):
     def on_kick(self):
         self.spawn(self.disconnect)
         return "bye"
+
+
+class Prices(Namespace):
+    """The upstream of the server-to-server example of docs/python-client.md."""
+
+    name = "/prices"
+
+    @subscribes("counter")
+    def on_prices(self):
+        return {"n": COUNTER["n"]}

@@ -124,22 +124,24 @@ def _split_url(url: str, namespace: str) -> tuple[str, str]:
 
 
 class _Throttle:
-    """Logs the first of a kind of event at once, then at most one per *period* seconds."""
+    """Logs the first line of each kind (its format string) at once, then at most one per
+    *period* seconds, with a count of the rest. The kinds are this module's format strings:
+    a fixed, small set."""
 
     def __init__(self, period: float = 60.0) -> None:
         self.period = period
-        self._next = 0.0
-        self._suppressed = 0
+        self._kinds: dict[str, list[float]] = {}  # msg -> [next time, suppressed]
         self._lock = threading.Lock()
 
     def __call__(self, level: int, msg: str, *args: Any, exc_info: bool = False) -> None:
         now = time.monotonic()
         with self._lock:
-            if now < self._next:
-                self._suppressed += 1
+            kind = self._kinds.setdefault(msg, [0.0, 0])
+            if now < kind[0]:
+                kind[1] += 1
                 return
-            suppressed, self._suppressed = self._suppressed, 0
-            self._next = now + self.period
+            suppressed = int(kind[1])
+            kind[:] = [now + self.period, 0]
         if suppressed:
             msg += " (and %d more like it in the last %d s)"
             args += (suppressed, int(self.period))
@@ -373,7 +375,6 @@ class Client:
         self._connect_hooks: list[Callback] = []
         self._local = threading.local()  # .hook: this thread runs the "connect" hooks
         self._errors = _Throttle()
-        self._overflow_log = _Throttle()
         self._worker = _Worker(int(max_backlog), self._overflow)
         self._sio = ClientSocket(
             self._on_event, reconnection=False, handle_sigint=False,
@@ -431,10 +432,26 @@ class Client:
             answered ``timeout``.
         :raises TypeError: an argument cannot be sent as JSON.
         """
+        envelope = self._call_envelope(event, args, timeout)
+        if not _is_envelope(envelope):
+            raise RpcError("bad_response", f"malformed reply to {event!r}: {envelope!r:.200}")
+        if envelope["ok"]:
+            return envelope.get("data")
+        raise _error_of(envelope.get("error"))
+
+    def _call_envelope(self, event: str, args: tuple[Any, ...] | list[Any],
+                       timeout: float | None) -> Any:
+        """Send *event* with an ack; return the ack's first value as it came (an envelope).
+
+        Raises what :meth:`call` raises when there is no answer (CallTimeout,
+        RpcError ``disconnected`` / ``closed`` / ``connection_refused``). Used
+        by :meth:`call` and by the pytest plugin's ``LiveClient`` (its
+        ``call_envelope``).
+        """
         timeout = self.timeout if timeout is None else float(timeout)
         deadline = time.monotonic() + timeout
         pending = _Pending(event)
-        self._send(event, args, deadline, timeout, pending)
+        self._send(event, tuple(args), deadline, timeout, pending)
         try:
             if not pending.done.wait(max(0.0, deadline - time.monotonic())):
                 raise CallTimeout(f"no reply to {event!r} within {timeout:g} s")
@@ -443,12 +460,7 @@ class Client:
                 self._pending.discard(pending)
         if pending.error is not None:
             raise pending.error
-        envelope = pending.envelope
-        if not _is_envelope(envelope):
-            raise RpcError("bad_response", f"malformed reply to {event!r}: {envelope!r:.200}")
-        if envelope["ok"]:
-            return envelope.get("data")
-        raise _error_of(envelope.get("error"))
+        return pending.envelope
 
     def emit(self, event: str, *args: Any) -> None:
         """Emit *event* without waiting for an answer.
@@ -473,12 +485,15 @@ class Client:
         exception is logged and the server's call gets no answer (it times
         out).
 
-        Two names are the client's own: ``"connect"``: ``fn()`` after every
-        reconnect, before the subscriptions are sent again; calls made in it
-        go out at once (log in again, for instance). Several may be
-        registered. ``"disconnect"``: ``fn(reason)`` when the connection drops.
+        Special names: ``"connect"``: ``fn()`` after every reconnect, before
+        the subscriptions are sent again; calls made in it go out at once (log
+        in again, for instance). Several may be registered.
+        ``"disconnect"``: ``fn(reason)`` when the connection drops.
         ``"sbio:error"``: ``fn(error)`` with ``{"event", "code", "message"}``
         for an emitted event that failed (logged as a warning when unhandled).
+        ``"*"``: ``fn(event, *args)`` for every event the server sends, sbio's
+        own (``sbio:update``, ``sbio:error``) included, before it is handled
+        as usual; its return value answers nothing (a log, a test's record).
         """
         if fn is None:
             def decorator(func: Callback) -> Callback:
@@ -899,6 +914,9 @@ class Client:
                          sub.id, sub.event, error)
 
     def _on_event(self, event: Any, args: list[Any], reply: Callable[..., None] | None) -> None:
+        tap = self._handlers.get("*")
+        if tap is not None:
+            self._worker.submit(self._run_handler, "*", tap, [event, *args], None, None)
         if event == UPDATE_EVENT:
             body = args[0] if args else None
             if not isinstance(body, dict):
@@ -959,7 +977,7 @@ class Client:
 
     def _overflow(self, dropped: int) -> None:
         """The callback backlog is full: drop it, reconnect, deliver every result afresh."""
-        self._overflow_log(logging.WARNING, "sbio.Client: %d callbacks waiting to run "
+        self._errors(logging.WARNING, "sbio.Client: %d callbacks waiting to run "
                            "(max_backlog %d): dropped them; reconnecting to deliver the current "
                            "results", dropped, self._worker.max_backlog)
         with self._cond:

@@ -191,8 +191,9 @@ def test_unknown_namespace_is_refused_and_no_server_fails(server):
 def test_server_events_and_server_to_client_calls(server, clients):
     c = clients(server.url)
     _login(c)
-    news = Recorder()
+    news, tapped = Recorder(), Recorder()
     c.on("news", news)
+    c.on("*", lambda event, *args: tapped((event, list(args))))
 
     @c.on("confirm")
     def confirm(question):
@@ -200,6 +201,7 @@ def test_server_events_and_server_to_client_calls(server, clients):
 
     c.call("news", "hello")
     assert news.wait_count(1) == {"text": "hello"}
+    assert tapped.wait_count(1) == ("news", [{"text": "hello"}])
     assert c.call("ask", "delete?") == {"answer": "yes to delete?"}
     errors = Recorder()
     c.on("sbio:error", errors)

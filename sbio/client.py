@@ -408,6 +408,10 @@ class Client:
         """Whether the connection is up now (:attr:`status` is ``"open"``)."""
         return self.status == OPEN
 
+    def transport(self) -> str | None:
+        """The transport in use now: ``"websocket"`` or ``"polling"`` (None while down)."""
+        return self._sio.transport() if self._connected else None
+
     @property
     def sid(self) -> str | None:
         """The socket.io sid of the current connection (None while down)."""

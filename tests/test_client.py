@@ -136,6 +136,7 @@ def _login(client):
 def test_call_returns_data_and_raises_rpc_errors(server, clients):
     c = clients(server.url)
     assert c.status == "open" and c.connected and c.sid
+    assert c.transport() in ("polling", "websocket")
     assert c.call("echo", 1, "two", {"three": [3]}) == [1, "two", {"three": [3]}]
     with pytest.raises(RpcError) as err:
         c.call("whoami")

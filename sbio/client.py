@@ -334,6 +334,10 @@ class Client:
         more (a callback slower than the server's pushes) drops the backlog,
         is logged once, and the client reconnects, which delivers every
         subscription's current result.
+    :param handlers: ``{event: fn}`` registered with :meth:`on` before the
+        connection opens, for events the server emits at once (from
+        ``on_connect``), which a handler registered after the constructor
+        returned could miss.
     :raises sbio.ConnectionRefused: the namespace refused the connection
         (``message`` and ``data`` are the server's).
     :raises sbio.ConnectionFailed: the server could not be reached or did not
@@ -344,7 +348,8 @@ class Client:
                  transports: Iterable[str] | None = None, timeout: float = 10,
                  reconnect: bool = True, headers: dict[str, str] | None = None,
                  reconnect_delay: float = 0.5, reconnect_delay_max: float = 10.0,
-                 max_backlog: int = 10_000) -> None:
+                 max_backlog: int = 10_000,
+                 handlers: dict[str, Callback] | None = None) -> None:
         self.url, self.namespace = _split_url(url, namespace)
         self.auth = auth
         self.transports = list(transports) if transports is not None else None
@@ -383,6 +388,8 @@ class Client:
             engineio_logger=_library_logger("sbio.client.engineio"))
         self._sio.on("connect", self._on_connect, namespace=self.namespace)
         self._sio.on("disconnect", self._on_disconnect, namespace=self.namespace)
+        for event, fn in (handlers or {}).items():
+            self.on(event, fn)
         try:
             self._connect_once()
         except BaseException:

@@ -211,6 +211,12 @@ def test_server_events_and_server_to_client_calls(server, clients):
                                     "message": "no handler for event 'nope'"}
 
 
+def test_handlers_given_to_the_constructor_see_what_on_connect_emits(server, clients):
+    welcome = Recorder()
+    clients(server.url, auth={"token": "greet"}, handlers={"welcome": welcome})
+    assert welcome.wait_count(1) == "hello"
+
+
 def test_callback_errors_are_logged_and_the_client_goes_on(server, clients, caplog):
     c = clients(server.url)
     _login(c)

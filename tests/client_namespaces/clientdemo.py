@@ -20,6 +20,8 @@ class ClientDemo(Namespace):
         token = auth.get("token") if isinstance(auth, dict) else None
         if token == "bad":
             raise ConnectionRefused("bad token", {"code": 401})
+        if token == "greet":
+            self.emit("welcome", "hello")
 
     def on_login(self, username, password):
         if password != "secret":

@@ -213,17 +213,17 @@ class _Worker:
 class _Pending:
     """One call waiting for its ack."""
 
-    __slots__ = ("event", "done", "envelope", "error")
+    __slots__ = ("event", "done", "values", "error")
 
     def __init__(self, event: str) -> None:
         self.event = event
         self.done = threading.Event()
-        self.envelope: Any = None
+        self.values: list[Any] = []  # the ack's arguments
         self.error: BaseException | None = None
 
     def resolve(self, *values: Any) -> None:
         if not self.done.is_set():
-            self.envelope = values[0] if values else None
+            self.values = list(values)
             self.done.set()
 
     def fail(self, error: BaseException) -> None:
@@ -459,6 +459,12 @@ class Client:
         by :meth:`call` and by the pytest plugin's ``LiveClient`` (its
         ``call_envelope``).
         """
+        values = self._call_ack_args(event, args, timeout)
+        return values[0] if values else None
+
+    def _call_ack_args(self, event: str, args: tuple[Any, ...] | list[Any],
+                       timeout: float | None) -> list[Any]:
+        """Send *event* with an ack; return every argument of the ack (raw handlers)."""
         timeout = self.timeout if timeout is None else float(timeout)
         deadline = time.monotonic() + timeout
         pending = _Pending(event)
@@ -471,7 +477,7 @@ class Client:
                 self._pending.discard(pending)
         if pending.error is not None:
             raise pending.error
-        return pending.envelope
+        return pending.values
 
     def emit(self, event: str, *args: Any) -> None:
         """Emit *event* without waiting for an answer.

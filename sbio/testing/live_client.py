@@ -1,17 +1,22 @@
-"""The live client: :class:`LiveClient`, python-socketio's client over a real socket."""
+"""The live client: :class:`LiveClient`, an :class:`sbio.Client` over a real socket."""
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..errors import ConnectionRefused, SbioTimeoutError
-from .clients import _ClientBase
+from ..errors import RpcError
+from .clients import CallError, _ClientBase
 
 __all__ = ["LiveClient"]
 
 
 class LiveClient(_ClientBase):
-    """A python-socketio client connected to a running server over a real socket.
+    """A test client connected to a running server over a real socket.
+
+    A thin layer over :class:`sbio.Client` (``reconnect=False``): the client
+    does the connecting, the calls and the server-to-client answers; this
+    layer keeps the events log and the subscriptions that both test clients
+    share.
 
     :param url: the server's URL (``server.url``).
     :param namespace: the namespace to connect to.
@@ -21,74 +26,64 @@ class LiveClient(_ClientBase):
     def __init__(self, url: str, namespace: str, auth: Any = None,
                  transports: Iterable[str] = ("websocket",), timeout: float = 5,
                  headers: dict[str, str] | None = None) -> None:
-        import socketio
+        from ..client import Client
 
         super().__init__(namespace, timeout)
-        self.client = socketio.Client(reconnection=False)
-        self._refusal: dict[str, Any] | None = None
 
-        def on_any(event: str, *args: Any) -> None:
+        def record(event: str, *args: Any) -> None:
             self._record(event, args)
 
-        def on_connect_error(data: Any = None) -> None:
-            self._refusal = data if isinstance(data, dict) else {"message": str(data)}
-
-        def on_disconnect(reason: Any = None) -> None:
+        def disconnected(reason: Any = None) -> None:
             self._record("disconnect", [reason])
 
-        self.client.on("*", on_any, namespace=namespace)
-        self.client.on("connect_error", on_connect_error, namespace=namespace)
-        self.client.on("disconnect", on_disconnect, namespace=namespace)
-        try:
-            self.client.connect(url, namespaces=[namespace], auth=auth,
-                                transports=list(transports), headers=headers or {},
-                                wait_timeout=timeout)
-        except Exception as exc:
-            # abort: a polling transport would otherwise wait out its long-poll
-            self.client.eio.disconnect(abort=True)
-            if self._refusal is not None:
-                raise ConnectionRefused(self._refusal.get("message", "Connection refused"),
-                                        self._refusal.get("data")) from None
-            raise ConnectionError(f"cannot connect to {url}{namespace}: {exc}") from exc
+        # registered before the connection opens: what on_connect emits is recorded too
+        handlers: dict[str, Callable[..., Any]] = {"*": record, "disconnect": disconnected}
+        #: the underlying :class:`sbio.Client`
+        self.client = Client(url, namespace, auth=auth, transports=list(transports),
+                             timeout=timeout, headers=headers, reconnect=False,
+                             handlers=handlers)
 
     @property
     def sid(self) -> str | None:
-        return self.client.get_sid(self.namespace)
+        return self.client.sid
 
     @property
     def connected(self) -> bool:
-        return self.client.connected and self.namespace in self.client.namespaces
+        return self.client.connected
 
     def _call(self, event: str, args: Any, timeout: float | None
               ) -> tuple[Any, BaseException | None]:
-        import socketio
-
         timeout = self.timeout if timeout is None else timeout
         try:
-            return self.client.call(event, tuple(args), namespace=self.namespace,
-                                    timeout=timeout), None
-        except socketio.exceptions.TimeoutError:
-            raise SbioTimeoutError(f"no ack for {event!r} within {timeout}s") from None
+            return self.client._call_envelope(event, args, timeout), None
+        except RpcError as exc:
+            if exc.code == "timeout":  # a CallTimeout: also a SbioTimeoutError
+                raise
+            raise CallError(exc.code, exc.message) from None
 
     def _call_raw(self, event: str, args: Any, timeout: float | None) -> list[Any]:
-        import gevent.event
-
         timeout = self.timeout if timeout is None else timeout
-        answer: gevent.event.AsyncResult[list[Any]] = gevent.event.AsyncResult()
-        self.client.emit(event, tuple(args), namespace=self.namespace,
-                         callback=lambda *data: answer.set(list(data)))
         try:
-            return answer.get(timeout=timeout) or []
-        except gevent.Timeout:
-            raise SbioTimeoutError(f"no ack for {event!r} within {timeout}s") from None
+            return self.client._call_ack_args(event, args, timeout)
+        except RpcError as exc:
+            if exc.code == "timeout":
+                raise
+            raise CallError(exc.code, exc.message) from None
 
     def emit(self, event: str, *args: Any) -> None:
         """Emit *event* without an ack."""
-        self.client.emit(event, tuple(args), namespace=self.namespace)
+        self.client.emit(event, *args)
+
+    def on(self, event: str, fn: Callable[..., Any]) -> None:
+        """Answer the server's ``self.call(event, ...)`` with ``fn(*args)``.
+
+        See :meth:`sbio.Client.on`: a tuple answers with several values.
+        """
+        self.client.on(event, fn)
 
     def disconnect(self) -> None:
         """Disconnect. Idempotent."""
-        self.client.disconnect()
+        self.client.close()
 
     def __repr__(self) -> str:
         return f"<LiveClient {self.namespace}>"

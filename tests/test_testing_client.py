@@ -8,7 +8,7 @@ import gevent
 import gevent.event
 import pytest
 
-from sbio import Namespace, SbioTimeoutError
+from sbio import Namespace
 from sbio.testing import CallError
 
 BLOB = bytes(range(256))
@@ -120,9 +120,11 @@ def test_a_call_in_flight_ends_when_the_client_disconnects(sbio_client):
 
 def test_a_real_client_never_receives_that_ack(sbio_server, sbio_live_client):
     # python-socketio's client drops the Engine.IO connection at the
-    # namespace DISCONNECT, so the ack sent after it never arrives (it waits
-    # out its timeout); socket.io-client and sbio.js drop it too.
+    # namespace DISCONNECT, so the ack sent after it never arrives;
+    # sbio.Client (under LiveClient) fails the call as "disconnected" at
+    # once, as sbio.js and the in-process client do.
     c = sbio_live_client(sbio_server(Binary), "/binary")
-    with pytest.raises(SbioTimeoutError):
+    with pytest.raises(CallError) as info:
         c.call("leave", timeout=3)
+    assert info.value.code == "disconnected"
     assert c.receive("disconnect") == ["server disconnect"]

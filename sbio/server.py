@@ -537,6 +537,16 @@ class Server:
                 "sbio.gunicorn.Worker (`gunicorn -k sbio.gunicorn.Worker -w 1 sbio.wsgi:app`; "
                 "see docs/scaling.md), not as a plain WSGI application")
         start_response = self._add_security_headers(start_response)
+        if self._stopping and environ.get("PATH_INFO", "").startswith("/socket.io") \
+                and "sid=" not in environ.get("QUERY_STRING", ""):
+            # A handshake while stopping, over a keep-alive connection the
+            # closed listener did not stop: refused, so the client retries and
+            # reaches the restarted server instead of a session closed at once.
+            body = b"server stopping\n"
+            start_response("503 Service Unavailable", [
+                ("Content-Type", "text/plain"), ("Content-Length", str(len(body))),
+                ("Retry-After", "1"), ("Connection", "close")])
+            return [body]
         if environ.get("REQUEST_METHOD") == "POST" and \
                 environ.get("PATH_INFO", "").startswith("/socket.io"):
             try:

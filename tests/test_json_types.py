@@ -214,7 +214,7 @@ def test_a_broadcast_carries_them_to_every_connection(server, sbio_live_client):
 
 def test_a_server_to_client_call_carries_them(server, sbio_live_client):
     client = _client(server, sbio_live_client)
-    client.client.on("confirm", lambda *args: list(args), namespace=NS)
+    client.on("confirm", lambda *args: list(args))
     assert client.call("ask") == [EXPECTED["moment"], "12.50"]
     assert State.answer == [EXPECTED["moment"], "12.50"]
 

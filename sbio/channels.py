@@ -9,7 +9,14 @@ the same subscriptions. Pure functions, no imports of sbio.
 import re
 from typing import Any
 
-__all__ = ["channel_name", "channel_names", "model_channel", "snake_case"]
+__all__ = ["channel_name", "channel_names", "model_channel", "snake_case", "row_channel",
+           "row_wildcard", "wildcard_prefix", "ROW_SEPARATOR", "WILDCARD"]
+
+#: Between a table's channel and a row's key, and between the values of a composite key.
+ROW_SEPARATOR = ":"
+#: The key of :func:`row_wildcard`: ``"poll:*"`` stands for every row channel of ``poll``.
+WILDCARD = "*"
+_WILDCARD_SUFFIX = ROW_SEPARATOR + WILDCARD
 
 _CAMEL_RE = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
@@ -75,3 +82,54 @@ def channel_names(channels: Any) -> tuple[str, ...]:
     except TypeError:
         return (channel_name(channels),)
     return tuple(dict.fromkeys(channel_name(c) for c in items))
+
+
+def _key_values(obj: object) -> tuple[Any, ...]:
+    """The primary key of a mapped instance (its identity, else its current values)."""
+    from sqlalchemy import inspect as sa_inspect  # lazily: sbio.channels needs no SQLAlchemy
+
+    state = sa_inspect(obj)
+    if state.identity is not None:
+        return tuple(state.identity)
+    mapper = state.mapper
+    return tuple(mapper.primary_key_from_instance(obj))
+
+
+def row_channel(table: object, key: Any = None) -> str:
+    """The channel of one row: ``"poll:17"``.
+
+    :param table: the table's channel: a string, a model class, or a mapped
+        instance; for an instance *key* may be left out (its primary key).
+    :param key: the primary-key value; a tuple for a composite key, whose
+        values are joined with ``:`` in primary-key column order
+        (``row_channel(Vote, (17, "ann")) == "vote:17:ann"``). Each value is
+        written with ``str()``: a UUID in its hyphenated form, an integer in
+        decimal, so ``"poll:{poll_id}"`` formatted with the id a client sends
+        (a string or a number) gives the same name.
+
+    :raises ValueError: no key, or a key value that is None.
+    """
+    if key is None:
+        if isinstance(table, (str, type)):
+            raise ValueError(f"row_channel({table!r}): the row's key is missing")
+        key = _key_values(table)
+    values = key if isinstance(key, tuple) else (key,)
+    if not values or any(v is None for v in values):
+        raise ValueError(f"row_channel({table!r}, {key!r}): a row's key cannot be None or empty")
+    return channel_name(table) + ROW_SEPARATOR + ROW_SEPARATOR.join(map(str, values))
+
+
+def row_wildcard(table: object) -> str:
+    """``"poll:*"``: notifying it re-runs every subscription on a channel starting with ``poll:``.
+
+    sbio.sa names it for the changes whose rows it cannot tell (bulk
+    statements, more changed rows than ``SessionManager.max_row_channels``).
+    """
+    return channel_name(table) + _WILDCARD_SUFFIX
+
+
+def wildcard_prefix(channel: str) -> str | None:
+    """``"poll:"`` for the wildcard ``"poll:*"``, None for any other channel."""
+    if channel.endswith(_WILDCARD_SUFFIX) and len(channel) > len(_WILDCARD_SUFFIX):
+        return channel[:-1]
+    return None

@@ -44,6 +44,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 import sbio.sa
 import sbio.testing
 from sbio._fixtures_db import DbFixture, temporary_database
+from sbio.channels import row_channel
 from sbio.errors import RpcError
 from sbio.sa import (
     JSON,
@@ -173,6 +174,11 @@ def notified(monkeypatch):
     calls = []
     monkeypatch.setattr(Session, "notifier", calls.append)
     return calls
+
+
+def tables(channels):
+    """The table channels of one notification (row channels such as ``website:<id>`` left out)."""
+    return [c for c in channels if ":" not in c]
 
 
 def one_site(sbio_db, **kwargs):
@@ -530,7 +536,12 @@ def test_from_dict_merges_relationships(sbio_db, site_with_pages, notified):
         assert s.get(WebPage, page2.id) is None
         assert [t.name for t in site.tags] == ["a", "c"]
         assert len(s.scalars(select(Tag)).all()) == 3  # "a" was reused, not duplicated
-    assert notified == [["tag", "web_page", "website", "website_tag"]]
+        tag_c = s.scalars(select(Tag).filter_by(name="c")).one()
+        page3 = s.scalars(select(WebPage).filter_by(path="/3")).one()
+    assert len(notified) == 1
+    assert tables(notified[0]) == ["tag", "web_page", "website", "website_tag"]
+    assert [c for c in notified[0] if ":" in c] == sorted(  # the rows written, not tag "a"
+        row_channel(obj) for obj in (site, page1, page2, page3, tag_c))
 
 
 def test_from_dict_relationship_by_primary_key(sbio_db, site_with_pages):
@@ -675,13 +686,16 @@ def test_notifies_changed_tables_once_per_commit(sbio_db, notified):
         site.pages.append(WebPage(path="/"))
         s.flush()
         site.title = "T"
-    assert notified == [["web_page", "website"]]
+    page = site.pages[0]
+    assert notified == [sorted(["web_page", "website", f"web_page:{page.id}",
+                                f"website:{site.id}"])]
     with Session() as s:
         s.get(Website, site.id).title = "T2"
-    assert notified[-1] == ["website"]
+    assert notified[-1] == ["website", f"website:{site.id}"]
     with Session() as s:
         s.delete(s.get(Website, site.id))  # cascades to the page and the tag links
-    assert notified[-1] == ["web_page", "website", "website_tag"]
+    assert notified[-1] == sorted(["web_page", "website", "website_tag", f"web_page:{page.id}",
+                                   f"website:{site.id}"])
     assert len(notified) == 3
 
 
@@ -705,12 +719,14 @@ def test_no_notification_on_rollback_or_without_changes(sbio_db, notified):
 def test_notification_after_explicit_commits(sbio_db, notified):
     s = Session.new_session()
     try:
-        s.add(Website(url="https://a"))
+        site = Website(url="https://a")
+        s.add(site)
         s.commit()
-        assert notified == [["website"]]
-        s.add(Tag(name="t"))
+        assert notified == [["website", f"website:{site.id}"]]
+        tag = Tag(name="t")
+        s.add(tag)
         s.commit()
-        assert notified == [["website"], ["tag"]]
+        assert notified == [["website", f"website:{site.id}"], ["tag", f"tag:{tag.id}"]]
         s.commit()  # nothing changed
         assert len(notified) == 2
     finally:
@@ -727,19 +743,22 @@ def test_savepoints(sbio_db, notified):
             raise ValueError
         with s.begin_nested():
             s.add(WebPage(path="/", website=s.website("https://kept")))
-    assert notified == [["web_page", "website"]]  # not "tag": that savepoint rolled back
+    # not "tag" nor its row: that savepoint rolled back
+    assert tables(notified[0]) == ["web_page", "website"]
+    assert [c.split(":")[0] for c in notified[0] if ":" in c] == ["web_page", "website"]
 
 
 def test_m2m_and_bulk_statements_notify(sbio_db, notified, site_with_pages):
     with Session() as s:
         s.get(Website, site_with_pages.id).tags = []
-    assert notified == [["website", "website_tag"]]
-    with Session() as s:
+    # the link table by its name; the website's row, whose collection changed
+    assert notified == [["website", f"website:{site_with_pages.id}", "website_tag"]]
+    with Session() as s:  # a bulk statement: every row of its table
         s.execute(update(Tag).values(name=Tag.name + "!"))
-    assert notified[-1] == ["tag"]
+    assert notified[-1] == ["tag", "tag:*"]
     with Session() as s:
         s.execute(delete(WebPage))
-    assert notified[-1] == ["web_page"]
+    assert notified[-1] == ["web_page", "web_page:*"]
 
 
 def test_notify_on_commit(sbio_db, notified):
@@ -771,9 +790,10 @@ def test_notifier_failure_is_logged_and_commit_stands(sbio_db, monkeypatch, capl
         raise RuntimeError("bus down")
 
     monkeypatch.setattr(Session, "notifier", broken)
+    site = Website(url="https://f")
     with caplog.at_level(logging.ERROR, logger="sbio.sa"), Session() as s:
-        s.add(Website(url="https://f"))
-    assert "change notification for ['website'] failed" in caplog.text
+        s.add(site)
+    assert f"change notification for ['website', 'website:{site.id}'] failed" in caplog.text
     with Session() as s:
         assert s.website("https://f")
 
@@ -785,9 +805,141 @@ def test_default_notifier_is_sbio_live_notify(sbio_db, monkeypatch):
         (channels, delay, trigger))
     monkeypatch.setitem(sys.modules, "sbio.live", fake_live)
     assert Session.notifier is None
+    site = Website(url="https://l")
     with Session() as s:
-        s.add(Website(url="https://l"))
-    assert calls == [(["website"], False, "commit")]
+        s.add(site)
+    assert calls == [(["website", f"website:{site.id}"], False, "commit")]
+
+
+# per-row channels, on their own models and an in-memory SQLite database: what
+# a commit names does not depend on the backend (test_sa_live.py runs the
+# subscriptions on both)
+
+
+def _rows_models(parents=("poll_id",), **vote_attrs):
+    """A base with Poll (integer key), Vote (naming its poll) and Ballot (composite key)."""
+
+    @declarative_base
+    class RowBase:
+        __module__ = "per_row_models"  # not this module's base (Session.get_base() finds Base)
+
+    class Poll(RowBase):
+        id = Column(Integer, primary_key=True, autoincrement=False)
+        title = Column(Text())
+
+    vote_ns = {"__notify_parents__": parents,
+               "id": Column(Integer, primary_key=True),
+               "poll_id": Column(Integer, ForeignKey("poll.id")),
+               "note": Column(Text()), "poll": relationship("Poll"), **vote_attrs}
+    Vote = type("Vote", (RowBase,), vote_ns)
+
+    class Ballot(RowBase):
+        poll_id = Column(Integer, primary_key=True)
+        voter = Column(String(20), primary_key=True)
+
+    calls = []
+
+    class RowSession(SessionManager):
+        engine = create_engine("sqlite://")
+        base = RowBase
+        notifier = calls.append
+
+    sqlalchemy.orm.configure_mappers()
+    RowSession.initialize_db()
+    return types.SimpleNamespace(Session=RowSession, Poll=Poll, Vote=Vote, Ballot=Ballot,
+                                 calls=calls)
+
+
+def test_row_channel_names():
+    m = _rows_models()
+    Poll, Ballot = m.Poll, m.Ballot
+    assert row_channel("poll", 17) == row_channel(Poll, 17) == row_channel(Poll(id=17)) == "poll:17"
+    assert row_channel(Ballot, (17, "ann")) == row_channel(Ballot(poll_id=17, voter="ann")) \
+        == "ballot:17:ann"  # composite: in primary-key column order
+    key = uuid.UUID(int=5)
+    assert row_channel("website", key) == f"website:{key}"
+    assert sbio.channels.row_wildcard(Poll) == "poll:*"
+    assert sbio.channels.wildcard_prefix("poll:*") == "poll:"
+    assert sbio.channels.wildcard_prefix("poll:17") is None
+    assert sbio.channels.wildcard_prefix(":*") is None
+    for bad in [("poll",), ("poll", None), ("poll", (1, None)), ("poll", ())]:
+        with pytest.raises(ValueError):
+            row_channel(*bad)
+
+
+def test_a_commit_names_rows_parents_and_composite_keys():
+    m = _rows_models()
+    RowSession, Poll, Vote, Ballot, calls = m.Session, m.Poll, m.Vote, m.Ballot, m.calls
+    with RowSession() as s:
+        s.add_all([Poll(id=1), Poll(id=2)])
+    assert calls[-1] == ["poll", "poll:1", "poll:2"]
+    with RowSession() as s:
+        s.add(Vote(id=7, poll_id=1))
+        s.add(Ballot(poll_id=2, voter="ann"))
+    assert calls[-1] == ["ballot", "ballot:2:ann", "poll:1", "vote", "vote:7"]
+    with RowSession() as s:  # moved through the relationship: the old and the new parent
+        s.get(Vote, 7).poll = s.get(Poll, 2)
+    assert calls[-1] == ["poll:1", "poll:2", "vote", "vote:7"]
+    with RowSession() as s:  # a changed primary key: the old row and the new one
+        s.get(Poll, 1).id = 3
+    assert calls[-1] == ["poll", "poll:1", "poll:3"]
+    with RowSession() as s:
+        s.delete(s.get(Vote, 7))
+    assert calls[-1] == ["poll:2", "vote", "vote:7"]
+    with RowSession() as s:  # a child without a parent names no parent row
+        s.add(Vote(id=8))
+    assert calls[-1] == ["vote", "vote:8"]
+    with RowSession() as s:  # raw SQL: name the rows yourself
+        s.execute(text("UPDATE poll SET title = 'raw' WHERE id = 2"))
+        s.notify_on_commit(row_channel(Poll, 2))
+    assert calls[-1] == ["poll:2"]
+
+
+def test_notify_parents_by_relationship_and_opting_out_of_rows():
+    m = _rows_models(parents=("poll",), __notify_rows__=False)
+    RowSession, Poll, Vote, calls = m.Session, m.Poll, m.Vote, m.calls
+    with RowSession() as s:
+        s.add(Poll(id=1))
+        s.flush()
+        s.add(Vote(id=7, poll_id=1))
+    assert calls[-1] == ["poll", "poll:1", "vote"]  # no "vote:7": Vote opted out
+
+
+def test_a_parent_that_is_not_loaded_names_every_row_of_the_parent_table():
+    m = _rows_models()
+    RowSession, Poll, Vote, calls = m.Session, m.Poll, m.Vote, m.calls
+    with RowSession() as s:
+        s.add(Poll(id=1))
+        s.flush()
+        s.add(Vote(id=7, poll_id=1))
+    with RowSession() as s:
+        vote = s.scalars(select(Vote).options(sqlalchemy.orm.defer(Vote.poll_id))).one()
+        vote.note = "changed"
+    assert calls[-1] == ["poll:*", "vote", "vote:7"]
+
+
+def test_too_many_rows_in_one_transaction_name_the_table_wildcard(monkeypatch):
+    m = _rows_models()
+    RowSession, Poll, calls = m.Session, m.Poll, m.calls
+    monkeypatch.setattr(RowSession, "max_row_channels", 3)
+    with RowSession() as s:
+        s.add_all(Poll(id=i) for i in range(3))
+    assert calls[-1] == ["poll", "poll:0", "poll:1", "poll:2"]
+    with RowSession() as s:
+        s.add_all(Poll(id=i) for i in range(10, 12))
+        with s.begin_nested():  # the bound holds across a released savepoint too
+            s.add_all(Poll(id=i) for i in range(20, 22))
+    assert calls[-1] == ["poll", "poll:*"]
+
+
+@pytest.mark.parametrize("parents, message", [
+    (("nope",), "is not an attribute"),
+    (("id",), "exactly one foreign key"),
+    (5, "must be a tuple of attribute names"),
+])
+def test_a_wrong_notify_parents_fails_when_the_model_is_configured(parents, message):
+    with pytest.raises(Exception, match=message):
+        _rows_models(parents=parents)
 
 
 # --------------------------------------------------------------------------

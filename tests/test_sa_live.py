@@ -1,6 +1,7 @@
 """sbio.sa change notifications reaching real live subscriptions, on SQLite and PostgreSQL."""
+import gevent
 import pytest
-from sqlalchemy import Column, Text, select
+from sqlalchemy import Column, ForeignKey, Integer, Text, delete, select, update
 
 from sbio import Namespace, subscribes
 from sbio.sa import SessionManager, create_engine, declarative_base
@@ -14,6 +15,17 @@ class Base:
 
 class Website(Base):  # table "website", channel "website"
     url = Column(Text(), nullable=False, unique=True)
+
+
+class Poll(Base):  # channel "poll", rows "poll:17"
+    id = Column(Integer, primary_key=True, autoincrement=False)
+    title = Column(Text(), nullable=False)
+
+
+class Vote(Base):  # channel "vote", rows "vote:<id>"; also names its poll's row
+    __notify_parents__ = ("poll_id",)
+    poll_id = Column(Integer, ForeignKey("poll.id"), nullable=False)
+    choice = Column(Text(), nullable=False)
 
 
 class Session(SessionManager):
@@ -38,6 +50,27 @@ class Sites(Namespace):
             s.add(Website(id=url, url=url))
             s.flush()
             raise ValueError("rolled back")
+
+
+#: poll ids in the order Polls.on_poll ran for them
+POLL_RUNS = []
+
+
+class Polls(Namespace):
+    name = "/polls"
+
+    @subscribes("poll:{poll_id}")
+    def on_poll(self, poll_id: int):
+        POLL_RUNS.append(poll_id)
+        with Session() as s:
+            poll = s.get(Poll, poll_id)
+            if poll is None:
+                return None
+            votes = sorted(s.scalars(select(Vote.choice).filter_by(poll_id=poll_id)))
+            return {"title": poll.title, "votes": votes}
+
+    def on_ping(self):
+        return "pong"
 
 
 @pytest.fixture
@@ -76,3 +109,100 @@ def test_commit_outside_a_handler_notifies_too(sbio_db, sbio_client):
     with Session() as s:  # e.g. a DaemonTask or a script
         s.add(Website(id="t", url="https://from.a.task"))
     assert sites.wait_update(5) == ["https://from.a.task"]
+
+
+# -- per-row channels ---------------------------------------------------------------------
+
+
+def _quiet(client, namespace):
+    """Nothing queued or running in the broadcaster, then a round trip: every push is in."""
+    b = client.server.live.broadcaster(namespace)
+    with gevent.Timeout(10, AssertionError("the broadcaster did not go quiet")):
+        while b._pending or b._requests or len(b.pool):
+            gevent.sleep(0.005)
+    assert client.call("ping") == "pong"
+
+
+@pytest.fixture
+def polls(sbio_db, sbio_client):
+    with Session() as s:
+        s.add_all([Poll(id=17, title="seventeen"), Poll(id=18, title="eighteen")])
+    POLL_RUNS.clear()
+    client = sbio_client(Polls)
+    p17, p18 = client.subscribe("poll", 17), client.subscribe("poll", 18)
+    assert p17.data == {"title": "seventeen", "votes": []}
+    POLL_RUNS.clear()
+    return client, p17, p18
+
+
+@BACKENDS
+def test_a_commit_touching_row_17_reruns_its_subscriptions_only(polls):
+    client, p17, p18 = polls
+    with Session() as s:  # an update of row 17
+        s.get(Poll, 17).title = "17!"
+    assert p17.wait_update(5) == {"title": "17!", "votes": []}
+    assert p17.pushes[-1]["trigger"] == "commit"
+    _quiet(client, "/polls")
+    assert POLL_RUNS == [17] and p18.pushes == []
+
+    with Session() as s:  # an insert of a child row names its parent (__notify_parents__)
+        s.add(Vote(id="v1", poll_id=18, choice="yes"))
+    assert p18.wait_update(5) == {"title": "eighteen", "votes": ["yes"]}
+    _quiet(client, "/polls")
+    assert POLL_RUNS == [17, 18] and len(p17.pushes) == 1
+
+    with Session() as s:  # moving the vote names both parents
+        s.get(Vote, "v1").poll_id = 17
+    assert p17.wait_update(5) == {"title": "17!", "votes": ["yes"]}
+    assert p18.wait_update(5) == {"title": "eighteen", "votes": []}
+    _quiet(client, "/polls")
+    assert sorted(POLL_RUNS[2:]) == [17, 18]
+
+
+@BACKENDS
+def test_delete_and_insert_name_their_rows(polls):
+    client, p17, p18 = polls
+    with Session() as s:
+        s.delete(s.get(Poll, 17))
+    assert p17.wait_update(5) is None
+    _quiet(client, "/polls")
+    assert POLL_RUNS == [17] and p18.pushes == []
+
+    with Session() as s:
+        s.add(Poll(id=17, title="again"))
+    assert p17.wait_update(5) == {"title": "again", "votes": []}
+    _quiet(client, "/polls")
+    assert POLL_RUNS == [17, 17] and p18.pushes == []
+
+
+@BACKENDS
+def test_a_rollback_names_nothing(polls):
+    client, p17, p18 = polls
+    metrics = client.server.live.broadcaster("/polls").metrics
+    notified = metrics["notifications"]
+    with pytest.raises(ValueError), Session() as s:
+        s.get(Poll, 17).title = "never"
+        s.add(Vote(id="v2", poll_id=18, choice="no"))
+        s.flush()
+        raise ValueError("rolled back")
+    with Session() as s, pytest.raises(ValueError), s.begin_nested():
+        s.delete(s.get(Poll, 18))
+        s.flush()
+        raise ValueError("the savepoint is rolled back, the transaction commits nothing")
+    _quiet(client, "/polls")
+    assert metrics["notifications"] == notified
+    assert POLL_RUNS == [] and p17.pushes == p18.pushes == []
+
+
+@BACKENDS
+def test_bulk_statements_name_every_row(polls):
+    client, p17, p18 = polls
+    with Session() as s:  # which rows it touched is not known: "poll:*"
+        s.execute(update(Poll).where(Poll.id == 18).values(title="bulk"))
+    assert p18.wait_update(5) == {"title": "bulk", "votes": []}
+    _quiet(client, "/polls")
+    assert sorted(POLL_RUNS) == [17, 18] and p17.pushes == []  # 17 re-ran, unchanged
+
+    with Session() as s:
+        s.execute(delete(Poll).where(Poll.id == 17))
+    assert p17.wait_update(5) is None

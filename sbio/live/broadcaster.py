@@ -12,6 +12,7 @@ import gevent.pool
 from gevent.greenlet import Greenlet
 
 from ..adapter import send_text, text_sender
+from ..channels import WILDCARD, wildcard_prefix
 from ..dispatch import NamespaceDispatcher
 from ..namespace import Namespace
 from ..protocol import (
@@ -206,11 +207,30 @@ class Broadcaster:
             if channel in index:
                 pending[channel] = trigger
                 hit = True
+            elif channel[-1:] == WILDCARD and self._notify_wildcard(channel, trigger):
+                hit = True
         if hit:
             self.metrics["notifications"] += 1
             self.metrics["queue_depth"] = len(pending) + len(self._requests)
             self._ensure_running()
             self._wake.set()
+
+    def _notify_wildcard(self, channel, trigger):
+        """``"poll:*"``: queue every indexed channel starting with ``poll:``; True if any.
+
+        O(channels indexed in this namespace): sbio.sa sends it for bulk
+        statements and very large transactions only.
+        """
+        prefix = wildcard_prefix(channel)
+        if prefix is None:
+            return False
+        pending = self._pending
+        hit = False
+        for name in self.index:
+            if name.startswith(prefix):
+                pending[name] = trigger
+                hit = True
+        return hit
 
     def _request(self, target: _Target, trigger: str) -> None:
         """Run *target* in the next cycle (it was notified while running)."""

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm.attributes import AttributeEventToken
 
 from .crud import CrudMixin
+from .notifications import row_spec
 from .types import UTCDateTime, _to_utc
 
 _bases_lock = threading.Lock()
@@ -25,6 +26,7 @@ def _validate_utc_on_set(target: object, value: object, oldvalue: object,
 
 
 def _install_validators(mapper: Mapper[Any], cls: type) -> None:
+    row_spec(mapper)  # a wrong __notify_parents__ fails when the model is configured
     for prop in mapper.column_attrs:
         col = prop.columns[0]
         if isinstance(col, Column) and isinstance(col.type, UTCDateTime):

@@ -11,6 +11,7 @@ from sbio.channels import model_channel
 
 from .base import _bases, _bases_lock
 from .notifications import (
+    DEFAULT_MAX_ROW_CHANNELS,
     _manager_of,
     _on_after_commit,
     _on_after_flush,
@@ -74,6 +75,11 @@ class SessionManager:
         module, or the only one there is.
     ``notify_changes``
         ``False`` turns change notifications off for this manager.
+    ``max_row_channels``
+        Row channels (``"poll:17"``) one transaction records per table, 1000
+        by default; past it that table's rows are notified as ``"poll:*"``
+        (every row channel of the table), which bounds the memory a large
+        transaction takes and the size of the notification.
     ``notifier``
         A function ``notifier(channels)`` called after each commit instead of
         the default, ``sbio.live.notify(channels, trigger="commit")`` (which
@@ -87,6 +93,7 @@ class SessionManager:
     engine: Any = None
     base: Any = None
     notify_changes = True
+    max_row_channels: int = DEFAULT_MAX_ROW_CHANNELS
     notifier: Any = None
     #: extra keyword arguments of the sessionmaker (a subclass sets its own dict)
     session_options: ClassVar[dict[str, Any]] = {}

@@ -18,7 +18,9 @@ answer as :class:`RpcError` (a timeout as :class:`CallTimeout`), a refusal as
     ├── ConfigurationError        also a ValueError
     ├── LifecycleError
     ├── QueueFull                 also a queue.Full
-    └── NamespaceLoadError
+    ├── NamespaceLoadError
+    ├── BadJSON                   also a ValueError
+    └── PatchError                also a ValueError
 
 The old import locations (``sbio.config.ConfigurationError``,
 ``sbio.tasks.LifecycleError``, ``sbio.tasks.QueueFull``,
@@ -31,7 +33,8 @@ from typing import Any
 
 __all__ = ["SbioError", "RpcError", "CallTimeout", "ConnectionRefused", "ConnectionFailed",
            "SbioTimeoutError",
-           "ConfigurationError", "LifecycleError", "QueueFull", "NamespaceLoadError", "BadJSON"]
+           "ConfigurationError", "LifecycleError", "QueueFull", "NamespaceLoadError", "BadJSON",
+           "PatchError"]
 
 
 class SbioError(Exception):
@@ -155,4 +158,10 @@ class BadJSON(SbioError, ValueError):
     """An inbound payload sbio refuses (:class:`sbio.limits.StrictJSON`): NaN/Infinity,
     a number out of range, or nesting deeper than ``server.max_json_depth``.
     The event is answered ``bad_request``.
+    """
+
+
+class PatchError(SbioError, ValueError):
+    """A JSON Patch that does not apply to the value (:func:`sbio.live.patch.apply_patch`):
+    a malformed operation, a path that does not exist, or a failed ``test``.
     """

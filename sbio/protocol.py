@@ -48,9 +48,11 @@ RATE_LIMITED = "rate_limited"
 
 #: Push reporting a failed event sent without an ack: ``{"event", "code", "message"}``.
 ERROR_EVENT = "sbio:error"
-#: Push of a live-data update: ``{"id", "data", "trigger"}`` or ``{"id", "error"}``.
+#: Push of a live-data update: ``{"id", "data", "trigger"}``, ``{"id", "patch", "trigger"}``
+#: (a JSON Patch against the last value, for ``"delta": true`` subscriptions) or
+#: ``{"id", "error"}``.
 UPDATE_EVENT = "sbio:update"
-#: Event the client sends to subscribe: ``{"id": S, "event": E, "args": [...]}``.
+#: Event the client sends to subscribe: ``{"id": S, "event": E, "args": [...], "delta": bool}``.
 SUBSCRIBE_EVENT = "sbio:subscribe"
 #: Event the client sends to unsubscribe: ``{"id": S}`` or ``{"ids": [...]}``.
 UNSUBSCRIBE_EVENT = "sbio:unsubscribe"
@@ -196,6 +198,11 @@ class UpdateEncoder:
     def data_tail(trigger: Any, text: str) -> str:
         """The part after the id of a data push; *text* is the data's JSON."""
         return ',"trigger":' + json.dumps(trigger) + ',"data":' + text + "}]"
+
+    @staticmethod
+    def patch_tail(trigger: Any, patch_text: str) -> str:
+        """The part after the id of a delta push; *patch_text* is the JSON Patch's JSON."""
+        return ',"trigger":' + json.dumps(trigger) + ',"patch":' + patch_text + "}]"
 
     def update(self, id_json: str, tail: str) -> str:
         """The packet text of one push: ``{"id": ..., <tail>``."""

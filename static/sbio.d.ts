@@ -5,7 +5,7 @@ import type { ManagerOptions, Socket, SocketOptions } from "socket.io-client";
 declare namespace sbio {
   /** An error from sbio: server codes (forbidden, not_found, bad_request,
    * internal, an application code) or client codes (timeout, disconnected,
-   * closed, connection_refused, bad_response). */
+   * closed, connection_refused, bad_response, bad_patch). */
   interface SbioError extends Error {
     name: "SbioError";
     code: string;
@@ -45,6 +45,17 @@ declare namespace sbio {
   interface SubscribeOptions {
     /** Called with the SbioError when the subscribed handler fails. */
     onError?: (error: SbioError) => void;
+    /** Ask for delta pushes: later results travel as JSON Patches (RFC 6902) when
+     * smaller. The callback still gets whole values; do not modify them. */
+    delta?: boolean;
+  }
+
+  /** One JSON Patch (RFC 6902) operation. */
+  interface PatchOperation {
+    op: "add" | "remove" | "replace" | "move" | "copy" | "test";
+    path: string;
+    from?: string;
+    value?: unknown;
   }
 
   interface ConnectionEvents {
@@ -119,6 +130,8 @@ declare const sbio: {
   defaults: Partial<ManagerOptions & SocketOptions>;
   /** Called with an exception thrown by an application callback (default: re-thrown asynchronously). */
   onCallbackError: ((error: unknown) => void) | null;
+  /** `value` with a JSON Patch applied; `value` is not changed (changed containers are copied). */
+  applyPatch<T = unknown>(value: unknown, patch: sbio.PatchOperation[]): T;
 };
 
 export = sbio;

@@ -157,6 +157,158 @@
     return "{" + out.join(",") + "}";
   }
 
+  // ---- JSON Patch (RFC 6902): the delta pushes of `delta: true` subscriptions
+
+  /** JSON equality: the same value in JSON terms (key order does not matter). */
+  function sameJson(a, b) {
+    if (a === b) return a !== 0 || 1 / a === 1 / b; // 0 and -0 differ, as in Python's patches
+    if (a === null || b === null || typeof a !== "object" || typeof b !== "object") return false;
+    var arr = Array.isArray(a);
+    if (arr !== Array.isArray(b)) return false;
+    if (arr) {
+      if (a.length !== b.length) return false;
+      for (var i = 0; i < a.length; i++) if (!sameJson(a[i], b[i])) return false;
+      return true;
+    }
+    var keys = Object.keys(a);
+    if (keys.length !== Object.keys(b).length) return false;
+    for (var k = 0; k < keys.length; k++) {
+      if (!Object.prototype.hasOwnProperty.call(b, keys[k]) || !sameJson(a[keys[k]], b[keys[k]])) return false;
+    }
+    return true;
+  }
+
+  function patchError(message) {
+    return SbioError("bad_patch", message);
+  }
+
+  function pointerTokens(pointer) {
+    if (typeof pointer !== "string" || (pointer !== "" && pointer.charAt(0) !== "/")) {
+      throw patchError("not a JSON pointer: " + safeJson(pointer));
+    }
+    if (pointer === "") return [];
+    return pointer.slice(1).split("/").map(function (t) {
+      return t.replace(/~1/g, "/").replace(/~0/g, "~");
+    });
+  }
+
+  function arrayIndex(token, size, appending) {
+    if (appending && token === "-") return size;
+    if (!/^(0|[1-9][0-9]*)$/.test(token)) throw patchError("not an array index: " + safeJson(token));
+    var index = Number(token);
+    if (index > size || (index === size && !appending)) {
+      throw patchError("array index " + index + " out of range (length " + size + ")");
+    }
+    return index;
+  }
+
+  function isContainer(v) {
+    return v !== null && typeof v === "object";
+  }
+
+  function hasMember(obj, key) {
+    return Object.prototype.hasOwnProperty.call(obj, key);
+  }
+
+  /**
+   * `value` with the JSON Patch operations `patch` applied (all six RFC 6902
+   * operations). `value` itself is not changed: the containers on the
+   * changed paths are copied (once each), everything else is shared, so an
+   * unchanged card keeps its identity from one result to the next.
+   * Throws an SbioError with code "bad_patch" if the patch does not apply.
+   */
+  function applyPatch(value, patch) {
+    if (!Array.isArray(patch)) throw patchError("a JSON Patch is a list of operations");
+    var copies = typeof Set === "function" ? new Set() : null;
+    var copied = [];
+    function own(container) {
+      if (!isContainer(container)) throw patchError("cannot look up a member of " + safeJson(container));
+      if (copies ? copies.has(container) : copied.indexOf(container) >= 0) return container;
+      var copy = Array.isArray(container) ? container.slice() : Object.assign({}, container);
+      if (copies) copies.add(copy);
+      else copied.push(copy);
+      return copy;
+    }
+    var root = value;
+    function parentOf(tokens) {
+      var node = (root = own(root));
+      for (var i = 0; i < tokens.length - 1; i++) {
+        var t = tokens[i];
+        if (Array.isArray(node)) {
+          var idx = arrayIndex(t, node.length, false);
+          node = node[idx] = own(node[idx]);
+        } else {
+          if (!hasMember(node, t)) throw patchError("no member " + safeJson(t));
+          node = node[t] = own(node[t]);
+        }
+      }
+      return node;
+    }
+    function get(tokens) {
+      var node = root;
+      for (var i = 0; i < tokens.length; i++) {
+        var t = tokens[i];
+        if (Array.isArray(node)) node = node[arrayIndex(t, node.length, false)];
+        else if (isContainer(node) && hasMember(node, t)) node = node[t];
+        else throw patchError("no member " + safeJson(t));
+      }
+      return node;
+    }
+    function add(tokens, v) {
+      if (!tokens.length) {
+        root = v;
+        return;
+      }
+      var parent = parentOf(tokens);
+      var t = tokens[tokens.length - 1];
+      if (Array.isArray(parent)) parent.splice(arrayIndex(t, parent.length, true), 0, v);
+      else parent[t] = v;
+    }
+    function remove(tokens) {
+      if (!tokens.length) throw patchError("cannot remove the whole document");
+      var parent = parentOf(tokens);
+      var t = tokens[tokens.length - 1];
+      if (Array.isArray(parent)) return parent.splice(arrayIndex(t, parent.length, false), 1)[0];
+      if (!hasMember(parent, t)) throw patchError("no member " + safeJson(t) + " to remove");
+      var old = parent[t];
+      delete parent[t];
+      return old;
+    }
+    for (var i = 0; i < patch.length; i++) {
+      var op = patch[i];
+      if (!isContainer(op) || Array.isArray(op)) throw patchError("a JSON Patch operation is an object");
+      var tokens = pointerTokens(op.path);
+      if ((op.op === "add" || op.op === "replace" || op.op === "test") && !hasMember(op, "value")) {
+        throw patchError(safeJson(op.op) + " needs a value");
+      }
+      if (op.op === "add") add(tokens, op.value);
+      else if (op.op === "remove") remove(tokens);
+      else if (op.op === "replace") {
+        if (!tokens.length) root = op.value;
+        else {
+          var parent = parentOf(tokens);
+          var t = tokens[tokens.length - 1];
+          if (Array.isArray(parent)) parent[arrayIndex(t, parent.length, false)] = op.value;
+          else if (hasMember(parent, t)) parent[t] = op.value;
+          else throw patchError("no member " + safeJson(t) + " to replace");
+        }
+      } else if (op.op === "move" || op.op === "copy") {
+        var from = pointerTokens(op.from);
+        if (op.op === "move") {
+          if (tokens.length > from.length && from.every(function (f, k) { return tokens[k] === f; })) {
+            throw patchError("cannot move a value into itself");
+          }
+          add(tokens, remove(from));
+        } else {
+          add(tokens, JSON.parse(JSON.stringify(get(from))));
+        }
+      } else if (op.op === "test") {
+        if (!sameJson(get(tokens), op.value)) throw patchError("test failed at " + safeJson(op.path));
+      } else throw patchError("unknown operation " + safeJson(op.op));
+    }
+    return root;
+  }
+
   /** Run a user callback; an exception is re-thrown asynchronously so it
    * neither breaks socket.io's packet loop nor is swallowed. */
   function invoke(fn, self, args) {
@@ -652,7 +804,9 @@
    * @param {string} event
    * @param {Array} [args]
    * @param {function} callback  (data, trigger)
-   * @param {object} [options]   {onError(err)}
+   * @param {object} [options]   {onError(err), delta: true (later results
+   *   travel as JSON Patches when smaller; the callback still gets whole
+   *   values, which it must not modify)}
    * @returns {string} the subscription id, for unsubscribe()
    */
   proto.subscribe = function (event, args, callback, options) {
@@ -674,6 +828,9 @@
       args: args.slice(),
       callback: callback,
       onError: options.onError || null,
+      delta: options.delta === true,
+      value: undefined, // delta: the value the next patch applies to
+      hasValue: false, // delta: a data push arrived since the last sbio:subscribe / error
       gen: 0, // bumped on every sbio:subscribe sent
       sent: false,
       updatedSinceSend: false,
@@ -735,6 +892,7 @@
     var gen = ++sub.gen;
     sub.sent = true;
     sub.updatedSinceSend = false;
+    sub.hasValue = false; // patches until the next whole push belong to the replaced subscription
     var ack = function (err, envelope) {
       if (self._subs.get(sub.id) !== sub || sub.gen !== gen) return; // unsubscribed or sent again since
       if (err) {
@@ -756,16 +914,41 @@
       }
     };
     var s = this.socket.timeout(clampTimeout(this.callTimeout));
-    s.emit("sbio:subscribe", { id: sub.id, event: sub.event, args: sub.args }, ack);
+    var payload = { id: sub.id, event: sub.event, args: sub.args };
+    if (sub.delta) payload.delta = true;
+    s.emit("sbio:subscribe", payload, ack);
   };
 
   proto._handleUpdate = function (msg) {
     if (!msg || typeof msg !== "object") return;
     var sub = this._subs.get(msg.id);
     if (!sub) return; // unsubscribed: drop late pushes
+    if (msg.error !== undefined && msg.error !== null) {
+      sub.updatedSinceSend = true;
+      sub.hasValue = false;
+      this._deliverError(sub, wireError(msg.error));
+      return;
+    }
+    var data = msg.data;
+    if (msg.patch !== undefined) {
+      // The server pushes whole after a subscribe and after an error, so a
+      // patch before that belongs to the subscription this one replaced.
+      if (!sub.hasValue) return;
+      try {
+        data = applyPatch(sub.value, msg.patch);
+      } catch (err) {
+        // cannot happen with an sbio server; recover by asking for the whole value
+        this._reportError(SbioError("bad_patch", "sbio:update for \"" + sub.event + "\": " + err.message));
+        this._sendSubscribe(sub, "resubscribe");
+        return;
+      }
+    }
     sub.updatedSinceSend = true;
-    if (msg.error !== undefined && msg.error !== null) this._deliverError(sub, wireError(msg.error));
-    else this._deliver(sub, msg.data, msg.trigger);
+    if (sub.delta) {
+      sub.value = data;
+      sub.hasValue = true;
+    }
+    this._deliver(sub, data, msg.trigger);
   };
 
   /** Deliver a result unless it equals the last result delivered for this
@@ -815,5 +998,7 @@
    */
   api.onCallbackError = null;
   api._canonical = canonical;
+  /** Apply a JSON Patch (RFC 6902) without changing `value` (what `delta: true` does). */
+  api.applyPatch = applyPatch;
   return api;
 });

@@ -3,4 +3,4 @@
 import sbio from "./sbio.js";
 
 export default sbio;
-export const { connect, Connection, SbioError, version, defaults } = sbio;
+export const { connect, Connection, SbioError, version, defaults, applyPatch } = sbio;

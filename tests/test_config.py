@@ -461,7 +461,9 @@ def test_load_sbio_config_defaults(tmp_path, monkeypatch):
     }
     assert dict(config["broadcaster"]) == {"pool_size": 100, "timeout": 10.0,
                                            "max_subscriptions": 1000,
-                                           "max_subscription_bytes": 250000}
+                                           "max_subscription_bytes": 250000,
+                                           "max_delta_bytes": 1000000, "max_watches": 1000,
+                                           "watch_queue": 100}
     assert dict(config["db"]) == {"url": "sqlite:///sbio.db", "pool_size": 20}
     assert dict(config["logging"]) == {"level": "INFO", "access": "connections",
                                        "access_rate": 100.0, "levels": {}}

@@ -31,7 +31,9 @@ notifies a channel cannot loop.
 Modules: :mod:`~sbio.live.notify` (decorators, ``notify()``, the running
 servers), :mod:`~sbio.live.bus` (the bus), :mod:`~sbio.live.subscription`
 (one subscription, shared groups, result encoding), :mod:`~sbio.live.broadcaster`
-(one per namespace), :mod:`~sbio.live.live_data` (one per server).
+(one per namespace), :mod:`~sbio.live.live_data` (one per server),
+:mod:`~sbio.live.patch` (the JSON Patches of delta pushes, made and applied),
+:mod:`~sbio.live.watch` (server-side watches, ``server.live.watch()``).
 """
 # Every name sbio.live had before the split keeps working from here.
 from ..adapter import send_text, text_sender  # noqa: F401
@@ -78,6 +80,7 @@ from .subscription import (  # noqa: F401
     _SharedGroup,
     _Target,
 )
+from .watch import Watch
 
 __all__ = ["subscribes", "notifies", "notify", "channel_name", "LiveData", "Broadcaster",
-           "Subscription", "Bus", "LocalBus", "running_servers", "live_data_on"]
+           "Subscription", "Bus", "LocalBus", "running_servers", "live_data_on", "Watch"]

@@ -1,6 +1,7 @@
 """The broadcaster: the subscriptions of one namespace and the greenlet that re-runs them."""
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterable
@@ -23,7 +24,9 @@ from ..protocol import (
     ok_envelope,
 )
 from ..protocol import short_repr as _short
+from .patch import make_patch
 from .subscription import (
+    _NO_VALUE,
     _NOT_DIRTY,
     _UNJSONABLE,
     Subscription,
@@ -62,7 +65,8 @@ class Broadcaster:
     ``notifications``  notifications that matched at least one subscription
     ``cycles``         times the queue was drained
     ``reruns``         handler runs (a shared group counts once)
-    ``pushes``         ``sbio:update`` packets sent (data or error)
+    ``pushes``         ``sbio:update`` packets sent (data, patch or error)
+    ``patches``        of those, delta pushes sent as a JSON Patch
     ``skipped_unchanged`` runs whose result the client already had
     ``errors``         runs that ended in an error (timeouts excluded)
     ``timeouts``       runs stopped by the per-run timeout
@@ -82,8 +86,8 @@ class Broadcaster:
         #: (event, canonical args) -> _SharedGroup
         self.groups: dict[tuple[str, str], _SharedGroup] = {}
         self.metrics = dict.fromkeys(
-            ("notifications", "cycles", "reruns", "pushes", "skipped_unchanged", "errors",
-             "timeouts", "dropped", "queue_depth"), 0)
+            ("notifications", "cycles", "reruns", "pushes", "patches", "skipped_unchanged",
+             "errors", "timeouts", "dropped", "queue_depth"), 0)
         self._pending: dict[str, str] = {}  # channel -> trigger, coalesced until the next cycle
         # target -> trigger: runs asked for outside notifications
         self._requests: dict[_Target, str] = {}
@@ -95,6 +99,8 @@ class Broadcaster:
         #: the canonical text of a result (sorted keys), by the server's JSON
         #: provider: what is pushed is what is compared with the last push
         self._encode = dispatcher.server.json.canonical
+        #: compact text of what is not compared (JSON Patches), by the same provider
+        self._dumps = dispatcher.server.json.dumps
 
     def __repr__(self) -> str:
         return f"<Broadcaster {self.namespace} subscriptions={self.subscription_count()}>"
@@ -133,6 +139,8 @@ class Broadcaster:
                 self._index(group)
             group.members[sub] = None
             sub.group = group
+            if sub.delta:
+                group.deltas += 1
         else:
             self._index(sub)
 
@@ -150,7 +158,10 @@ class Broadcaster:
             self._unindex(sub)
             self._requests.pop(sub, None)
         else:
-            group.members.pop(sub, None)
+            if group.members.pop(sub, _NOT_DIRTY) is not _NOT_DIRTY and sub.delta:
+                group.deltas -= 1
+                if not group.deltas:  # nobody to patch for: forget the value
+                    group.value, group.value_fp = _NO_VALUE, None
             if not group.members:
                 group.alive = False
                 if self.groups.get(group.key) is group:
@@ -325,7 +336,13 @@ class Broadcaster:
                 self._unjsonable(sub, exc)
                 self._deliver_error(sub, _UNJSONABLE)
                 return
-            self._deliver_data(sub, text, _fingerprint(text), self._update_tail(trigger, text))
+            if sub.sink is not None:
+                self._deliver_watch(sub, text, _fingerprint(text), trigger)
+            elif sub.delta:
+                self._deliver_delta(sub, text, _fingerprint(text), trigger)
+            else:
+                self._deliver_data(sub, text, _fingerprint(text),
+                                   self._update_tail(trigger, text))
         else:
             self._deliver_error(sub, envelope["error"])
 
@@ -368,9 +385,12 @@ class Broadcaster:
         # concatenation and one Engine.IO packet per subscriber.
         fingerprint = _fingerprint(text)
         tail = self._update_tail(trigger, text)
+        # Delta members holding the group's previous value get one patch, made once.
+        had, patch_tail = self._group_patch(group, text, fingerprint, trigger) \
+            if group.deltas else (None, None)
         update = self._push.update
         send = text_sender(self.sio)
-        pushed = skipped = 0
+        pushed = skipped = patched = 0
         for member in list(group.members):  # a copy: _forbid removes members
             if not member.ready:
                 member.dirty = trigger
@@ -378,11 +398,20 @@ class Broadcaster:
                 self._forbid(member, method)
             elif member.last == fingerprint:
                 skipped += 1
+            elif member.sink is not None:  # a server-side watch
+                self._deliver_watch(member, text, fingerprint, trigger)
+            elif patch_tail is not None and member.patchable and member.last == had:
+                member.last = fingerprint
+                send(member.eio_sid, update(member.id_json, patch_tail))
+                pushed += 1
+                patched += 1
             else:
                 member.last = fingerprint
+                member.patchable = member.delta
                 send(member.eio_sid, update(member.id_json, tail))
                 pushed += 1
         self.metrics["pushes"] += pushed
+        self.metrics["patches"] += patched
         self.metrics["skipped_unchanged"] += skipped
 
     def _unjsonable(self, sub: Subscription, exc: BaseException) -> None:
@@ -411,7 +440,58 @@ class Broadcaster:
         self.metrics["pushes"] += 1
         self._send(sub, self._push.update(sub.id_json, tail))
 
+    # -- delta pushes (a JSON Patch against the last value the subscriber got) -------------
+
+    def _decoded(self, text):
+        """The value a client decodes from *text*, if a delta may be made against it."""
+        if len(text) > self.live.max_delta_bytes:
+            return _NO_VALUE
+        return json.loads(text)
+
+    def _patch_text(self, old, new, whole):
+        """The JSON of the patch from *old* to *new*, or None when not shorter than *whole*."""
+        text = self._dumps(make_patch(old, new))
+        return text if len(text) < whole else None
+
+    def _deliver_delta(self, sub, text, fingerprint, trigger):
+        """Push a changed result of a ``"delta": true`` subscription: a patch when smaller."""
+        if sub.last == fingerprint:
+            self.metrics["skipped_unchanged"] += 1
+            return
+        value = self._decoded(text)
+        patch = None
+        if sub.patchable and value is not _NO_VALUE and sub.value is not _NO_VALUE:
+            patch = self._patch_text(sub.value, value, len(text))
+        sub.value = value
+        sub.patchable = True
+        sub.last = fingerprint
+        self.metrics["pushes"] += 1
+        if patch is None:
+            self._send(sub, self._push.update(sub.id_json, self._update_tail(trigger, text)))
+        else:
+            self.metrics["patches"] += 1
+            self._send(sub, self._push.update(sub.id_json, self._push.patch_tail(trigger, patch)))
+
+    def _group_patch(self, group, text, fingerprint, trigger):
+        """``(fingerprint the patch applies to, patch tail or None)`` of one group run.
+
+        Made once per run for every delta member; the group keeps the new
+        value for the next one.
+        """
+        had = group.value_fp
+        if had == fingerprint:
+            return had, None
+        value = self._decoded(text)
+        tail = None
+        if value is not _NO_VALUE and group.value is not _NO_VALUE:
+            patch = self._patch_text(group.value, value, len(text))
+            if patch is not None:
+                tail = self._push.patch_tail(trigger, patch)
+        group.value, group.value_fp = value, (None if value is _NO_VALUE else fingerprint)
+        return had, tail
+
     def _deliver_error(self, sub: Subscription, error: dict[str, Any]) -> None:
+        sub.value, sub.patchable = _NO_VALUE, False  # the next result is pushed whole
         code = error.get("code")
         if code == "forbidden":
             self._forbid(sub, self.dispatcher.acl_name(sub.event), error)
@@ -429,7 +509,19 @@ class Broadcaster:
 
     def _send_error(self, sub: Subscription, error: dict[str, Any]) -> None:
         self.metrics["pushes"] += 1
-        self._send(sub, self._push.error(sub.id_json, error))
+        if sub.sink is not None:
+            sub.sink.put_error(error)
+        else:
+            self._send(sub, self._push.error(sub.id_json, error))
+
+    def _deliver_watch(self, sub, text, fingerprint, trigger):
+        """A changed result for a server-side watch: its JSON, decoded by the watch."""
+        if sub.last == fingerprint:
+            self.metrics["skipped_unchanged"] += 1
+            return
+        sub.last = fingerprint
+        self.metrics["pushes"] += 1
+        sub.sink.put_data(text, trigger)
 
     def _send(self, sub: Subscription, text: str) -> None:
         send_text(self.sio, sub.eio_sid, text)
@@ -442,7 +534,7 @@ class Broadcaster:
             return error_envelope("bad_request", 'sbio:subscribe takes one object '
                                   '{"id": ..., "event": ..., "args": [...]}')
         payload = args[0]
-        unknown = set(payload) - {"id", "event", "args"}
+        unknown = set(payload) - {"id", "event", "args", "delta"}
         if unknown:
             return error_envelope("bad_request", "sbio:subscribe: unknown field(s) "
                                   + ", ".join(sorted(map(repr, unknown))))
@@ -457,6 +549,9 @@ class Broadcaster:
         call_args = payload.get("args", [])
         if not isinstance(call_args, list):
             return error_envelope("bad_request", 'sbio:subscribe: "args" must be a list')
+        delta = payload.get("delta", False)
+        if not isinstance(delta, bool):
+            return error_envelope("bad_request", 'sbio:subscribe: "delta" must be true or false')
         dispatcher = self.dispatcher
         spec = dispatcher.handler(event)
         if spec is None or not instance.is_method_allowed(spec.acl_name):
@@ -492,16 +587,25 @@ class Broadcaster:
                                   f"{_short(event)} from these arguments")
         eio_sid = self.sio.manager.eio_sid_from_sid(instance.sid, self.namespace)
         sub = Subscription(instance, eio_sid, cast("str | int", sub_id), event, call_args,
-                           channels, live_spec.shared)  # the id passed _check_id
+                           channels, live_spec.shared,  # the id passed _check_id
+                           delta and self.live.max_delta_bytes > 0)
         sub.size = size
+        return self._start(sub)[0]
+
+    def _start(self, sub):
+        """Register *sub* and compute its first result: ``(envelope, its JSON or None)``.
+
+        A failure leaves nothing registered.
+        """
         # Registered before the first run: a notification arriving while it runs
         # marks it dirty, and it runs again once the first result is out.
         sub.running = not sub.shared
         self._add(sub)
         self._ensure_running()
+        text = None
         try:
-            envelope = dispatcher.call_handler(instance, event, call_args,
-                                               purpose="subscribe", subscription=sub)
+            envelope = self.dispatcher.call_handler(sub.instance, sub.event, sub.args,
+                                                    purpose="subscribe", subscription=sub)
         except BaseException:  # killed (GreenletExit): leave nothing behind
             self._remove(sub)
             raise
@@ -509,19 +613,63 @@ class Broadcaster:
             sub.running = False
         if envelope["ok"]:
             try:
-                sub.last = _fingerprint(self._encode(envelope["data"]))
+                text = self._encode(envelope["data"])
             except (TypeError, ValueError, OverflowError, RecursionError) as exc:
                 self._unjsonable(sub, exc)
                 envelope = error_envelope_of(dict(_UNJSONABLE))
+            else:
+                sub.last = _fingerprint(text)
+                if sub.delta and sub.group is not None:
+                    self._keep_first_value(sub.group, sub, text)
         if not envelope["ok"]:
             self._remove(sub)  # a failed subscribe leaves nothing behind
-            return envelope
+            return envelope, None
         sub.ready = True
         dirty = sub.dirty
         if dirty is not _NOT_DIRTY and sub.alive:
             sub.dirty = _NOT_DIRTY
             self._request(sub.group or sub, dirty)
-        return envelope
+        return envelope, text
+
+    def start_watch(self, instance, event, args, sink):
+        """Subscribe *instance* (a watch's own, see :mod:`sbio.live.watch`) to *event*.
+
+        The checks of ``sbio:subscribe`` (ACL, ``@subscribes``, arguments),
+        then the first run. Returns ``(envelope, first result's JSON or None,
+        the Subscription)``; its updates go to *sink* (``sink.put_data(text,
+        trigger)``, ``sink.put_error(error)``) instead of a connection.
+        """
+        dispatcher = self.dispatcher
+        spec = dispatcher.handler(event)
+        if spec is None or not instance.is_method_allowed(spec.acl_name):
+            return dispatcher.call_handler(instance, event, args, purpose="subscribe"), None, None
+        live_spec = getattr(spec.func, "_sbio_subscribes", None)
+        if live_spec is None:
+            return error_envelope("bad_request", f"event {_short(event)} cannot be subscribed "
+                                  f"to (mark {spec.attr} with @subscribes)"), None, None
+        problem = spec.check_args(event, args)
+        if problem is not None:
+            return error_envelope("bad_request", problem), None, None
+        try:
+            channels = live_spec.channels.format((instance, *args))
+        except Exception as exc:
+            return error_envelope("bad_request", f"cannot build the channels of "
+                                  f"{_short(event)} from these arguments: {exc}"), None, None
+        sub = Subscription(instance, None, "watch", event, args, channels, live_spec.shared)
+        sub.sink = sink
+        envelope, text = self._start(sub)
+        return envelope, text, sub
+
+    def _keep_first_value(self, group, sub, text):
+        """The first value a shared group of delta members can patch against, from an ack.
+
+        (The member itself gets its first push whole, like any delta
+        subscription: a client cannot tell a patch of the subscription it
+        replaced from one of the new one until then.)
+        """
+        if group.value is _NO_VALUE and sub.alive:
+            group.value = self._decoded(text)
+            group.value_fp = None if group.value is _NO_VALUE else sub.last
 
     def handle_unsubscribe(self, instance: Namespace, args: list[Any]) -> _Envelope:
         """``sbio:unsubscribe`` ``{"id": S}`` or ``{"ids": [...]}``; acks ``data: null``."""

@@ -1,4 +1,5 @@
 """LiveData, one per server: its broadcasters, its bus, its place among the running servers."""
+import itertools
 import logging
 import time
 import weakref
@@ -42,8 +43,9 @@ class LiveData:
     :param config: the ``[broadcaster]`` configuration: ``pool_size`` (re-runs
         in parallel per namespace), ``timeout`` (seconds one re-run may take),
         ``max_subscriptions`` and ``max_subscription_bytes`` (per connection
-        and namespace); a key it lacks (or no *config*) takes the configspec's
-        default.
+        and namespace), ``max_delta_bytes`` (delta pushes), ``max_watches``
+        and ``watch_queue`` (server-side watches); a key it lacks (or no
+        *config*) takes the configspec's default.
     :param bus: the :class:`Bus` this server's notifications go through (a new
         :class:`LocalBus` by default; the server passes its cluster's Redis bus).
 
@@ -68,8 +70,18 @@ class LiveData:
         #: Bytes of JSON arguments the subscriptions of one connection may hold in one
         #: namespace (``max_subscription_bytes``).
         self.max_subscription_bytes = int(settings["max_subscription_bytes"])
+        #: Largest result (bytes of JSON) a delta subscription keeps to patch against
+        #: (``max_delta_bytes``; 0: no delta pushes).
+        self.max_delta_bytes = int(settings["max_delta_bytes"])
+        #: Server-side watches per namespace (``max_watches``).
+        self.max_watches = int(settings["max_watches"])
+        #: Updates waiting for one watch's callback (``watch_queue``).
+        self.watch_queue = int(settings["watch_queue"])
         #: namespace name -> Broadcaster
         self.broadcasters: dict[str, Broadcaster] = {}
+        #: watch id -> the server-side watches running (:meth:`watch`)
+        self._watches = {}
+        self._watch_ids = itertools.count(1)
         self._listener = _BusListener(self)
         self.bus = _check_bus(LocalBus() if bus is None else bus)
         self._joined = False
@@ -107,6 +119,63 @@ class LiveData:
     def metrics(self) -> dict[str, dict[str, int]]:
         """The metrics of every broadcaster, by namespace."""
         return {name: dict(b.metrics) for name, b in self.broadcasters.items()}
+
+    def watch(self, namespace, event, args=(), callback=None, *, as_session=None,
+              acl="initial", on_error=None):
+        """Watch a subscribable handler from server code: no socket, same rules.
+
+        ::
+
+            def changed(cards, trigger):
+                log.info("%d cards on main (%s)", len(cards), trigger)
+
+            watch = server.live.watch("/board", "cards", ["main"], changed,
+                                      as_session={"user": "bot"}, acl="all")
+            ...
+            watch.stop()
+
+        The handler ``on_<event>(*args)`` runs as a new instance of the
+        namespace's class (never connected: ``on_connect`` does not run, its
+        ``sid`` is the watch's id, ``emit()`` reaches nobody) whose
+        ``session`` is *as_session*, through the same dispatch as a
+        connection's subscription: the same ACL check, channels, coalescing,
+        timeout and change detection. The first run happens in ``watch()``.
+
+        :param callback: ``callback(value, trigger)``, for the first result
+            (trigger ``"subscribe"``) and each changed one, in order, in the
+            watch's own greenlet. *value* is the result as a socket client
+            decodes it (JSON: tuples become lists, keys strings). A callback
+            that raises is logged; the watch goes on. If it falls behind by
+            more than ``broadcaster.watch_queue`` updates, the oldest are
+            dropped (``watch.dropped``).
+        :param as_session: the instance's ``session`` dict (default ``{}``).
+        :param acl: ``"initial"``: the class's :meth:`~sbio.Namespace.get_initial_acl`,
+            as a new connection has; ``"all"``: every handler; or an iterable
+            of handler names (``["on_cards"]``).
+        :param on_error: ``on_error(error)`` with the ``{"code", "message"}``
+            of a failed re-run (logged when None). A ``forbidden`` one ends
+            the watch.
+        :returns: a :class:`~sbio.live.watch.Watch`; ``.value`` holds the
+            first result already.
+        :raises sbio.RpcError: the first run failed (its code: ``forbidden``,
+            ``not_found``, ``bad_request``, ``internal``, an application
+            code); nothing is left running.
+        :raises KeyError: the server has no namespace *namespace*.
+        :raises RuntimeError: more than ``broadcaster.max_watches`` watches
+            on that namespace.
+
+        Call it from the server's thread (a handler, a task, a greenlet).
+        ``server.stop()`` stops every watch.
+        """
+        from .watch import start_watch
+
+        return start_watch(self, namespace, event, args, callback, as_session=as_session,
+                           acl=acl, on_error=on_error)
+
+    @property
+    def watches(self):
+        """The server-side watches running, in the order they started."""
+        return list(self._watches.values())
 
     def resync(self, trigger: str = "resync") -> None:
         """Re-run every subscription of every namespace once; push only what changed.
@@ -160,7 +229,8 @@ class LiveData:
             _set_running(self.server, True)
 
     def stop(self, timeout: float | None = None) -> None:
-        """Leave the bus and stop every broadcaster (joined, then killed). Idempotent.
+        """Stop every watch, leave the bus and stop every broadcaster (joined, then killed).
+        Idempotent.
 
         Subscriptions stay registered; a later ``sbio:subscribe`` opens the
         live data again and starts the broadcaster (an in-process test
@@ -171,6 +241,11 @@ class LiveData:
             self._leave()
             _set_running(self.server, False)
         deadline = None if timeout is None else time.monotonic() + timeout
+        watches = list(self._watches.values())
+        for watch in watches:
+            watch.stop()
+        for watch in watches:
+            watch.join(None if deadline is None else max(0, deadline - time.monotonic()))
         for broadcaster in list(self.broadcasters.values()):
             left = None if deadline is None else max(0, deadline - time.monotonic())
             try:

@@ -25,6 +25,8 @@ class _Clean(enum.Enum):
 
 
 _NOT_DIRTY = _Clean.NOT_DIRTY
+#: Subscription.value / _SharedGroup.value when no value is kept (None is a JSON value).
+_NO_VALUE = object()
 
 
 class _Target:
@@ -50,10 +52,12 @@ class Subscription(_Target):
     """
 
     __slots__ = ("id", "event", "args", "shared", "data", "instance", "sid", "eio_sid",
-                 "id_json", "last", "ready", "group", "size")
+                 "id_json", "last", "ready", "group", "size", "delta", "value", "patchable",
+                 "sink")
 
     def __init__(self, instance: Namespace, eio_sid: str, sub_id: str | int, event: str,
-                 args: list[Any], channels: tuple[str, ...], shared: bool) -> None:
+                 args: list[Any], channels: tuple[str, ...], shared: bool,
+                 delta: bool = False) -> None:
         super().__init__(channels)
         self.instance = instance
         self.sid = instance.sid
@@ -68,6 +72,15 @@ class Subscription(_Target):
         self.ready = False   # the first result has been sent
         self.group: _SharedGroup | None = None
         self.size = 0        # bytes of the JSON of args (server.max_subscription_bytes)
+        #: ``"delta": true``: later results are pushed as JSON Patches when smaller
+        self.delta = delta
+        #: the decoded value the client has, to patch against (delta, not shared), or _NO_VALUE
+        self.value = _NO_VALUE
+        #: a patch may be sent: a data push reached the client since the subscribe and
+        #: since the last error (the first push after either is whole, see docs/protocol.md)
+        self.patchable = False
+        #: None (pushes go to the connection eio_sid), or the server-side watch it feeds
+        self.sink = None
 
     def __repr__(self) -> str:
         return (f"<Subscription {self.id!r} {self.event}{tuple(self.args)!r} "
@@ -77,7 +90,7 @@ class Subscription(_Target):
 class _SharedGroup(_Target):
     """The subscriptions of a ``shared=True`` handler with the same arguments."""
 
-    __slots__ = ("key", "event", "args", "members")
+    __slots__ = ("key", "event", "args", "members", "deltas", "value", "value_fp")
 
     def __init__(self, key: tuple[str, str], event: str, args: list[Any],
                  channels: tuple[str, ...]) -> None:
@@ -86,6 +99,9 @@ class _SharedGroup(_Target):
         self.event = event
         self.args = args
         self.members: dict[Subscription, None] = {}  # an ordered set
+        self.deltas = 0    # members with delta=True; the group keeps a value while > 0
+        self.value = _NO_VALUE  # the last result decoded, to patch against (once per group)
+        self.value_fp = None    # its fingerprint: members whose last is this one have it
 
     def __repr__(self) -> str:
         return f"<SharedGroup {self.event}{tuple(self.args)!r} members={len(self.members)}>"

@@ -9,6 +9,7 @@ import gevent
 import gevent.event
 
 from ..errors import RpcError, SbioError, SbioTimeoutError
+from ..live.patch import apply_patch
 
 if TYPE_CHECKING:
     if sys.version_info >= (3, 11):
@@ -137,13 +138,16 @@ class _ClientBase:
     # -- live data ---------------------------------------------------------------
 
     def subscribe(self, event: str, *args: Any, id: str | int | None = None,
-                  timeout: float | None = None) -> Subscription:
+                  timeout: float | None = None, delta: bool = False) -> Subscription:
         """Subscribe to ``on_<event>(*args)``; return a :class:`Subscription`.
 
         The first result is in ``.data``; later ``sbio:update`` pushes land in
         ``.updates`` / ``.errors``. Subscribing again with the same *id*
         replaces the subscription (a new :class:`Subscription` is returned).
-        Raises :class:`CallError` when the server refuses it.
+        ``delta=True`` asks for JSON Patch pushes (``"delta": true``); they
+        are applied, so ``.data`` and ``.updates`` hold whole values either
+        way (``.pushes`` has the raw bodies). Raises :class:`CallError` when
+        the server refuses it.
         """
         sub_id = f"s{next(self._sub_ids)}" if id is None else id
         sub = Subscription(self, sub_id, event, list(args))
@@ -153,6 +157,8 @@ class _ClientBase:
         # Registered first: an update may overtake the ack.
         self.subscriptions[sub_id] = sub
         payload = {"id": sub_id, "event": event, "args": list(args)}
+        if delta:
+            payload["delta"] = True
         try:
             envelope, cause = self._call("sbio:subscribe", [payload], timeout)
             if cause is None and isinstance(envelope, dict) and not envelope.get("ok", True):
@@ -163,8 +169,7 @@ class _ClientBase:
                 del self.subscriptions[sub_id]
             sub.active = False
             raise
-        if not sub.updates:  # an update that overtook the ack is fresher
-            sub.data = data
+        sub._first(data)
         return sub
 
     def unsubscribe(self, *subs: Subscription | str | int, timeout: float | None = None
@@ -209,17 +214,38 @@ class Subscription:
         self.pushes: list[dict[str, Any]] = []
         self.active = True
         self._seen = 0
+        self._values = []         # the whole value of each push (None for an error)
+        self._has_value = False   # a data push arrived: the next patch applies to .data
+        self._updated = False     # a data push arrived before the ack
+        #: patch pushes dropped: they came before any whole push (they belong to the
+        #: subscription this one replaced; the server pushes whole first)
+        self.stale_patches = []
 
     def __repr__(self) -> str:
         return f"<Subscription {self.id!r} {self.event}{tuple(self.args)!r}>"
 
+    def _first(self, data):
+        """The ack's first result: kept unless an update overtook it (that one is fresher)."""
+        if not self._updated:
+            self.data = data
+
     def _push(self, body: dict[str, Any]) -> None:
+        if "patch" in body and not self._has_value:
+            self.stale_patches.append(body)
+            return
         self.pushes.append(body)
         if body.get("error") is not None:
             self.errors.append(body["error"])
+            self._has_value = False  # the next data push is whole
+            self._values.append(None)
+            return
+        if "patch" in body:
+            self.data = apply_patch(self.data, body["patch"])
         else:
             self.data = body.get("data")
-            self.updates.append(self.data)
+        self._has_value = self._updated = True
+        self.updates.append(self.data)
+        self._values.append(self.data)
 
     def wait_update(self, timeout: float | None = None) -> Any:
         """Wait for the next push not yet returned by this method; return its data.
@@ -238,6 +264,7 @@ class Subscription:
                 client._arrived.clear()
                 client._arrived.wait()
         body = self.pushes[self._seen]
+        value = self._values[self._seen]
         self._seen += 1
         error = body.get("error")
         if error is not None:
@@ -246,7 +273,7 @@ class Subscription:
             if cause is not None:
                 raise exc from cause
             raise exc
-        return body.get("data")
+        return value
 
     def unsubscribe(self, timeout: float | None = None) -> Any:
         """End this subscription."""

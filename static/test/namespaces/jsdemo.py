@@ -19,6 +19,8 @@ except ImportError:  # pragma: no cover - only before the live-data commit
 #: In-memory on purpose: a restarted server starts again from 0, which lets
 #: the reconnect test tell a fresh result from a stale one.
 COUNTER = {"n": 0}
+#: The deck of delta.test.js: a list of cards the test replaces with set_deck.
+DECK = {"cards": []}
 
 
 class JsDemo(Namespace):
@@ -68,3 +70,17 @@ class JsDemo(Namespace):
     def on_bump(self):
         COUNTER["n"] += 1
         return COUNTER["n"]
+
+    # -- delta pushes (delta.test.js) ------------------------------------------------
+
+    @subscribes("deck")
+    def on_deck(self):
+        return DECK["cards"]
+
+    @subscribes("deck", shared=True)
+    def on_shared_deck(self):
+        return DECK["cards"]
+
+    @notifies("deck")
+    def on_set_deck(self, cards):
+        DECK["cards"] = cards

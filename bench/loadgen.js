@@ -51,6 +51,8 @@ const DEFAULTS = {
   window: 4, // fanout: broadcasts in flight (not yet acked and delivered everywhere)
   rate: 0, // fanout / live: broadcasts (notifies) per second, open loop; 0 = as fast as the window allows
   handler: 'tick_shared', // live: the subscribed handler (event name)
+  bump: 'bump', // live: the driver's event that changes the result and notifies
+  delta: 0, // live: 1 = subscribe with "delta": true and apply the JSON Patches (sbio.js's applyPatch)
   payloadSize: 100, // bytes of the string payload
   warmup: 1, // seconds
   duration: 3, // seconds of measured load
@@ -667,9 +669,19 @@ async function runFanout(opts, ctl) {
 async function runLive(opts, ctl) {
   const R = opts.receivers;
   const SUB_ID = 'bench';
+  const delta = opts.delta > 0;
   const { sockets, connect } = await connectMany(R, opts, ctl);
   const driver = sockets[0];
   const lastSeq = new Float64Array(R).fill(-Infinity);
+  // delta: each subscriber's current value; a patch applies to it (sbio.js's function)
+  const values = new Array(R).fill(undefined);
+  const applyPatch = delta ? require('../static/sbio.js').applyPatch : null;
+  // Bytes of the sbio:update packets received (socket.io packet text, UTF-8),
+  // counted inside the measure window only.
+  let counting = false;
+  let updateBytes = 0;
+  let updatePackets = 0;
+  let patches = 0;
   let recordFrom = Infinity;
   let recordTo = Infinity;
   let lat = [];
@@ -686,10 +698,28 @@ async function runLive(opts, ctl) {
   };
 
   sockets.forEach((sock, idx) => {
+    sock.io.engine.on('packet', (packet) => {
+      if (counting && packet.type === 'message' && typeof packet.data === 'string' &&
+          packet.data.indexOf('"sbio:update"') !== -1) {
+        updateBytes += Buffer.byteLength(packet.data);
+        updatePackets++;
+      }
+    });
     sock.on('sbio:update', (u) => {
       const now = performance.now();
       if (!u || u.id !== SUB_ID) return;
-      const d = u.data;
+      let d = u.data;
+      if (delta) {
+        if (u.patch !== undefined) {
+          if (values[idx] === undefined) {
+            stats.updateErrors++; // a patch before any whole push: never from sbio
+            return;
+          }
+          d = applyPatch(values[idx], u.patch);
+          if (counting) patches++;
+        }
+        if (!u.error) values[idx] = d;
+      }
       if (u.error || !d || typeof d.seq !== 'number') {
         stats.updateErrors++;
         return;
@@ -713,7 +743,7 @@ async function runLive(opts, ctl) {
       const i = nextSub++;
       const resp = await sockets[i]
         .timeout(opts.ackTimeout * 1000)
-        .emitWithAck('sbio:subscribe', { id: SUB_ID, event: opts.handler, args: [] });
+        .emitWithAck('sbio:subscribe', { id: SUB_ID, event: opts.handler, args: [], delta });
       if (!resp || resp.ok !== true) throw new Error(`subscribe ${i} failed: ${JSON.stringify(resp)}`);
       if (resp.data && typeof resp.data.seq === 'number') lastSeq[i] = Math.max(lastSeq[i], resp.data.seq);
     }
@@ -733,7 +763,7 @@ async function runLive(opts, ctl) {
     bumpsInFlight++;
     driver
       .timeout(opts.ackTimeout * 1000)
-      .emitWithAck('bump', { seq: s, t: performance.now() })
+      .emitWithAck(opts.bump, { seq: s, t: performance.now() })
       .then(
         (resp) => {
           stats.acked++;
@@ -789,10 +819,12 @@ async function runLive(opts, ctl) {
   recordFrom = seq;
   lat = [];
   inWindow = 0;
+  counting = true;
   const cpu = cpuWindow();
   const m = await phase(opts.duration, opts.count);
   recordTo = m.last;
   const clientCpu = cpu();
+  counting = false;
   await ctl.mark('measure-end');
   let afterWindow = null;
   if (opts.slow > 0) {
@@ -821,6 +853,11 @@ async function runLive(opts, ctl) {
       notifies_per_s: Math.round((notifies / m.seconds) * 10) / 10,
       coalesced: expected - inWindow,
       latency_ms: latencySummary(lat),
+      delta,
+      update_packets: updatePackets,
+      update_bytes: updateBytes,
+      bytes_per_update: updatePackets ? Math.round(updateBytes / updatePackets) : null,
+      patches,
     },
     checks: {
       subscribers: R,

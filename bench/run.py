@@ -147,6 +147,20 @@ for _kind, _what in (("shared", "shared=True handler (computed once per notify)"
              servers=("sbio",), requires=_live_missing, compare_to=("fanout-1000-10hz", "bare"))
 
 
+# Delta pushes (issue 15): a board of 500 cards (~70 kB of JSON), one card
+# changing per notify, 1,000 subscribers of one shared handler; whole results
+# against "delta": true subscribers (the first push whole, then JSON Patches
+# the server makes once per notify for the group). One operation = one
+# update received; bytes = the sbio:update packets' text, exact.
+for _mode in ("whole", "delta"):
+    scenario(f"live-board-1000-{_mode}", "live",
+             {"receivers": 1000, "rate": 2, "window": 2, "handler": "board_shared",
+              "bump": "bump_board", "delta": int(_mode == "delta")},
+             "updates", f"1000 subscribers of a 500-card board (shared), one card changing per "
+             f"notify, 2 notifies/s; {'JSON Patch' if _mode == 'delta' else 'whole'} pushes",
+             servers=("sbio",), requires=_live_missing, timeout=180)
+
+
 # Scale-out on Redis (issue 7): fanout-1000 with the 1000 receivers split over
 # two sbio processes sharing a Redis (server.message_queue), against one
 # process with the same Redis and one process without it, in one run. The
@@ -645,6 +659,16 @@ def run_one(scn, server, opts, log_dir=None):
             "client_util": payload.get("client_cpu", {}).get("util"),
             "other_cpu": round(other / window, 3) if window > 0 else None,
         })
+        if m.get("update_bytes") is not None:  # the live scenarios: exact bytes pushed
+            notifies = m.get("notifies") or 0
+            result.update({
+                "delta": m.get("delta"),
+                "update_bytes": m["update_bytes"],
+                "bytes_per_op": m.get("bytes_per_update"),
+                "patches": m.get("patches"),
+                "notifies": notifies,
+                "cpu_ms_per_notify": round(cpu * 1e3 / notifies, 3) if notifies else None,
+            })
         if m.get("latency_ms_by_url"):
             result["p50_ms_by_process"] = [x["p50"] for x in m["latency_ms_by_url"]]
             result["p99_ms_by_process"] = [x["p99"] for x in m["latency_ms_by_url"]]
@@ -718,6 +742,12 @@ def aggregate(runs):
             "server_rss_kb": _median([r["server_rss_kb"] for r in good]),
             "errors": [r["error"] for r in rs if r.get("error")],
         }
+        if any("bytes_per_op" in r for r in rs):  # the live scenarios
+            out[key].update({
+                "bytes_per_op": _median([r.get("bytes_per_op") for r in good]),
+                "cpu_ms_per_notify": _median([r.get("cpu_ms_per_notify") for r in good]),
+                "patches": _median([r.get("patches") for r in good]),
+            })
         if any("cpu_us_per_op_with_redis" in r for r in rs):  # the cluster group
             with_redis = [r["cpu_us_per_op_with_redis"] for r in good
                           if r.get("cpu_us_per_op_with_redis") is not None]
@@ -792,6 +822,20 @@ def format_comparisons(rows):
              r["reference"], f'{_fmt(r["reference_cpu_us_per_op"], ".1f")}',
              _fmt(r["ratio"], ".2f")]
             for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=False)]
+    line = lambda cells: "| " + " | ".join(  # noqa: E731
+        str(c).ljust(w) for c, w in zip(cells, widths, strict=False)) + " |"
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(header), sep] + [line(r) for r in body])
+
+
+def format_push_table(summary, keys):
+    header = ["scenario", "server", "bytes/update", "patches", "CPU µs/update", "CPU ms/notify"]
+    body = [[name, server, _fmt(summary[(name, server)]["bytes_per_op"], ",.0f"),
+             _fmt(summary[(name, server)]["patches"], ",.0f"),
+             _fmt(summary[(name, server)]["cpu_us_per_op"], ".1f"),
+             _fmt(summary[(name, server)]["cpu_ms_per_notify"], ".2f")]
+            for name, server in keys]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=False)]
     line = lambda cells: "| " + " | ".join(  # noqa: E731
         str(c).ljust(w) for c, w in zip(cells, widths, strict=False)) + " |"
@@ -1080,6 +1124,12 @@ def main(argv=None):
     else:
         if scen_names:
             print(format_table(summary, scen_names, main_servers, rat))
+        pushed = [k for k in summary if k[0] in scen_names
+                  and summary[k].get("bytes_per_op") is not None]
+        if pushed:
+            print("\nLive-data pushes: bytes per update (exact) and server CPU per notify "
+                  "(one handler run and the fan-out to every subscriber):\n")
+            print(format_push_table(summary, pushed))
         if comps:
             print("\nLive data vs the raw broadcast of the same size and rate (server CPU per "
                   "update / per delivery):\n")

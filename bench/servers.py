@@ -9,7 +9,11 @@ Contract (namespace ``/bench``):
   connection of the namespace, then acks ``{"ok": True, "data": None}``;
 * sbio only, once sbio has live data (``sbio.subscribes``): ``bump({seq, t})`` stores the tick and
   notifies channel ``tick``; ``tick_shared`` (``@subscribes("tick",
-  shared=True)``) and ``tick_private`` (``@subscribes("tick")``) return it.
+  shared=True)``) and ``tick_private`` (``@subscribes("tick")``) return it;
+* sbio only, the board (issue 15): ``board_shared`` (``@subscribes("board",
+  shared=True)``) returns ``{seq, t, cards}``, 500 cards of about 140 bytes
+  of JSON each; ``bump_board({seq, t})`` stores the tick, changes one card
+  (card ``seq % 500`` moves to the next column) and notifies ``board``.
 
 ``bare`` is idiomatic python-socketio on gevent + gevent-websocket, the floor
 sbio is compared against; ``sbio`` is the same contract written as an
@@ -138,6 +142,12 @@ def sbio_namespace():
     # notify, the same packet to every subscriber) and `tick_private` (re-run
     # for each subscribed connection) return the current tick.
     tick = {"seq": -1, "t": None}
+    # The board (issue 15): 500 cards, one of which changes per bump_board.
+    columns = ["To do", "Doing", "Review", "Done"]
+    board = {"seq": -1, "t": None, "cards": [
+        {"id": f"{i:08x}-7e57-4c0d-9a11-{i:012x}", "column": columns[i % 4],
+         "title": f"Card {i}: something to do on the board", "author": "ann",
+         "created": "2024-05-01T12:00:00+00:00", "rev": 0} for i in range(500)]}
 
     class Bench(sbio.Namespace):
         name = NAMESPACE
@@ -162,6 +172,20 @@ def sbio_namespace():
             @notifies("tick")
             def on_bump(self, new_tick):
                 tick.update(seq=new_tick["seq"], t=new_tick["t"])
+
+            @subscribes("board", shared=True)
+            def on_board_shared(self):
+                return board
+
+            @notifies("board")
+            def on_bump_board(self, new_tick):
+                seq = new_tick["seq"]
+                cards = list(board["cards"])  # a new list: the last result stays as it was
+                card = dict(cards[seq % len(cards)])
+                card["column"] = columns[(columns.index(card["column"]) + 1) % len(columns)]
+                card["rev"] = seq
+                cards[seq % len(cards)] = card
+                board.update(seq=seq, t=new_tick["t"], cards=cards)
 
     return Bench
 

@@ -149,6 +149,24 @@ def test_live_every_subscriber_holds_the_last_tick(handler, node_ready, tmp_path
     assert r["ok"], r.get("error")
 
 
+def test_live_board_delta_pushes_fewer_bytes_to_the_same_values(node_ready, tmp_path):
+    why = bench._live_missing()
+    if why:
+        pytest.skip(f"sbio live data not benchmarkable yet: {why}")
+    measures = {}
+    for delta in (0, 1):
+        r = _run("sbio", f"smoke-board-{delta}", "live",
+                 {"receivers": 5, "rate": 10, "handler": "board_shared", "bump": "bump_board",
+                  "delta": delta}, tmp_path)
+        assert r["ok"], r.get("error")  # every subscriber ends with the last board
+        measures[delta] = r["loadgen"]["measure"]
+        assert measures[delta]["update_packets"] > 0
+    assert measures[0]["patches"] == 0 < measures[1]["patches"]
+    # the whole board is ~70 kB; a patch of one card and the tick, a few hundred bytes
+    assert measures[0]["bytes_per_update"] > 50_000
+    assert measures[1]["bytes_per_update"] < 5_000
+
+
 def test_runner_cli_end_to_end(node_ready, tmp_path):
     """`python bench/run.py` with a tiny plan prints a summary with the bare server in it."""
     proc = subprocess.run(

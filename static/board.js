@@ -145,7 +145,9 @@
     if (conn.status === "open") run(conn.call("open_board", name));   // else onConnect does
     if (cardsSub) conn.unsubscribe(cardsSub);
     $("columns").replaceChildren();
-    cardsSub = conn.subscribe("cards", [name], renderCards, { onError: subscriptionError });
+    // delta: after the first result, a changed board arrives as a JSON Patch
+    // (one moved card, not the whole list); renderCards still gets every card.
+    cardsSub = conn.subscribe("cards", [name], renderCards, { onError: subscriptionError, delta: true });
   }
 
   $("board-form").addEventListener("submit", function (e) {

@@ -330,6 +330,32 @@ def test_move_and_delete_cards(login):
     assert cards.wait_update() == []
 
 
+def test_one_card_follows_its_own_row_channel(login, monkeypatch):
+    runs = []
+    original = BoardNamespace.on_card
+
+    @functools.wraps(original)                # keeps the @subscribes marker
+    def spy(self, card_id):
+        runs.append(card_id)
+        return original(self, card_id)
+
+    monkeypatch.setattr(BoardNamespace, "on_card", spy)
+    ann = login("ann")
+    mine, other = ann.call("add_card", "main", "mine"), ann.call("add_card", "main", "other")
+    card = ann.subscribe("card", mine)
+    assert (card.data["title"], card.data["column"], card.data["board"]) == ("mine", "To do",
+                                                                             "main")
+    del runs[:]
+    ann.call("move_card", "main", other, "Done")      # commits "card:<other>": not this one
+    ann.call("move_card", "main", mine, "Doing")      # commits "card:<mine>"
+    assert card.wait_update()["column"] == "Doing"
+    assert runs == [mine] and len(card.pushes) == 1
+    ann.call("delete_card", "main", mine)
+    with pytest.raises(CallError) as err:
+        card.wait_update()
+    assert err.value.code == "no_such_card"
+
+
 def test_card_titles_and_boards_are_checked(login):
     ann = login("ann")
     for title in ["", "   ", "x" * 201]:

@@ -214,9 +214,19 @@ class BoardNamespace(Namespace):
             card = s.get(Card, uuid.UUID(card_id))
         except (TypeError, ValueError):      # not a UUID at all
             card = None
-        if card is None or card.board.name != board:
+        if card is None or (board is not None and card.board.name != board):
             raise RpcError("no_such_card", "That card does not exist (any more).")
         return card
+
+    # -- one card: the row channel its commits name -----------------------------
+
+    @subscribes("card:{card_id}")            # "card:<id>": named by every commit of that card
+    def on_card(self, card_id: str):
+        """One card and its board, e.g. for a detail view; re-run only when it changes."""
+        with Session() as s:
+            card = self._card(s, None, card_id)
+            return {**card.to_dict(["id", "column", "title", "author", "created"], jsonable=True),
+                    "board": card.board.name}
 
     def _tell(self, board, text):
         """Tell the people looking at *board* what this user did, and this connection too."""

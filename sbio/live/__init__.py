@@ -37,7 +37,7 @@ servers), :mod:`~sbio.live.bus` (the bus), :mod:`~sbio.live.subscription`
 """
 # Every name sbio.live had before the split keeps working from here.
 from ..adapter import send_text, text_sender  # noqa: F401
-from ..channels import channel_name
+from ..channels import channel_name, row_channel, row_wildcard
 from ..channels import channel_names as _channel_names  # noqa: F401
 from ..context import current_call  # noqa: F401
 from ..protocol import (  # noqa: F401
@@ -82,5 +82,6 @@ from .subscription import (  # noqa: F401
 )
 from .watch import Watch
 
-__all__ = ["subscribes", "notifies", "notify", "channel_name", "LiveData", "Broadcaster",
+__all__ = ["subscribes", "notifies", "notify", "channel_name", "row_channel", "row_wildcard",
+           "LiveData", "Broadcaster",
            "Subscription", "Bus", "LocalBus", "running_servers", "live_data_on", "Watch"]

@@ -529,7 +529,7 @@ class Broadcaster:
     # -- the sbio:subscribe / sbio:unsubscribe events -----------------------------------
 
     def handle_subscribe(self, instance: Namespace, args: list[Any]) -> _Envelope:
-        """``sbio:subscribe`` ``{"id", "event", "args"}``: first result in the ack."""
+        """``sbio:subscribe`` ``{"id", "event", "args", "delta"}``: first result in the ack."""
         if len(args) != 1 or not isinstance(args[0], dict):
             return error_envelope("bad_request", 'sbio:subscribe takes one object '
                                   '{"id": ..., "event": ..., "args": [...]}')

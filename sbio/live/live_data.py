@@ -3,8 +3,8 @@ import itertools
 import logging
 import time
 import weakref
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..config import section_defaults
 from ..dispatch import NamespaceDispatcher
@@ -12,6 +12,9 @@ from ..protocol import SUBSCRIBE_EVENT, UNSUBSCRIBE_EVENT
 from .broadcaster import Broadcaster
 from .bus import Bus, LocalBus
 from .notify import _set_running
+
+if TYPE_CHECKING:
+    from .watch import Watch
 
 log = logging.getLogger("sbio.live")  # one logger for the package, as before the split
 
@@ -120,8 +123,10 @@ class LiveData:
         """The metrics of every broadcaster, by namespace."""
         return {name: dict(b.metrics) for name, b in self.broadcasters.items()}
 
-    def watch(self, namespace, event, args=(), callback=None, *, as_session=None,
-              acl="initial", on_error=None):
+    def watch(self, namespace: str, event: str, args: Sequence[Any] = (),
+              callback: Callable[[Any, str], Any] | None = None, *,
+              as_session: dict[str, Any] | None = None, acl: Iterable[str] | str = "initial",
+              on_error: Callable[[dict[str, Any]], Any] | None = None) -> "Watch":
         """Watch a subscribable handler from server code: no socket, same rules.
 
         ::
@@ -173,7 +178,7 @@ class LiveData:
                            acl=acl, on_error=on_error)
 
     @property
-    def watches(self):
+    def watches(self) -> "list[Watch]":
         """The server-side watches running, in the order they started."""
         return list(self._watches.values())
 

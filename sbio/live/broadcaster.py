@@ -33,6 +33,7 @@ from .subscription import (
     _check_id,
     _fingerprint,
     _SharedGroup,
+    _Sink,
     _Target,
 )
 
@@ -45,6 +46,7 @@ class _Live(Protocol):
     timeout: float
     max_subscriptions: int
     max_subscription_bytes: int
+    max_delta_bytes: int
 
     def open(self) -> None: ...
 
@@ -226,7 +228,7 @@ class Broadcaster:
             self._ensure_running()
             self._wake.set()
 
-    def _notify_wildcard(self, channel, trigger):
+    def _notify_wildcard(self, channel: str, trigger: str) -> bool:
         """``"poll:*"``: queue every indexed channel starting with ``poll:``; True if any.
 
         O(channels indexed in this namespace): sbio.sa sends it for bulk
@@ -337,7 +339,7 @@ class Broadcaster:
                 self._deliver_error(sub, _UNJSONABLE)
                 return
             if sub.sink is not None:
-                self._deliver_watch(sub, text, _fingerprint(text), trigger)
+                self._deliver_watch(sub, sub.sink, text, _fingerprint(text), trigger)
             elif sub.delta:
                 self._deliver_delta(sub, text, _fingerprint(text), trigger)
             else:
@@ -399,7 +401,7 @@ class Broadcaster:
             elif member.last == fingerprint:
                 skipped += 1
             elif member.sink is not None:  # a server-side watch
-                self._deliver_watch(member, text, fingerprint, trigger)
+                self._deliver_watch(member, member.sink, text, fingerprint, trigger)
             elif patch_tail is not None and member.patchable and member.last == had:
                 member.last = fingerprint
                 send(member.eio_sid, update(member.id_json, patch_tail))
@@ -442,18 +444,19 @@ class Broadcaster:
 
     # -- delta pushes (a JSON Patch against the last value the subscriber got) -------------
 
-    def _decoded(self, text):
+    def _decoded(self, text: str) -> Any:
         """The value a client decodes from *text*, if a delta may be made against it."""
         if len(text) > self.live.max_delta_bytes:
             return _NO_VALUE
         return json.loads(text)
 
-    def _patch_text(self, old, new, whole):
+    def _patch_text(self, old: Any, new: Any, whole: int) -> str | None:
         """The JSON of the patch from *old* to *new*, or None when not shorter than *whole*."""
         text = self._dumps(make_patch(old, new))
         return text if len(text) < whole else None
 
-    def _deliver_delta(self, sub, text, fingerprint, trigger):
+    def _deliver_delta(self, sub: Subscription, text: str, fingerprint: str | bytes,
+                       trigger: str) -> None:
         """Push a changed result of a ``"delta": true`` subscription: a patch when smaller."""
         if sub.last == fingerprint:
             self.metrics["skipped_unchanged"] += 1
@@ -472,7 +475,8 @@ class Broadcaster:
             self.metrics["patches"] += 1
             self._send(sub, self._push.update(sub.id_json, self._push.patch_tail(trigger, patch)))
 
-    def _group_patch(self, group, text, fingerprint, trigger):
+    def _group_patch(self, group: _SharedGroup, text: str, fingerprint: str | bytes,
+                     trigger: str) -> tuple[str | bytes | None, str | None]:
         """``(fingerprint the patch applies to, patch tail or None)`` of one group run.
 
         Made once per run for every delta member; the group keeps the new
@@ -514,14 +518,15 @@ class Broadcaster:
         else:
             self._send(sub, self._push.error(sub.id_json, error))
 
-    def _deliver_watch(self, sub, text, fingerprint, trigger):
+    def _deliver_watch(self, sub: Subscription, sink: _Sink, text: str,
+                       fingerprint: str | bytes, trigger: str) -> None:
         """A changed result for a server-side watch: its JSON, decoded by the watch."""
         if sub.last == fingerprint:
             self.metrics["skipped_unchanged"] += 1
             return
         sub.last = fingerprint
         self.metrics["pushes"] += 1
-        sub.sink.put_data(text, trigger)
+        sink.put_data(text, trigger)
 
     def _send(self, sub: Subscription, text: str) -> None:
         send_text(self.sio, sub.eio_sid, text)
@@ -592,7 +597,7 @@ class Broadcaster:
         sub.size = size
         return self._start(sub)[0]
 
-    def _start(self, sub):
+    def _start(self, sub: Subscription) -> tuple[_Envelope, str | None]:
         """Register *sub* and compute its first result: ``(envelope, its JSON or None)``.
 
         A failure leaves nothing registered.
@@ -631,7 +636,8 @@ class Broadcaster:
             self._request(sub.group or sub, dirty)
         return envelope, text
 
-    def start_watch(self, instance, event, args, sink):
+    def start_watch(self, instance: Namespace, event: str, args: list[Any], sink: _Sink
+                    ) -> tuple[_Envelope, str | None, Subscription | None]:
         """Subscribe *instance* (a watch's own, see :mod:`sbio.live.watch`) to *event*.
 
         The checks of ``sbio:subscribe`` (ACL, ``@subscribes``, arguments),
@@ -655,12 +661,12 @@ class Broadcaster:
         except Exception as exc:
             return error_envelope("bad_request", f"cannot build the channels of "
                                   f"{_short(event)} from these arguments: {exc}"), None, None
-        sub = Subscription(instance, None, "watch", event, args, channels, live_spec.shared)
+        sub = Subscription(instance, "", "watch", event, args, channels, live_spec.shared)
         sub.sink = sink
         envelope, text = self._start(sub)
         return envelope, text, sub
 
-    def _keep_first_value(self, group, sub, text):
+    def _keep_first_value(self, group: _SharedGroup, sub: Subscription, text: str) -> None:
         """The first value a shared group of delta members can patch against, from an ack.
 
         (The member itself gets its first push whole, like any delta
@@ -669,7 +675,8 @@ class Broadcaster:
         """
         if group.value is _NO_VALUE and sub.alive:
             group.value = self._decoded(text)
-            group.value_fp = None if group.value is _NO_VALUE else sub.last
+            # sub.last is the fingerprint of *text* (set by _start just before)
+            group.value_fp = None if group.value is _NO_VALUE else cast("str | bytes", sub.last)
 
     def handle_unsubscribe(self, instance: Namespace, args: list[Any]) -> _Envelope:
         """``sbio:unsubscribe`` ``{"id": S}`` or ``{"ids": [...]}``; acks ``data: null``."""

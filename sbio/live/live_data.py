@@ -83,7 +83,7 @@ class LiveData:
         #: namespace name -> Broadcaster
         self.broadcasters: dict[str, Broadcaster] = {}
         #: watch id -> the server-side watches running (:meth:`watch`)
-        self._watches = {}
+        self._watches: dict[str, Watch] = {}
         self._watch_ids = itertools.count(1)
         self._listener = _BusListener(self)
         self.bus = _check_bus(LocalBus() if bus is None else bus)

@@ -5,7 +5,7 @@ of their results (the text is the server's: ``server.json.canonical``, see
 import enum
 import hashlib
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 from ..namespace import Namespace
 from ..protocol import UpdateEncoder
@@ -26,7 +26,16 @@ class _Clean(enum.Enum):
 
 _NOT_DIRTY = _Clean.NOT_DIRTY
 #: Subscription.value / _SharedGroup.value when no value is kept (None is a JSON value).
-_NO_VALUE = object()
+_NO_VALUE: Any = object()
+
+
+class _Sink(Protocol):
+    """Where a subscription without a connection sends its updates: a server-side
+    watch (:class:`sbio.live.watch.Watch`, which imports this module)."""
+
+    def put_data(self, text: str, trigger: str) -> None: ...
+
+    def put_error(self, error: dict[str, Any]) -> None: ...
 
 
 class _Target:
@@ -75,12 +84,13 @@ class Subscription(_Target):
         #: ``"delta": true``: later results are pushed as JSON Patches when smaller
         self.delta = delta
         #: the decoded value the client has, to patch against (delta, not shared), or _NO_VALUE
-        self.value = _NO_VALUE
+        self.value: Any = _NO_VALUE
         #: a patch may be sent: a data push reached the client since the subscribe and
         #: since the last error (the first push after either is whole, see docs/protocol.md)
         self.patchable = False
         #: None (pushes go to the connection eio_sid), or the server-side watch it feeds
-        self.sink = None
+        #: (its eio_sid is then "": no connection)
+        self.sink: _Sink | None = None
 
     def __repr__(self) -> str:
         return (f"<Subscription {self.id!r} {self.event}{tuple(self.args)!r} "
@@ -100,8 +110,9 @@ class _SharedGroup(_Target):
         self.args = args
         self.members: dict[Subscription, None] = {}  # an ordered set
         self.deltas = 0    # members with delta=True; the group keeps a value while > 0
-        self.value = _NO_VALUE  # the last result decoded, to patch against (once per group)
-        self.value_fp = None    # its fingerprint: members whose last is this one have it
+        self.value: Any = _NO_VALUE  # the last result decoded, to patch against (once per group)
+        #: its fingerprint: members whose last is this one have it
+        self.value_fp: str | bytes | None = None
 
     def __repr__(self) -> str:
         return f"<SharedGroup {self.event}{tuple(self.args)!r} members={len(self.members)}>"

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import (
     ColumnProperty,
+    InstanceState,
+    Mapper,
     ORMExecuteState,
     RelationshipProperty,
     Session,
@@ -62,12 +64,12 @@ class _Changes:
 
     __slots__ = ("names", "rows")
 
-    def __init__(self):
-        self.names = set()
+    def __init__(self) -> None:
+        self.names: set[str] = set()
         #: table channel -> set of row channels, or None: too many rows, ``table:*``
-        self.rows = {}
+        self.rows: dict[str, set[str] | None] = {}
 
-    def add_rows(self, table, channels, limit):
+    def add_rows(self, table: str, channels: Iterable[str], limit: int) -> None:
         if table in self.rows:
             rows = self.rows[table]
             if rows is None:
@@ -80,10 +82,10 @@ class _Changes:
             log.debug("more than %d changed rows of %r in one transaction: notifying %r",
                       limit, table, row_wildcard(table))
 
-    def wildcard(self, table):
+    def wildcard(self, table: str) -> None:
         self.rows[table] = None
 
-    def merge(self, other, limit):
+    def merge(self, other: "_Changes", limit: int) -> None:
         self.names |= other.names
         for table, rows in other.rows.items():
             if rows is None:
@@ -91,7 +93,7 @@ class _Changes:
             else:
                 self.add_rows(table, rows, limit)
 
-    def channels(self):
+    def channels(self) -> set[str]:
         channels = set(self.names)
         for table, rows in self.rows.items():
             channels.update((row_wildcard(table),) if rows is None else rows)
@@ -106,17 +108,17 @@ class _RowSpec:
 
     __slots__ = ("tables", "pk_keys", "parents", "rows")
 
-    def __init__(self, mapper):
+    def __init__(self, mapper: Mapper[Any]) -> None:
         cls = mapper.class_
         self.tables = tuple(dict.fromkeys(table.name for table in mapper.tables))
         self.pk_keys = tuple(mapper.get_property_by_column(c).key for c in mapper.primary_key)
         self.rows = bool(getattr(cls, "__notify_rows__", True))
         #: (attribute key, parent table channel) of each ``__notify_parents__`` entry
-        self.parents = tuple(_parent(mapper, name)
+        self.parents: tuple[tuple[str, str], ...] = tuple(_parent(mapper, name)
                              for name in _names(cls, getattr(cls, "__notify_parents__", ())))
 
 
-def _names(cls, value):
+def _names(cls: type, value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = (value,)
     try:
@@ -129,7 +131,7 @@ def _names(cls, value):
     return names
 
 
-def _parent(mapper, name):
+def _parent(mapper: Mapper[Any], name: str) -> tuple[str, str]:
     """``(foreign-key attribute key, parent table)`` of one ``__notify_parents__`` name."""
     cls = mapper.class_
     where = f"{cls.__name__}.__notify_parents__: {name!r}"
@@ -162,7 +164,7 @@ def _parent(mapper, name):
 _specs: "weakref.WeakKeyDictionary[Any, _RowSpec]" = weakref.WeakKeyDictionary()
 
 
-def row_spec(mapper):
+def row_spec(mapper: Mapper[Any]) -> _RowSpec:
     """The :class:`_RowSpec` of *mapper* (checks ``__notify_parents__``; raises if wrong)."""
     spec = _specs.get(mapper)
     if spec is None:
@@ -170,9 +172,9 @@ def row_spec(mapper):
     return spec
 
 
-def _row_keys(state, spec):
+def _row_keys(state: InstanceState[Any], spec: _RowSpec) -> list[tuple[Any, ...]]:
     """The primary keys *state* names: its identity, and its current key if that differs."""
-    keys = []
+    keys: list[tuple[Any, ...]] = []
     if state.key is not None:
         keys.append(tuple(state.key[1]))
     current = tuple(state.dict.get(key) for key in spec.pk_keys)
@@ -181,7 +183,8 @@ def _row_keys(state, spec):
     return keys
 
 
-def _record_object(session, changes, state, isdelete, limit):
+def _record_object(session: Session, changes: _Changes, state: InstanceState[Any],
+                   isdelete: bool, limit: int) -> None:
     mapper = state.mapper
     spec = row_spec(mapper)
     changes.names.update(spec.tables)
@@ -204,9 +207,9 @@ def _record_object(session, changes, state, isdelete, limit):
         if values:
             changes.add_rows(parent, [row_channel(parent, v) for v in values], limit)
     for rel in mapper.relationships:
-        if rel.secondary is not None and getattr(rel.secondary, "name", None) and (
-                isdelete or state.attrs[rel.key].history.has_changes()):
-            changes.names.add(rel.secondary.name)
+        link = getattr(rel.secondary, "name", None)  # None: no link table (or not a Table)
+        if link and (isdelete or state.attrs[rel.key].history.has_changes()):
+            changes.names.add(link)
 
 
 def _manager_of(session: Session) -> Any:
@@ -220,9 +223,9 @@ def _wants_notifications(session: Session) -> bool:
     return manager is not None and bool(manager.notify_changes)
 
 
-def _row_limit(session):
+def _row_limit(session: Session) -> int:
     manager = _manager_of(session)
-    return getattr(manager, "max_row_channels", DEFAULT_MAX_ROW_CHANNELS)
+    return int(getattr(manager, "max_row_channels", DEFAULT_MAX_ROW_CHANNELS))
 
 
 def _boundary(session: Session) -> SessionTransaction | None:
@@ -230,8 +233,8 @@ def _boundary(session: Session) -> SessionTransaction | None:
     return session.get_nested_transaction()
 
 
-def _changes(session):
-    changes = session.info.setdefault(_CHANGES_KEY, {})
+def _changes(session: Session) -> _Changes:
+    changes: dict[SessionTransaction | None, _Changes] = session.info.setdefault(_CHANGES_KEY, {})
     boundary = _boundary(session)
     current = changes.get(boundary)
     if current is None:

@@ -214,17 +214,17 @@ class Subscription:
         self.pushes: list[dict[str, Any]] = []
         self.active = True
         self._seen = 0
-        self._values = []         # the whole value of each push (None for an error)
+        self._values: list[Any] = []  # the whole value of each push (None for an error)
         self._has_value = False   # a data push arrived: the next patch applies to .data
         self._updated = False     # a data push arrived before the ack
         #: patch pushes dropped: they came before any whole push (they belong to the
         #: subscription this one replaced; the server pushes whole first)
-        self.stale_patches = []
+        self.stale_patches: list[dict[str, Any]] = []
 
     def __repr__(self) -> str:
         return f"<Subscription {self.id!r} {self.event}{tuple(self.args)!r}>"
 
-    def _first(self, data):
+    def _first(self, data: Any) -> None:
         """The ack's first result: kept unless an update overtook it (that one is fresher)."""
         if not self._updated:
             self.data = data

@@ -31,7 +31,7 @@ from typing import Any
 import socketio
 
 from .adapter import ClientSocket
-from .errors import CallTimeout, ConnectionFailed, ConnectionRefused, RpcError
+from .errors import CallTimeout, ConnectionFailed, ConnectionRefused, PatchError, RpcError
 from .protocol import ERROR_EVENT, SUBSCRIBE_EVENT, TIMEOUT, UNSUBSCRIBE_EVENT, UPDATE_EVENT
 
 __all__ = ["Client", "Subscription", "CONNECTING", "OPEN", "CLOSED"]
@@ -241,14 +241,18 @@ class Subscription:
     :ivar error: the :class:`~sbio.RpcError` of the latest delivery if it was
         an error (a re-run failed on the server), else None.
     :ivar active: False once unsubscribed or the client is closed.
+    :ivar delta: the server was asked for JSON Patch pushes (``delta=True``);
+        they are applied here, so :attr:`data` and callbacks get whole values.
     """
 
     def __init__(self, client: Client, id: str, event: str, args: list[Any],
-                 callback: Callback | None, on_error: Callback | None) -> None:
+                 callback: Callback | None, on_error: Callback | None,
+                 delta: bool = False) -> None:
         self.client = client
         self.id = id
         self.event = event
         self.args = args
+        self.delta = delta
         self.callback = callback
         self.on_error = on_error
         self.data: Any = None
@@ -265,6 +269,11 @@ class Subscription:
         self._seen = 0  # the version wait_update returned last
         self._first: bool | RpcError | None = None  # outcome of the first result
         self._first_version = 0
+        # delta: the value of the last data push since the latest sbio:subscribe, which
+        # the next patch applies to (docs/protocol.md, "Delta pushes"); _has_base False:
+        # none yet (or an error came since), so patches are dropped
+        self._base: Any = None
+        self._has_base = False
 
     def __repr__(self) -> str:
         state = "active" if self.active else "ended"
@@ -538,7 +547,8 @@ class Client:
     # -- subscriptions ----------------------------------------------------------------------
 
     def subscribe(self, event: str, *args: Any, callback: Callback | None = None,
-                  on_error: Callback | None = None, timeout: float | None = None) -> Subscription:
+                  on_error: Callback | None = None, timeout: float | None = None,
+                  delta: bool = False) -> Subscription:
         """Subscribe to the server's ``@subscribes`` handler ``on_<event>(*args)``.
 
         Waits for the first result (in ``.data`` of the returned
@@ -549,6 +559,11 @@ class Client:
         when the subscription is refused after a reconnect (without
         *on_error* it is logged). The subscription stays live across
         reconnects until :meth:`Subscription.unsubscribe` or :meth:`close`.
+
+        ``delta=True`` asks the server to push changed results as JSON
+        Patches against the previous one when that is smaller
+        (``"delta": true``, see docs/protocol.md); the client applies them, so
+        ``.data`` and *callback* get whole values either way.
 
         :raises sbio.RpcError: the server refused it (``forbidden``,
             ``not_found``, ``bad_request``, ...), or the client is closed;
@@ -561,7 +576,8 @@ class Client:
             if self.status == CLOSED:
                 raise self._closed_error()
             self._next_sub += 1
-            sub = Subscription(self, f"s{self._next_sub}", event, list(args), callback, on_error)
+            sub = Subscription(self, f"s{self._next_sub}", event, list(args), callback, on_error,
+                               bool(delta))
             self._subs[sub.id] = sub
             send_now = self._usable()
         if send_now:
@@ -873,11 +889,15 @@ class Client:
             gen = sub._gen
             sub._sent = True
             sub._updated_since_send = False
+            sub._has_base = False  # a patch before the next whole push is the old one's
+            sub._base = None
 
         def ack(*values: Any) -> None:
             self._subscribe_acked(sub, gen, trigger, values[0] if values else None)
 
-        payload = {"id": sub.id, "event": sub.event, "args": sub.args}
+        payload: dict[str, Any] = {"id": sub.id, "event": sub.event, "args": sub.args}
+        if sub.delta:
+            payload["delta"] = True
         # dropped meanwhile (BadNamespaceError): sent again on reconnect
         with contextlib.suppress(socketio.exceptions.BadNamespaceError):
             self._emit_raw(SUBSCRIBE_EVENT, (payload,), ack)
@@ -938,15 +958,25 @@ class Client:
             body = args[0] if args else None
             if not isinstance(body, dict):
                 return
+            resend = False
             with self._cond:
                 sub = self._subs.get(str(body.get("id")))
                 if sub is None:
                     return  # unsubscribed: a late push
-                sub._updated_since_send = True
                 if body.get("error") is not None:
+                    sub._updated_since_send = True
+                    sub._has_base = False  # the next data push is whole
                     self._deliver_error(sub, _error_of(body["error"]))
+                elif "patch" in body:
+                    resend = self._patched(sub, body)
                 else:
-                    self._deliver(sub, body.get("data"), body.get("trigger"))
+                    sub._updated_since_send = True
+                    data = body.get("data")
+                    if sub.delta:
+                        sub._base, sub._has_base = data, True
+                    self._deliver(sub, data, body.get("trigger"))
+            if resend:
+                self._sub_send(sub)  # a whole result comes back in the ack
             return
         with self._cond:
             handler = self._handlers.get(event) if isinstance(event, str) else None
@@ -960,6 +990,30 @@ class Client:
                              "handler (Client.on): not answered", event)
             return
         self._worker.submit(self._run_handler, event, handler, args, reply, epoch)
+
+    def _patched(self, sub: Subscription, body: dict[str, Any]) -> bool:
+        """Apply a ``patch`` push to the last pushed value and deliver the result (lock
+        held); True when it did not apply and the subscription is to be sent again."""
+        if not sub._has_base:
+            # before any whole push since the latest sbio:subscribe: it belongs to the
+            # subscription that one replaced (the server pushes whole first)
+            log.debug("sbio.Client: subscription %s (%s): patch before a whole push dropped",
+                      sub.id, sub.event)
+            return False
+        from .live.patch import apply_patch  # only delta subscribers need it
+
+        try:
+            value = apply_patch(sub._base, body["patch"])
+        except PatchError as exc:
+            # not the value the server patched: ask again (the ack carries a whole result)
+            self._errors(logging.WARNING, "sbio.Client: subscription %s (%s): a pushed patch "
+                         "does not apply (%s); subscribing again", sub.id, sub.event, exc)
+            sub._has_base = False
+            return True
+        sub._updated_since_send = True
+        sub._base = value
+        self._deliver(sub, value, body.get("trigger"))
+        return False
 
     # -- running application code (the callback thread) ------------------------------------
 

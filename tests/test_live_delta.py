@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 
 import gevent
 import pytest
@@ -17,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sbio.live.broadcaster
-from sbio import Namespace, notifies, subscribes
+from sbio import Client, Namespace, notifies, subscribes
 from sbio.live.patch import apply_patch
 from sbio.testing import CallError
 
@@ -330,6 +331,78 @@ def test_delta_and_whole_subscribers_end_with_identical_values(sbio_server, even
         client.close()
     recorded.extend(client.records)
     assert server.live.broadcaster(NS).metrics["patches"] > patches_before  # deltas were used
+
+
+class _Values:
+    """A callback recording every value it gets; waits on a condition, with a timeout."""
+
+    def __init__(self):
+        self.values = []
+        self._cond = threading.Condition()
+
+    def __call__(self, value):
+        with self._cond:
+            self.values.append(value)
+            self._cond.notify_all()
+
+    def wait_for(self, predicate, what):
+        with self._cond:
+            if not self._cond.wait_for(lambda: predicate(self.values), WAIT):
+                raise AssertionError(f"never got {what}: {self.values[-3:]!r}")
+
+
+@pytest.mark.parametrize("event", ["board", "shared_board"])
+def test_a_delta_sbio_client_ends_with_the_value_of_a_whole_one(sbio_server, event):
+    """sbio.Client(subscribe(..., delta=True)) applies the patches: whole values in its
+    callback, equal to a whole-value subscriber's after every change, errors included."""
+    server = sbio_server(Deck)
+    metrics = server.live.broadcaster(NS).metrics
+    patches_before = metrics["patches"]
+    got = {"delta": _Values(), "whole": _Values()}
+    errors = {"delta": _Values(), "whole": _Values()}
+    clients = [Client(server.url, NS, reconnect=False) for _ in range(2)]
+    try:
+        subs = {kind: client.subscribe(event, callback=got[kind], on_error=errors[kind],
+                                       delta=kind == "delta")
+                for kind, client in zip(("delta", "whole"), clients, strict=True)}
+        assert subs["delta"].delta and not subs["whole"].delta
+        assert subs["delta"].data == subs["whole"].data == S.board
+
+        def step(board):
+            clients[1].call("set", board)
+            for kind in got:
+                got[kind].wait_for(lambda values, board=board: values and values[-1] == board,
+                                   f"{kind}: {board!r}"[:200])
+
+        board = S.board
+        for i in range(0, 10, 3):  # one card moves: a patch each time
+            board = changed(board, i, column="Done")
+            step(board)
+        board = board[:20] + board[21:]  # one card removed
+        step(board)
+        board = [*board[:5], {"id": 99, "column": "To do", "title": "new"}, *board[5:]]
+        step(board)
+        S.fail = True  # the next re-run fails: an error push to both
+        clients[1].call("set", changed(board, 0, title="never seen"))
+        for kind in errors:
+            errors[kind].wait_for(lambda values: len(values) == 1, f"{kind}: an error")
+        S.fail = False
+        board = changed(board, 1, title="after the error")  # whole first, then patches again
+        step(board)
+        board = changed(board, 2, column="Doing")
+        step(board)
+        board = cards(3, "Done")  # a patch would not be smaller: whole
+        step(board)
+        board = changed(board, 0, title="last")
+        step(board)
+        assert subs["delta"].data == subs["whole"].data == board
+        # the callbacks got whole values (every one the server had), never a patch
+        assert got["delta"].values == got["whole"].values
+        assert all(isinstance(value, list) for value in got["delta"].values)
+        assert metrics["patches"] > patches_before  # the delta subscriber did get patches
+    finally:
+        for client in clients:
+            client.close()
 
 
 def test_sbio_js_applies_the_servers_patches(recorded, tmp_path):

@@ -140,6 +140,40 @@ def test_after_an_error_the_next_push_is_whole(sbio_client):
     assert "data" in sub.pushes[-1]
 
 
+class Money:
+    def __init__(self, cents):
+        self.cents = cents
+
+
+AMOUNTS = [1, 2, 3]
+
+
+class Till(Namespace):
+    name = "/till"
+
+    @subscribes("till")
+    def on_amounts(self):
+        return [{"n": i, "money": Money(c)} for i, c in enumerate(AMOUNTS)]
+
+    @notifies("till")
+    def on_set(self, i, cents):
+        AMOUNTS[i] = cents
+
+
+def test_delta_pushes_use_the_servers_registered_json_types(sbio_client):
+    watcher = sbio_client(Till)
+    watcher.server.register_json_type(Money, lambda m: {"eur": m.cents / 100})
+    AMOUNTS[:] = [100, 250, 999] * 10
+    sub = watcher.subscribe("amounts", delta=True)
+    watcher.call("set", 1, 260)  # the first push is whole
+    assert sub.wait_update() == [{"n": i, "money": {"eur": c / 100}}
+                                 for i, c in enumerate(AMOUNTS)]
+    watcher.call("set", 2, 1000)
+    assert sub.wait_update()[2] == {"n": 2, "money": {"eur": 10.0}}
+    assert "patch" in sub.pushes[-1]  # the patch carries the converted value
+    assert sub.pushes[-1]["patch"] == [{"op": "replace", "path": "/2/money/eur", "value": 10.0}]
+
+
 def test_a_shared_group_makes_one_patch_for_all_its_delta_members(sbio_client, monkeypatch):
     made = []
     real = sbio.live.broadcaster.make_patch

@@ -67,6 +67,7 @@ class Broadcaster:
     ``notifications``  notifications that matched at least one subscription
     ``cycles``         times the queue was drained
     ``reruns``         handler runs (a shared group counts once)
+    ``coalesced``      notified runs folded into a run in progress (it runs again once)
     ``pushes``         ``sbio:update`` packets sent (data, patch or error)
     ``patches``        of those, delta pushes sent as a JSON Patch
     ``skipped_unchanged`` runs whose result the client already had
@@ -88,7 +89,8 @@ class Broadcaster:
         #: (event, canonical args) -> _SharedGroup
         self.groups: dict[tuple[str, str], _SharedGroup] = {}
         self.metrics = dict.fromkeys(
-            ("notifications", "cycles", "reruns", "pushes", "patches", "skipped_unchanged",
+            ("notifications", "cycles", "reruns", "coalesced", "pushes", "patches",
+             "skipped_unchanged",
              "errors", "timeouts", "dropped", "queue_depth"), 0)
         self._pending: dict[str, str] = {}  # channel -> trigger, coalesced until the next cycle
         # target -> trigger: runs asked for outside notifications
@@ -292,6 +294,7 @@ class Broadcaster:
                 self.pool.spawn(self._run, target, trigger)  # waits while the pool is full
                 if self._stopping:
                     return
+            metrics["coalesced"] += coalesced
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("broadcaster %s: cycle of %d channel(s), %d run(s) started, "
                           "%d coalesced into running ones; metrics %s", self.namespace,

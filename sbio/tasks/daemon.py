@@ -81,6 +81,8 @@ class DaemonTask(_Service):
         self.singleton = bool(singleton)
         self._stop_event = Event()
         self._stop_event.set()
+        #: calls of *func* since the task was made, by outcome (``ok``, ``error``)
+        self.runs = {"ok": 0, "error": 0}
         self.lifecycle._register(self)
 
     @property
@@ -99,8 +101,10 @@ class DaemonTask(_Service):
         try:
             self.lifecycle.in_context(self.func)
         except Exception as exc:
+            self.runs["error"] += 1
             logger.exception("DaemonTask %r raised; it keeps running", self.name)
             return exc
+        self.runs["ok"] += 1
         return None
 
     def _wait(self, event: Event, timeout: float | None) -> bool:

@@ -36,9 +36,15 @@ one of these libraries, this file is the one to read against its changes.
 * :class:`RedisManagerBase` — python-socketio's Redis manager with its
   transport (publish / listen) handed to public-named methods that
   :class:`sbio.cluster.RedisManager` implements.
+* :func:`outbound_backlogs`, :func:`instrument_admin` — for :mod:`sbio.ops`:
+  the outbound queues of a server's connections, and python-socketio's
+  Admin UI instrumentation confined to one server.
 """
 import contextlib
+import functools
+import json
 import logging
+import os
 import queue
 import re
 import socket
@@ -53,6 +59,7 @@ import gevent
 import gevent.pool
 import gevent.queue
 import socketio
+import socketio.admin
 from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
 from engineio import socket as eio_socket
@@ -69,7 +76,7 @@ from .protocol import short_repr as _short
 __all__ = ["SocketIOServer", "ProtocolViolation", "MessageTooBig", "websocket_handler_class",
            "close_transports", "send_text", "text_sender", "feed_connect", "feed_message",
            "feed_disconnect", "capture_output", "RedisManagerBase", "ConnectionLimitedWSGIServer",
-           "connection_cap", "ClientSocket"]
+           "connection_cap", "ClientSocket", "outbound_backlogs", "instrument_admin"]
 
 log = logging.getLogger(__name__)
 
@@ -1778,3 +1785,162 @@ def connection_cap(max_connections):
                     "connections past that fail at accept(), without a 503; raise the limit "
                     "(ulimit -n) or lower server.max_connections", max_connections, limit)
     return max_connections
+
+
+# -- operations: outbound backlogs, the socket.io Admin UI ------------------------------------
+
+
+def outbound_backlogs(sio):
+    """``(messages, bytes)`` queued for each Engine.IO connection of *sio* that has a backlog.
+
+    Read at scrape time by :mod:`sbio.ops.metrics`. Touches engineio.Server.sockets
+    and each socket's ``queue`` (python-engineio 4.11-4.15), and the byte count
+    :class:`_OutboundSocket` keeps (the bytes put since its queue was last
+    empty: the queue's content, or more, never less).
+    """
+    found = []
+    for sock in list(sio.eio.sockets.values()):
+        queue = getattr(sock, "queue", None)
+        messages = queue.qsize() if queue is not None else 0
+        if messages:
+            found.append((messages, getattr(sock, "_queued_bytes", 0)))
+    return found
+
+
+def _mangled(name):
+    # The attributes socketio.admin.InstrumentedServer keeps the originals
+    # under (``self.sio.__trigger_event`` in its source is this name).
+    return f"_InstrumentedServer__{name}"
+
+
+class _ServerInstrumentation(socketio.admin.InstrumentedServer):
+    """python-socketio's Admin UI instrumentation, confined to one server.
+
+    Written against python-socketio 5.12-5.18 (socketio/admin.py).
+    """
+
+    # Replaces socketio.admin.InstrumentedServer.instrument: upstream
+    # patches engineio.socket.Socket itself (handle_post_request,
+    # _websocket_handler, _send_ping), the class of every Engine.IO connection
+    # of the process: the connections of another server would report to
+    # this one, and a second instrumented server wraps the first's wrappers,
+    # which then call themselves. Here those three go on this server's own
+    # socket class (the _SocketTable's, see _install_outbound_limits). The
+    # rest is upstream's, which touches only this server's objects; the
+    # upgrade-check greenlet upstream starts per polling connection is left
+    # out (the ping report gives the transport).
+    def instrument(self):
+        sio = self.sio
+        sio.on("connect", self.admin_connect, namespace=self.admin_namespace)
+        development = self.mode == "development"
+        if development:
+            if not self.read_only:
+                sio.on("emit", self.admin_emit, namespace=self.admin_namespace)
+                sio.on("join", self.admin_enter_room, namespace=self.admin_namespace)
+                sio.on("leave", self.admin_leave_room, namespace=self.admin_namespace)
+                sio.on("_disconnect", self.admin_disconnect, namespace=self.admin_namespace)
+            manager = sio.manager
+            manager._timestamps = {}
+            setattr(sio, _mangled("trigger_event"), sio._trigger_event)
+            sio._trigger_event = self._trigger_event
+            setattr(manager, _mangled("basic_enter_room"), manager.basic_enter_room)
+            manager.basic_enter_room = self._basic_enter_room
+            setattr(manager, _mangled("basic_leave_room"), manager.basic_leave_room)
+            manager.basic_leave_room = self._basic_leave_room
+            setattr(manager, _mangled("emit"), manager.emit)
+            manager.emit = self._emit
+        sio.eio.on("connect", self._handle_eio_connect)
+        sio.eio.on("disconnect", self._handle_eio_disconnect)
+        setattr(sio.eio, _mangled("ok"), sio.eio._ok)
+        sio.eio._ok = self._eio_http_response
+        socket_class = sio.eio.sockets.socket_class
+        patches = [("handle_post_request", type(self)._eio_handle_post_request),
+                   ("_websocket_handler", type(self)._eio_websocket_handler)]
+        if development:
+            patches.append(("_send_ping", type(self)._eio_send_ping))
+        for name, wrapper in patches:
+            setattr(socket_class, _mangled(name.lstrip("_")), getattr(socket_class, name))
+            setattr(socket_class, name, functools.partialmethod(wrapper, self))
+
+    def uninstrument(self):
+        raise NotImplementedError("the Admin UI instrumentation lasts as long as its server")
+
+    # Replaces socketio.admin.InstrumentedServer._trigger_event: upstream
+    # reports a connection before its connect handler ran (so a refused one
+    # shows as connected, and never leaves), and fails on a connection
+    # without a transport (sbio.testing's in-process client). Here a
+    # connection is reported once accepted, if it has a transport.
+    def _trigger_event(self, event, namespace, *args):
+        trigger = getattr(self.sio, _mangled("trigger_event"))
+        if event == "connect":
+            result = trigger(event, namespace, *args)
+            sid = args[0]
+            eio_sid = self.sio.manager.eio_sid_from_sid(sid, namespace)
+            if result is not False and eio_sid in self.sio.eio.sockets:
+                now = time.time()
+                self.sio.manager._timestamps[sid] = now
+                self.sio.emit("socket_connected", (
+                    self.serialize_socket(sid, namespace, eio_sid), _iso(now)),
+                    namespace=self.admin_namespace)
+            return result
+        if event == "disconnect":
+            sid = args[0]
+            if self.sio.manager._timestamps.pop(sid, None) is not None:
+                self.sio.emit("socket_disconnected", (namespace, sid, args[1], _iso(time.time())),
+                              namespace=self.admin_namespace)
+            return trigger(event, namespace, *args)
+        return super()._trigger_event(event, namespace, *args)
+
+    # Replaces socketio.admin.InstrumentedServer._emit_server_stats: upstream
+    # lists the namespaces of socketio.Server.handlers only (sbio's live in
+    # SocketIOServer.dispatchers) and sleeps before it looks at its stop event.
+    def _emit_server_stats(self):
+        start_time = time.time()
+        sio = self.sio
+        namespaces = sorted(set(sio.handlers) | set(sio.dispatchers))
+        stop = self.stop_stats_event
+        while not stop.wait(self.server_stats_interval):
+            sockets = list(sio.eio.sockets.values())
+            sio.emit("server_stats", {
+                "serverId": self.server_id,
+                "hostname": socketio.admin.HOSTNAME,
+                "pid": os.getpid(),
+                "uptime": time.time() - start_time,
+                "clientsCount": len(sockets),
+                "pollingClientsCount": len([s for s in sockets if not s.upgraded]),
+                "aggregatedEvents": self.event_buffer.get_and_clear(),
+                "namespaces": [{
+                    "name": name,
+                    "socketsCount": len(sio.manager.rooms.get(name, {}).get(None, ())),
+                } for name in namespaces],
+            }, namespace=self.admin_namespace)
+
+    # Replaces socketio.admin.InstrumentedServer.shutdown, which joins the
+    # stats greenlet without a bound: bounded here, then killed.
+    def shutdown(self, timeout=1.0):
+        task = getattr(self, "stats_task", None)
+        self.stats_task = None
+        if task is None:
+            return
+        self.stop_stats_event.set()
+        task.join(timeout)
+        if not task.dead:
+            task.kill(block=True, timeout=1)
+
+
+def _iso(timestamp):
+    import datetime
+
+    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).isoformat()
+
+
+def instrument_admin(sio, auth, mode="development", read_only=True, namespace="/admin",
+                     stats_interval=2.0):
+    """Serve the socket.io Admin UI on *sio* (see :class:`_ServerInstrumentation`).
+
+    *auth*: ``auth(client_auth) -> bool``, or False for none. Returns the
+    instrumentation; its ``shutdown()`` stops the stats greenlet (the server
+    calls it when it stops).
+    """
+    return _ServerInstrumentation(sio, auth=auth, mode=mode, read_only=read_only,
+                                  namespace=namespace, server_stats_interval=stats_interval)

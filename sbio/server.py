@@ -74,6 +74,8 @@ a { color: #2563eb; } .muted { color: #6b7280; }
 <h2>Namespaces</h2><p>Namespaces mounted on this server:</p>
 <ul>{% for ns in namespaces %}<li><code>{{ ns.name }}</code> &mdash; {{ ns.doc }}</li>\
 {% endfor %}</ul>
+{% if status_url %}<h2>Operations</h2><ul><li><a href="{{ status_url }}">{{ status_url }}</a> \
+&mdash; live status: connections, events, broadcaster</li></ul>{% endif %}
 </body></html>"""
 
 
@@ -117,7 +119,7 @@ def _static_allowed(path: str, node_modules: Collection[str] = ()) -> bool:
 #: Attributes a Server builds from its configuration, on first use (see Server._build).
 _BUILT_ATTRIBUTES = frozenset({"config", "host", "_port", "debug", "max_message_size", "sio",
                                "cluster", "live", "app", "flask_app", "access_log",
-                               "_socketio_app"})
+                               "_socketio_app", "ops"})
 
 
 def _check_app(app: object) -> None:
@@ -336,6 +338,10 @@ class Server:
             self.flask_app.secret_key = self._secret_key()
         pages = self.app if self.app is self.flask_app else _Mount(self.flask_app, self.app)
         self._socketio_app = socketio.WSGIApp(self.sio, pages)
+        from .ops import Operations
+
+        #: health checks, metrics, status page, Admin UI (see docs/operations.md)
+        self.ops = Operations(self)
 
     @property
     def bus(self) -> Bus:
@@ -403,7 +409,8 @@ class Server:
         def index() -> ResponseReturnValue:
             mounted = [{"name": name, "doc": _first_line(cls.__doc__)}
                        for name, cls in sorted(self.namespaces.items())]
-            return render_template_string(_INDEX, namespaces=mounted, pages=self._pages())
+            return render_template_string(_INDEX, namespaces=mounted, pages=self._pages(),
+                                          status_url=self.ops.status_url)
 
         return app
 
@@ -455,6 +462,7 @@ class Server:
         self.namespaces[name] = cls
         dispatcher: NamespaceDispatcher = self.sio.add_namespace_class(cls)
         self.live.add_dispatcher(dispatcher)
+        self.ops.add_dispatcher(dispatcher)
         return dispatcher
 
     def _check_namespace(self, cls: object) -> str:
@@ -537,6 +545,9 @@ class Server:
                 "sbio.gunicorn.Worker (`gunicorn -k sbio.gunicorn.Worker -w 1 sbio.wsgi:app`; "
                 "see docs/scaling.md), not as a plain WSGI application")
         start_response = self._add_security_headers(start_response)
+        answer = self.ops.route(environ, start_response)  # /healthz, /readyz, /metrics ...
+        if answer is not None:
+            return answer
         if self._stopping and environ.get("PATH_INFO", "").startswith("/socket.io") \
                 and "sid=" not in environ.get("QUERY_STRING", ""):
             # A handshake while stopping, over a keep-alive connection the
@@ -646,6 +657,11 @@ class Server:
         return not self._stopped.is_set()
 
     @property
+    def stopping(self) -> bool:
+        """True from the start of :meth:`stop` until it returns (``/readyz`` answers 503)."""
+        return self._stopping and not self._stopped.is_set()
+
+    @property
     def port(self) -> int:
         """The TCP port listened on (the real one once started with port 0)."""
         if self._wsgi_server is not None and self._wsgi_server.server_port is not None:
@@ -708,6 +724,7 @@ class Server:
                 self._owns_lifecycle = True
             for wsgi_server in self._wsgi_servers:
                 wsgi_server.start()
+            self.ops.start()
         except BaseException:
             for wsgi_server in self._wsgi_servers:
                 wsgi_server.close()
@@ -722,7 +739,9 @@ class Server:
     def stop(self, timeout: float | None = None) -> None:
         """Stop gracefully, within *timeout* seconds (``server.shutdown_timeout``).
 
-        In order: stop accepting connections, close every client's Engine.IO
+        In order: with ``health.drain_time``, keep serving for that long while
+        ``/readyz`` answers 503 (a second ``stop()`` ends the wait), then stop
+        accepting connections, close every client's Engine.IO
         connection (``on_disconnect`` runs for each namespace; socket.io
         clients see "transport close" and reconnect, e.g. to the restarted
         server, instead of the "io server disconnect" that would stop them
@@ -745,10 +764,12 @@ class Server:
                 self._close_handoff()
             return
         if self._stopping:
+            self.ops.end_drain()  # a second stop() (SIGTERM again): no more waiting
             return
         self._stopping = True
-        deadline = time.monotonic() + timeout
         log.info("sbio stopping (%s)", self.url)
+        self.ops.drain()  # health.drain_time: still serving, /readyz at 503
+        deadline = time.monotonic() + timeout
         try:
             for server in self._wsgi_servers:
                 server.close()  # stop accepting new connections
@@ -772,6 +793,7 @@ class Server:
         or a shutdown hook notifies still reaches this server (and only it).
         """
         deadline = time.monotonic() + timeout
+        self.ops.stop()
         try:
             if self._owns_lifecycle:
                 self._owns_lifecycle = False

@@ -97,6 +97,9 @@ class SocketIOServer(socketio.Server):
         self.guards = {}
         #: the server's JSON provider (sbio.jsonenc): every value this server sends
         self.json = sbio_server.json
+        #: callables(namespace, event, code) told of each event the limits refused
+        #: before dispatch (sbio.ops.metrics counts them)
+        self.refusal_hooks = []
         # python-socketio's `json=` argument would set the json module of its
         # Packet class for every server in the process (socketio.base_server,
         # 5.x: ``self.packet_class.json = json``): a subclass of our own.
@@ -593,6 +596,8 @@ class SocketIOServer(socketio.Server):
         guard.log.log(log, logging.WARNING, "'refused call'",
                       "refused a call from sid=%s (namespace %s event %s): %s", sid,
                       _short(namespace), _short(event), problem["message"])
+        for hook in self.refusal_hooks:
+            hook(namespace, event, problem["code"])
         if id is not None:
             self._send_ack(eio_sid, namespace, id, {"ok": False, "error": problem}, sid, event)
         else:

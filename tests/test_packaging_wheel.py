@@ -144,6 +144,14 @@ def test_the_installed_wheel_is_marked_typed(venv, tmp_path):
     assert found == ["True"]
 
 
+def test_the_installed_wheel_has_the_status_page(venv, tmp_path):
+    # /sbio/status (metrics.enabled) reads its page from the package data
+    found = _run([str(venv / "python"), "-c", "import sbio.ops.status as s; "
+                  "print(b'sbio status' in s.page())"],
+                 cwd=tmp_path, env=_clean_env(), timeout=60).stdout.split()
+    assert found == ["True"]
+
+
 def test_the_installed_wheel_serves_the_client(app):
     url, _ = app
     r = requests.get(url + "/sbio/sbio.js", timeout=10)

@@ -149,6 +149,15 @@ def test_without_credentials_it_is_refused_outside_debug(missing):
         sbio.Server([Lobby], config=admin_config(**missing))
 
 
+def test_an_application_namespace_cannot_take_the_admin_namespace():
+    class Admin(sbio.Namespace):
+        name = "/admin"
+
+    with pytest.raises(sbio.ConfigurationError, match=r"admin\.namespace"):
+        sbio.Server([Admin], config=admin_config())
+    sbio.Server([Admin], config=admin_config(admin__namespace="/socketio-admin")).stop()
+
+
 def test_in_debug_mode_it_may_run_without_credentials(sbio_server, admin_ui):
     server = sbio_server(Lobby, config=admin_config(admin__username="", admin__password="",
                                                     server__debug=True))

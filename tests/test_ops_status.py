@@ -59,6 +59,15 @@ def test_loopback_access_refuses_a_forwarded_status_connection(sbio_server, sbio
         sbio_live_client(server, "/sbio/status", headers={"X-Forwarded-For": "203.0.113.7"})
 
 
+def test_an_application_namespace_cannot_take_the_status_pages_name():
+    class Mine(sbio.Namespace):
+        name = "/sbio/status"
+
+    with pytest.raises(sbio.ConfigurationError, match="status page"):
+        sbio.Server([Mine], config=config())
+    sbio.Server([Mine], config=config(metrics__enabled=False)).stop()  # free without metrics
+
+
 def test_stopping_the_server_stops_the_sampler(sbio_server):
     server = sbio_server(shop_namespace(), config=config(metrics__status_interval=0.1))
     sampler = server.ops.sampler

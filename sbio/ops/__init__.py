@@ -24,6 +24,7 @@ from typing import Any
 import gevent.event
 
 from ..config import section_defaults
+from ..errors import ConfigurationError
 from .access import Access
 from .health import readiness
 from .status import STATUS_NAMESPACE, StatusNamespace, StatusSampler, page
@@ -103,7 +104,20 @@ class Operations:
         return STATUS_NAMESPACE if self.sampler is not None else None
 
     def add_dispatcher(self, dispatcher: Any) -> None:
-        """Count the events of a namespace the server added (with metrics enabled)."""
+        """Count the events of a namespace the server added (with metrics enabled).
+
+        :raises sbio.ConfigurationError: the namespace is the status page's
+            or the Admin UI's.
+        """
+        name = dispatcher.name
+        if self.sampler is not None and name == STATUS_NAMESPACE \
+                and dispatcher.cls is not StatusNamespace:
+            raise ConfigurationError(f"namespace {name} ({dispatcher.cls.__qualname__}) is "
+                                     "sbio's status page while metrics.enabled is true: "
+                                     "rename the namespace")
+        if self._admin_auth is not None and name == self.admin_settings["namespace"]:
+            raise ConfigurationError(f"namespace {name} ({dispatcher.cls.__qualname__}) is the "
+                                     "socket.io Admin UI's (admin.namespace): rename one of them")
         if self.metrics is not None:
             self.metrics.add_dispatcher(dispatcher)
 

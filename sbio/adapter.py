@@ -42,7 +42,6 @@ one of these libraries, this file is the one to read against its changes.
 """
 import contextlib
 import functools
-import json
 import logging
 import os
 import queue

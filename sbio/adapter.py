@@ -17,11 +17,13 @@ one of these libraries, this file is the one to read against its changes.
   sent right after the CONNECT acknowledgement (none of it on a refusal).
 * :class:`_StrictEngineSocket` — python-engineio's Socket: a polling POST is
   taken whole (a per-server packet limit derived from
-  ``server.max_message_size``) or refused with 400; a client PING closes.
+  ``server.max_message_size``) or refused with 400; a client PING closes;
+  its ping greenlet ends when it closes.
 * :class:`_LimitedWebSocket`, :class:`_SbioWebSocketHandler`,
   :func:`websocket_handler_class` — gevent-websocket with a message size limit,
   faster unmasking and UTF-8 checks, close codes that are sent, the origin
-  check before the upgrade, TCP_NODELAY.
+  check before the upgrade, TCP_NODELAY, a registry of websockets that
+  survives a reused client address.
 * :func:`close_transports` — close every Engine.IO connection at shutdown
   without telling socket.io clients not to reconnect.
 * :func:`send_text`, :func:`text_sender` — send already-encoded socket.io packets (the
@@ -63,7 +65,7 @@ from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
 from engineio import socket as eio_socket
 from gevent.pywsgi import WSGIServer
-from geventwebsocket.handler import WebSocketHandler
+from geventwebsocket.handler import Client, WebSocketHandler
 from geventwebsocket.websocket import Header, WebSocket
 from socketio import packet as sio_packet
 
@@ -731,6 +733,32 @@ class _StrictEngineSocket(eio_socket.Socket):
 
     sio: Any = None
     max_post_packets = 16
+    _ping_task: Any = None  # the greenlet sleeping until the next PING (see schedule_ping)
+    last_ping: Any  # (set by engineio's BaseSocket)
+
+    # Replaces engineio.socket.Socket.schedule_ping (python-engineio 4.11-4.15):
+    # the same greenlet (it sleeps ping_interval, then sends a PING), kept so
+    # that close() can end it. Upstream's outlives its socket by up to
+    # ping_interval: after a churn of connections, one sleeping greenlet
+    # (and the closed socket it holds) per connection closed in the last 25 s.
+    def schedule_ping(self):
+        if self.last_ping:
+            self.last_ping = None
+            self._ping_task = self.server.start_background_task(self._send_ping)
+
+    # Extends engineio.socket.Socket.close (4.11-4.15): the ping greenlet of
+    # a socket this call closes is killed (not the caller itself: a PING
+    # send that finds the ping timed out closes from that greenlet).
+    def close(self, wait=True, abort=False, reason=None):
+        closing = not (self.closed or self.closing)
+        try:
+            super().close(wait=wait, abort=abort, reason=reason)
+        finally:
+            task = self._ping_task
+            if closing and task is not None:
+                self._ping_task = None
+                if task is not gevent.getcurrent():
+                    task.kill(block=False)
 
     def receive(self, pkt):
         # Replaces engineio.socket.Socket.receive (python-engineio 4.11-4.15)
@@ -1005,6 +1033,7 @@ class _SbioWebSocketHandler(WebSocketHandler):
     #: a _Throttled log of connections timed out (one per server)
     timeout_log = None
     sbio_message_bytes = 0
+    websocket: Any  # set by upgrade_connection (gevent-websocket), None once it ended
     _head_timer = None
     _close_timer = None
     _requests_done = 0
@@ -1106,14 +1135,40 @@ class _SbioWebSocketHandler(WebSocketHandler):
                 del environ["HTTP_UPGRADE"]
         return super().run_application()
 
-    # Extends geventwebsocket.handler.WebSocketHandler.run_websocket (0.10.1):
-    # the handler builds a plain WebSocket in upgrade_connection with no class
-    # hook, so its class is swapped (``__class__``) for the per-server subclass
-    # carrying the size limit before the first read.
+    # Replaces geventwebsocket.handler.WebSocketHandler.run_websocket (0.10.1)
+    # for two things:
+    # * the handler builds a plain WebSocket in upgrade_connection with no
+    #   class hook, so its class is swapped (``__class__``) for the per-server
+    #   subclass carrying the size limit before the first read;
+    # * upstream registers the websocket in ``server.clients`` under the
+    #   client's (host, port) and ends with ``del server.clients[address]``.
+    #   When a client's port is reused while the server still runs the old
+    #   connection's handler (the old client reset its TCP connection; its
+    #   on_disconnect is still running), the new connection overwrites the old
+    #   entry, the old handler deletes the new one, and the new handler's del
+    #   raises KeyError into gevent (seen in the soak: one per ~3,500
+    #   connections). Here each handler removes its own entry only.
     def run_websocket(self):
         if self.websocket_class is not None and type(self.websocket) is WebSocket:
             self.websocket.__class__ = self.websocket_class
-        return super().run_websocket()
+        if getattr(self, "prevent_wsgi_call", False):
+            return
+        clients = getattr(self.server, "clients", None)
+        if clients is None:
+            clients = self.server.clients = {}
+        address = self.client_address
+        client = Client(address, self.websocket)
+        clients[address] = client
+        try:
+            list(self.application(self.environ, lambda s, h, e=None: []))
+        finally:
+            if clients.get(address) is client:
+                del clients[address]
+            websocket = self.websocket
+            if websocket is not None and not websocket.closed:
+                websocket.close()
+            self.environ.update({"wsgi.websocket": None})
+            self.websocket = None
 
 
 def websocket_handler_class(max_message_size, engineio_server, tcp_nodelay, http_timeout=10.0):

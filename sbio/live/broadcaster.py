@@ -67,7 +67,9 @@ class Broadcaster:
     ``notifications``  notifications that matched at least one subscription
     ``cycles``         times the queue was drained
     ``reruns``         handler runs (a shared group counts once)
-    ``coalesced``      notified runs folded into a run in progress (it runs again once)
+    ``coalesced``      notified targets found still running (marked to run once more
+                       when done) or notified again before their cycle ran: runs
+                       saved by folding notifications
     ``pushes``         ``sbio:update`` packets sent (data, patch or error)
     ``patches``        of those, delta pushes sent as a JSON Patch
     ``skipped_unchanged`` runs whose result the client already had
@@ -299,6 +301,11 @@ class Broadcaster:
                 log.debug("broadcaster %s: cycle of %d channel(s), %d run(s) started, "
                           "%d coalesced into running ones; metrics %s", self.namespace,
                           len(pending), started, coalesced, metrics)
+            # Nothing of this cycle is held while waiting for the next one: the
+            # targets hold their Namespace instances (a disconnected one would
+            # live until the next notification otherwise).
+            pending = requests = targets = {}
+            target = trigger = None
 
     # -- runs ---------------------------------------------------------------------------
 

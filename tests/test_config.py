@@ -463,7 +463,8 @@ def test_load_sbio_config_defaults(tmp_path, monkeypatch):
                                            "max_subscriptions": 1000,
                                            "max_subscription_bytes": 250000,
                                            "max_delta_bytes": 1000000, "max_watches": 1000,
-                                           "watch_queue": 100}
+                                           "watch_queue": 100,
+                                           "metrics_log_interval": 60.0}
     assert dict(config["db"]) == {"url": "sqlite:///sbio.db", "pool_size": 20}
     assert dict(config["logging"]) == {"level": "INFO", "access": "connections",
                                        "access_rate": 100.0, "levels": {}}
@@ -593,4 +594,5 @@ def test_section_defaults_are_the_configspecs_and_objects_without_config_use_the
     assert live.timeout == loaded["broadcaster"]["timeout"]
     assert live.max_subscriptions == loaded["broadcaster"]["max_subscriptions"]
     assert live.max_subscription_bytes == loaded["broadcaster"]["max_subscription_bytes"]
+    assert live.metrics_log_interval == loaded["broadcaster"]["metrics_log_interval"]
     assert LiveData(None, {"max_subscriptions": 3}).max_subscriptions == 3

@@ -6,6 +6,9 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import gevent
+import gevent.event
+
 from ..config import section_defaults
 from ..dispatch import NamespaceDispatcher
 from ..protocol import SUBSCRIBE_EVENT, UNSUBSCRIBE_EVENT
@@ -47,7 +50,9 @@ class LiveData:
         in parallel per namespace), ``timeout`` (seconds one re-run may take),
         ``max_subscriptions`` and ``max_subscription_bytes`` (per connection
         and namespace), ``max_delta_bytes`` (delta pushes), ``max_watches``
-        and ``watch_queue`` (server-side watches); a key it lacks (or no
+        and ``watch_queue`` (server-side watches), ``metrics_log_interval``
+        (seconds between the INFO lines of the broadcasters' counters, 0: none);
+        a key it lacks (or no
         *config*) takes the configspec's default.
     :param bus: the :class:`Bus` this server's notifications go through (a new
         :class:`LocalBus` by default; the server passes its cluster's Redis bus).
@@ -80,6 +85,9 @@ class LiveData:
         self.max_watches = int(settings["max_watches"])
         #: Updates waiting for one watch's callback (``watch_queue``).
         self.watch_queue = int(settings["watch_queue"])
+        #: Seconds between two INFO lines of each busy broadcaster's counters
+        #: (``metrics_log_interval``); 0: never.
+        self.metrics_log_interval = float(settings["metrics_log_interval"])
         #: namespace name -> Broadcaster
         self.broadcasters: dict[str, Broadcaster] = {}
         #: watch id -> the server-side watches running (:meth:`watch`)
@@ -89,6 +97,10 @@ class LiveData:
         self.bus = _check_bus(LocalBus() if bus is None else bus)
         self._joined = False
         self._finalizer: weakref.finalize | None = None
+        #: the greenlet logging the counters every metrics_log_interval (see log_metrics)
+        self._reporter: gevent.Greenlet | None = None
+        self._reporter_stop: gevent.event.Event | None = None
+        self._reported: dict[str, dict[str, int]] = {}  # namespace -> the counters at the last report
 
     def __repr__(self) -> str:
         return f"<LiveData namespaces={sorted(self.broadcasters)}>"
@@ -182,6 +194,54 @@ class LiveData:
         """The server-side watches running, in the order they started."""
         return list(self._watches.values())
 
+    #: the counters of :meth:`log_metrics`: (metrics key, name in the line)
+    _LOGGED = (("notifications", "notifications"), ("reruns", "runs"),
+               ("coalesced", "coalesced"), ("pushes", "pushes"))
+
+    def log_metrics(self) -> dict[str, dict[str, int]]:
+        """Log at INFO, one line per namespace, the broadcasters' counters since the last call.
+
+        Runs, coalesced runs, pushes (and notifications) since the previous
+        line, and the queue depth now; a namespace with none of them is not
+        logged. Called every ``metrics_log_interval`` seconds while the live
+        data is open; returns the lines' counters by namespace.
+        """
+        out: dict[str, dict[str, int]] = {}
+        for name, broadcaster in self.broadcasters.items():
+            now = broadcaster.metrics
+            last = self._reported.get(name, {})
+            delta = {key: now.get(key, 0) - last.get(key, 0) for key, _ in self._LOGGED}
+            self._reported[name] = {key: now.get(key, 0) for key, _ in self._LOGGED}
+            depth = now.get("queue_depth", 0)
+            if not any(delta.values()) and not depth:
+                continue
+            out[name] = dict(delta, queue_depth=depth)
+            log.info("broadcaster %s: %s in the last %g s; queue depth %d", name,
+                     ", ".join(f"{delta[key]} {label}" for key, label in self._LOGGED),
+                     self.metrics_log_interval, depth)
+        return out
+
+    def _start_reporter(self) -> None:
+        if self.metrics_log_interval <= 0 or self._reporter is not None:
+            return
+        self._reported = {name: dict(b.metrics) for name, b in self.broadcasters.items()}
+        stop = self._reporter_stop = gevent.event.Event()
+        # holds the LiveData weakly: a server dropped without stop() is still collected
+        self._reporter = gevent.spawn(_report_metrics, weakref.ref(self), stop,
+                                      self.metrics_log_interval)
+        self._reporter.name = "sbio-live-metrics"
+
+    def _stop_reporter(self, timeout: float | None) -> None:
+        greenlet, self._reporter = self._reporter, None
+        stop, self._reporter_stop = self._reporter_stop, None
+        if greenlet is None or stop is None:
+            return
+        stop.set()
+        greenlet.join(timeout)
+        if not greenlet.dead:
+            log.warning("the live-data metrics logger did not stop within %ss: killed", timeout)
+            greenlet.kill(block=True, timeout=1)
+
     def resync(self, trigger: str = "resync") -> None:
         """Re-run every subscription of every namespace once; push only what changed.
 
@@ -232,6 +292,7 @@ class LiveData:
             self._joined = True
             self._join(self.bus)
             _set_running(self.server, True)
+            self._start_reporter()
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop every watch, leave the bus and stop every broadcaster (joined, then killed).
@@ -251,6 +312,7 @@ class LiveData:
             watch.stop()
         for watch in watches:
             watch.join(None if deadline is None else max(0, deadline - time.monotonic()))
+        self._stop_reporter(1.0 if timeout is None else max(0.1, min(1.0, timeout)))
         for broadcaster in list(self.broadcasters.values()):
             left = None if deadline is None else max(0, deadline - time.monotonic())
             try:
@@ -260,6 +322,21 @@ class LiveData:
 
 
 def _check_bus(bus: object) -> Bus:
+def _report_metrics(ref, stop, interval):
+    """The loop of LiveData's metrics logger: one report every *interval* s until *stop*."""
+    while not stop.wait(interval):
+        live = ref()
+        if live is None:
+            return
+        if log.isEnabledFor(logging.INFO):
+            try:
+                live.log_metrics()
+            except Exception:
+                log.exception("logging the live-data metrics failed")
+        del live
+
+
+def _check_bus(bus):
     if not isinstance(bus, Bus):
         raise TypeError(f"a live-data bus must be a sbio.live.Bus, got {bus!r}")
     return bus

@@ -231,3 +231,56 @@ def test_metrics_log_interval_zero_logs_nothing_and_starts_no_greenlet(sbio_serv
     server = sbio_server(Ticker, config=_config(broadcaster={"metrics_log_interval": 0}))
     assert server.live._reporter is None
 
+
+
+# -- what "coalesced" counts ---------------------------------------------------------------
+
+GATE = {"n": 0, "hold": False}
+
+
+class Gated(Namespace):
+    name = "/gated"
+
+    @subscribes("g")
+    def on_value(self):
+        if GATE["hold"]:
+            GATE["hold"] = False
+            GATE["entered"].set()
+            GATE["release"].wait(10)
+        return GATE["n"]
+
+
+def test_coalesced_counts_the_runs_folded_together(sbio_server, sbio_live_client):
+    from sbio import notify
+
+    GATE.update(n=0, hold=False, entered=gevent.event.Event(), release=gevent.event.Event())
+    server = sbio_server(Gated, config=_config())
+    metrics = server.live.broadcaster("/gated").metrics
+    client = sbio_live_client(server, "/gated")
+    sub = client.subscribe("value")
+    assert metrics["coalesced"] == 0
+    # notified twice before its cycle ran: one run for both
+    GATE["n"] = 1
+    notify("g")
+    notify("g")
+    assert sub.wait_update(timeout=10) == 1
+    _wait_for(lambda: metrics["reruns"] == 1, 10, "one run")
+    assert metrics["coalesced"] == 1
+    # notified while running: one more run when done, deferred, not coalesced ...
+    GATE.update(n=2, hold=True)
+    cycles = metrics["cycles"]
+    notify("g")
+    assert GATE["entered"].wait(10)
+    GATE["n"] = 3
+    notify("g")
+    _wait_for(lambda: metrics["cycles"] == cycles + 2, 10, "the second cycle")
+    assert metrics["coalesced"] == 1
+    # ... but a third notification while that run is due folds into it
+    GATE["n"] = 4
+    notify("g")
+    _wait_for(lambda: metrics["cycles"] == cycles + 3, 10, "the third cycle")
+    assert metrics["coalesced"] == 2
+    GATE["release"].set()
+    assert sub.wait_update(timeout=10) == 4
+    _wait_for(lambda: metrics["reruns"] == 3, 10, "the gated run and the one due after it")
+    assert metrics["coalesced"] == 2

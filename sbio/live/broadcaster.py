@@ -67,9 +67,10 @@ class Broadcaster:
     ``notifications``  notifications that matched at least one subscription
     ``cycles``         times the queue was drained
     ``reruns``         handler runs (a shared group counts once)
-    ``coalesced``      notified targets found still running (marked to run once more
-                       when done) or notified again before their cycle ran: runs
-                       saved by folding notifications
+    ``coalesced``      runs saved by folding notifications into one run: a channel
+                       notified again before its subscriptions ran (each of them),
+                       a subscription reached by several channels of one cycle,
+                       or notified again while its next run is already due
     ``pushes``         ``sbio:update`` packets sent (data, patch or error)
     ``patches``        of those, delta pushes sent as a JSON Patch
     ``skipped_unchanged`` runs whose result the client already had
@@ -221,7 +222,10 @@ class Broadcaster:
         pending = self._pending
         hit = False
         for channel in channels:
-            if channel in index:
+            targets = index.get(channel)
+            if targets:
+                if channel in pending:  # not run since its last notification: one run for both
+                    self.metrics["coalesced"] += len(targets)
                 pending[channel] = trigger
                 hit = True
             elif channel[-1:] == WILDCARD and self._notify_wildcard(channel, trigger):
@@ -279,15 +283,21 @@ class Broadcaster:
             metrics["cycles"] += 1
             targets: dict[_Target, str] = {}
             index = self.index
+            reached = len(requests)
             for channel, trigger in pending.items():
-                for target in index.get(channel, ()):
+                channel_targets = index.get(channel, ())
+                reached += len(channel_targets)
+                for target in channel_targets:
                     targets[target] = trigger
             targets.update(requests)
+            folded = reached - len(targets)  # reached through several channels: one run
             started = coalesced = 0
             for target, trigger in targets.items():
                 if not target.alive:
                     continue
                 if target.running:
+                    if target.dirty is not _NOT_DIRTY:
+                        folded += 1  # its next run is due already: this joins it
                     target.dirty = trigger
                     coalesced += 1
                     continue
@@ -296,7 +306,7 @@ class Broadcaster:
                 self.pool.spawn(self._run, target, trigger)  # waits while the pool is full
                 if self._stopping:
                     return
-            metrics["coalesced"] += coalesced
+            metrics["coalesced"] += folded
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("broadcaster %s: cycle of %d channel(s), %d run(s) started, "
                           "%d coalesced into running ones; metrics %s", self.namespace,
@@ -305,7 +315,7 @@ class Broadcaster:
             # targets hold their Namespace instances (a disconnected one would
             # live until the next notification otherwise).
             pending = requests = targets = {}
-            target = trigger = None
+            target = trigger = channel_targets = None
 
     # -- runs ---------------------------------------------------------------------------
 

@@ -46,7 +46,6 @@ const DEFAULTS = {
   url: 'http://127.0.0.1:8282', // or several, comma-separated: connections split evenly
   namespace: '/bench',
   scenario: 'echo',
-  clients: 50, // echo: concurrent closed-loop clients
   receivers: 100, // fanout: connections receiving every broadcast (the driver is one of them)
   window: 4, // fanout: broadcasts in flight (not yet acked and delivered everywhere)
   rate: 0, // fanout / live: broadcasts (notifies) per second, open loop; 0 = as fast as the window allows
@@ -62,6 +61,9 @@ const DEFAULTS = {
   drainTimeout: 30, // seconds to wait for in-flight work at a phase end
   slow: 0, // fanout: extra connections that never read (slow consumers; see slowConsumer)
   dropTimeout: 30, // slow-consumer: seconds of fan-out to wait, after the window, for the server to drop them
+  clients: 50, // echo: concurrent closed-loop clients; soak: subscribed connections
+  churn: 20, // soak: connections dropped (and as many opened) per second
+  sampleInterval: 60, // soak: seconds between two "#sample" lines
   timeout: 120, // hard limit for the whole process, seconds
   sync: false, // wait for "go" on stdin after each mark
 };
@@ -140,6 +142,11 @@ class Control {
       return Promise.resolve();
     }
     return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  /** Print "#sample {json}" (no handshake: the load goes on while the runner samples). */
+  sample(obj) {
+    process.stdout.write(`#sample ${JSON.stringify(obj)}\n`);
   }
 
   progress(text) {
@@ -883,6 +890,327 @@ async function runLive(opts, ctl) {
   };
 }
 
+// ------------------------------------------------------------------- soak --
+/**
+ * Soak (sbio only; issue 18): --clients connections subscribed for
+ * --duration seconds, even ones to tick_private (per-connection), odd ones to
+ * tick_shared (shared=True); a driver connection (not subscribed, never
+ * dropped) calls `bump` at --rate per second; every second --churn clients
+ * are dropped, half cleanly (socket.io disconnect), half by resetting their
+ * TCP connection (no close frame, no FIN: an RST), and as many new ones
+ * connect and subscribe to the same handlers, so the population stays at
+ * --clients.
+ *
+ * Phases, with the runner's handshake (--sync):
+ *
+ *   warm-up   one connection subscribes to both handlers, bumps once, gets
+ *             both updates and disconnects; "#mark baseline" (the runner
+ *             waits until the server has let go of it and records its
+ *             counts as the baseline)
+ *   connect   the driver and --clients subscribed connections
+ *   soak      bumps and churn; a "#sample {json}" line at the start, every
+ *             --sample-interval seconds and at the end (the runner samples
+ *             the server at each)
+ *   drain     churn stops, the last bump is acked, every connection must
+ *             end on the last tick (the final-value check, --drain-timeout);
+ *             "#sample" with phase "drained"
+ *   close     every connection closes (half cleanly, half by a reset),
+ *             the driver too; then the JSON result
+ *
+ * Ordering check: the ticks a connection gets (its subscribe ack, then its
+ * updates) must increase strictly; an update that does not is `stale`.
+ * Skipped ticks are coalescing by the broadcaster, allowed.
+ */
+async function runSoak(opts, ctl) {
+  const url = urlsOf(opts)[0];
+  const N = opts.clients;
+  const KINDS = ['tick_private', 'tick_shared'];
+  const SUB_ID = 'soak';
+  const stats = {
+    connects: 0, connect_errors: 0, subscribe_errors: 0, dropped_clean: 0, dropped_reset: 0,
+    bumps: 0, acked: 0, bad_acks: 0, bump_errors: 0, updates: 0, update_errors: 0, stale: 0,
+    unexpected_disconnects: 0,
+  };
+  const active = new Set(); // clients subscribed and not (being) dropped
+  let pendingConnects = 0;
+  let seq = 0; // next tick to bump (continues the server's)
+  let lastAcked = -1;
+  let bumpsInFlight = 0;
+  const errors = []; // the first few error messages, for the report
+  const note = (what) => {
+    if (errors.length < 20) errors.push(what);
+  };
+
+  function open() {
+    const sock = io(url + opts.namespace, {
+      transports: ['websocket'], forceNew: true, reconnection: false, timeout: 20000,
+    });
+    return new Promise((resolve, reject) => {
+      sock.once('connect', () => {
+        sock.off('connect_error');
+        resolve(sock);
+      });
+      sock.once('connect_error', (err) => {
+        sock.close();
+        reject(err);
+      });
+    });
+  }
+
+  /** Connect one client and subscribe it to `kind`; resolves to the client, or null. */
+  async function addClient(kind) {
+    pendingConnects++;
+    try {
+      let sock;
+      try {
+        sock = await open();
+      } catch (err) {
+        stats.connect_errors++;
+        note(`connect: ${err.message}`);
+        return null;
+      }
+      stats.connects++;
+      const c = { sock, kind, last: -Infinity, updates: 0, dropping: false };
+      sock.on('sbio:update', (u) => {
+        if (!u || u.id !== SUB_ID) return;
+        const d = u.data;
+        if (u.error || !d || typeof d.seq !== 'number') {
+          stats.update_errors++;
+          note(`update: ${JSON.stringify(u).slice(0, 200)}`);
+          return;
+        }
+        stats.updates++;
+        c.updates++;
+        if (d.seq <= c.last) stats.stale++;
+        else c.last = d.seq;
+      });
+      sock.on('disconnect', (reason) => {
+        if (!c.dropping) {
+          stats.unexpected_disconnects++;
+          note(`disconnect: ${reason}`);
+          active.delete(c);
+        }
+      });
+      let resp;
+      try {
+        resp = await sock.timeout(opts.ackTimeout * 1000)
+          .emitWithAck('sbio:subscribe', { id: SUB_ID, event: kind, args: [] });
+      } catch (err) {
+        resp = { ok: false, error: String(err && err.message) };
+      }
+      if (!resp || resp.ok !== true || !resp.data || typeof resp.data.seq !== 'number') {
+        stats.subscribe_errors++;
+        note(`subscribe: ${JSON.stringify(resp).slice(0, 200)}`);
+        c.dropping = true;
+        sock.close();
+        return null;
+      }
+      if (resp.data.seq > c.last) c.last = resp.data.seq;
+      if (c.last + 1 > seq) seq = c.last + 1;
+      if (!sock.connected) return null; // dropped by the server meanwhile (counted)
+      active.add(c);
+      return c;
+    } finally {
+      pendingConnects--;
+    }
+  }
+
+  /** Drop client c: cleanly (socket.io disconnect), or by resetting its TCP connection. */
+  function drop(c, reset) {
+    c.dropping = true;
+    active.delete(c);
+    if (reset) {
+      stats.dropped_reset++;
+      const engine = c.sock.io && c.sock.io.engine;
+      const tcp = engine && engine.transport && engine.transport.ws && engine.transport.ws._socket;
+      if (tcp && typeof tcp.resetAndDestroy === 'function') tcp.resetAndDestroy();
+      else if (tcp) tcp.destroy();
+      setTimeout(() => c.sock.close(), 1000); // socket.io-client's own cleanup, later
+    } else {
+      stats.dropped_clean++;
+      c.sock.disconnect();
+    }
+  }
+
+  async function addMany(kinds) {
+    let next = 0;
+    const worker = async () => {
+      while (next < kinds.length) await addClient(kinds[next++]);
+    };
+    await Promise.all(Array.from({ length: Math.min(opts.connectConcurrency, kinds.length) }, worker));
+  }
+
+  const t0 = performance.now();
+  const elapsed = () => Math.round(performance.now() - t0) / 1000;
+  function sample(phase) {
+    let onFinal = 0;
+    for (const c of active) if (c.last === seq - 1) onFinal++;
+    ctl.sample({ phase, t: elapsed(), active: active.size, pending_connects: pendingConnects,
+                 seq, ...stats, on_last_tick: onFinal });
+  }
+
+  // -- warm-up: every code path once, then the runner's baseline
+  {
+    const w = await open();
+    const seen = {};
+    w.on('sbio:update', (u) => {
+      if (u && u.data) seen[u.id] = u.data.seq;
+    });
+    for (const kind of KINDS) {
+      const r = await w.timeout(opts.ackTimeout * 1000)
+        .emitWithAck('sbio:subscribe', { id: kind, event: kind, args: [] });
+      if (!r || r.ok !== true) throw new Error(`warm-up subscribe ${kind}: ${JSON.stringify(r)}`);
+      if (r.data.seq + 1 > seq) seq = r.data.seq + 1;
+    }
+    const s = seq++;
+    const r = await w.timeout(opts.ackTimeout * 1000).emitWithAck('bump', { seq: s, t: performance.now() });
+    if (!r || r.ok !== true) throw new Error(`warm-up bump: ${JSON.stringify(r)}`);
+    const until = performance.now() + opts.drainTimeout * 1000;
+    while (!KINDS.every((k) => seen[k] === s) && performance.now() < until) await sleep(20);
+    if (!KINDS.every((k) => seen[k] === s)) throw new Error('warm-up: no update for the bump');
+    w.disconnect();
+  }
+  await ctl.mark('baseline');
+
+  // -- connect the driver and the population
+  let closing = false;
+  const driver = await open();
+  driver.on('disconnect', (reason) => {
+    if (!closing) {
+      stats.unexpected_disconnects++;
+      note(`driver disconnect: ${reason}`);
+    }
+  });
+  const initial = Array.from({ length: N }, (_, i) => KINDS[i % 2]);
+  await addMany(initial);
+  ctl.progress(`connected and subscribed ${active.size} of ${N} in ${elapsed()}s`);
+  if (active.size !== N) throw new Error(`only ${active.size} of ${N} subscribed: ${errors.join('; ')}`);
+
+  function bump() {
+    const s = seq++;
+    stats.bumps++;
+    bumpsInFlight++;
+    driver.timeout(opts.ackTimeout * 1000).emitWithAck('bump', { seq: s, t: performance.now() }).then(
+      (resp) => {
+        stats.acked++;
+        if (!resp || resp.ok !== true) stats.bad_acks++;
+        if (s > lastAcked) lastAcked = s;
+      },
+      () => stats.bump_errors++,
+    ).finally(() => bumpsInFlight--);
+  }
+
+  // -- soak: bumps at --rate, churn every second, samples every --sample-interval
+  const soakStart = performance.now();
+  const end = soakStart + opts.duration * 1000;
+  const interval = 1000 / opts.rate;
+  let nextBump = soakStart;
+  let nextChurn = soakStart + 1000;
+  let nextSample = soakStart;
+  const churning = [];
+  while (performance.now() < end) {
+    const now = performance.now();
+    if (now >= nextSample) {
+      sample('soak');
+      nextSample += opts.sampleInterval * 1000;
+    }
+    if (now >= nextBump) {
+      if (bumpsInFlight < opts.window) bump();
+      nextBump += interval;
+      if (nextBump < now - 1000) nextBump = now; // the generator fell behind: do not burst
+    }
+    if (now >= nextChurn) {
+      nextChurn += 1000;
+      const victims = [];
+      for (const c of active) {
+        if (victims.length >= opts.churn) break;
+        victims.push(c);
+      }
+      // the oldest first (a Set iterates in insertion order): every client lives about
+      // clients / churn seconds
+      victims.forEach((c, i) => drop(c, i % 2 === 1));
+      churning.push(addMany(victims.map((c) => c.kind)));
+      if (churning.length > 50) await Promise.all(churning.splice(0, churning.length - 50));
+    }
+    const wait = Math.min(nextBump, nextChurn, nextSample) - performance.now();
+    if (wait > 0) await sleep(Math.min(wait, end - performance.now()));
+  }
+  await Promise.all(churning);
+  const soakSeconds = (performance.now() - soakStart) / 1000;
+  sample('soak-end');
+
+  // -- drain: the last bump acked, every connection on it
+  const finalSeq = seq - 1;
+  const drainStart = performance.now();
+  const drainUntil = drainStart + opts.drainTimeout * 1000;
+  const behind = () => {
+    let n = 0;
+    for (const c of active) if (c.last !== finalSeq) n++;
+    return n;
+  };
+  while ((bumpsInFlight > 0 || behind() > 0) && performance.now() < drainUntil) await sleep(50);
+  const drainSeconds = (performance.now() - drainStart) / 1000;
+  const lagging = behind();
+  let maxLast = -Infinity;
+  for (const c of active) if (c.last > maxLast) maxLast = c.last;
+  sample('drained');
+  const byKind = {};
+  for (const kind of KINDS) byKind[kind] = { clients: 0, on_final: 0 };
+  for (const c of active) {
+    byKind[c.kind].clients++;
+    if (c.last === finalSeq) byKind[c.kind].on_final++;
+  }
+  await ctl.mark('drained');
+
+  // -- close everything: half cleanly, half by a reset; the driver cleanly
+  closing = true;
+  const remaining = [...active];
+  const gone = remaining.map((c) => new Promise((resolve) => {
+    if (!c.sock.connected) return resolve();
+    c.sock.once('disconnect', resolve);
+  }));
+  remaining.forEach((c, i) => drop(c, i % 2 === 1));
+  driver.disconnect();
+  await Promise.race([Promise.all(gone), sleep(10000)]);
+  await sleep(1100); // the delayed socket.io-client cleanups of the reset ones
+
+  const finalOk = lagging === 0 && active.size === 0 && remaining.length === N;
+  return {
+    connect: { clients: N },
+    measure: {
+      unit: 'updates',
+      seconds: Math.round(soakSeconds * 1000) / 1000,
+      ops: stats.updates,
+      ops_per_s: Math.round(stats.updates / soakSeconds),
+      latency_ms: latencySummary([]),
+      drain_seconds: Math.round(drainSeconds * 1000) / 1000,
+    },
+    checks: {
+      clients: N,
+      final_seq: finalSeq,
+      clients_at_end: remaining.length,
+      on_final_value: remaining.length - lagging,
+      lagging_after_drain: lagging,
+      max_last_seen: maxLast,
+      by_handler: byKind,
+      churned: stats.dropped_clean + stats.dropped_reset - remaining.length,
+      ...stats,
+      errors_seen: errors,
+      ok:
+        finalOk &&
+        stats.connect_errors === 0 &&
+        stats.subscribe_errors === 0 &&
+        stats.update_errors === 0 &&
+        stats.stale === 0 &&
+        stats.unexpected_disconnects === 0 &&
+        stats.bump_errors === 0 &&
+        stats.bad_acks === 0 &&
+        stats.acked === stats.bumps,
+    },
+    client_cpu: null,
+  };
+}
+
 // --------------------------------------------------------------- registry --
 /*
  * Scenario registry. Each entry: async (opts, ctl) -> result object with
@@ -895,6 +1223,7 @@ const SCENARIOS = {
   echo: runEcho,
   fanout: runFanout,
   live: runLive, // needs sbio's live data (sbio.subscribes) and the bench `bump` handler
+  soak: runSoak, // sbio only: churn for --duration seconds (bench/run.py --soak)
 };
 
 // ------------------------------------------------------------------- main --

@@ -7,6 +7,7 @@
     python bench/run.py --servers bare,sbio
     python bench/run.py --scenarios cluster  # the 2-process (Redis) group only
     python bench/run.py --tcp-nodelay off    # both Python servers without TCP_NODELAY
+    python bench/run.py --soak 30            # the soak: 30 minutes of churn (see run_soak)
 
 For each round, each scenario and each server (servers interleaved, their
 order reversed every other round), the runner
@@ -946,6 +947,359 @@ def format_cluster_table(summary, scenario_names, server_names, crat):
 
 
 # --------------------------------------------------------------------------
+# Soak (issue 18): churn for MINUTES, memory and counts sampled
+# --------------------------------------------------------------------------
+#: goal of the second half's RSS slope, KiB per minute (either way)
+SOAK_RSS_SLOPE_GOAL_KIB = 50.0
+
+
+def server_stats(pid, path, timeout=30.0):
+    """One line of the sbio bench server's own counters (servers.py --stats-file): it is
+    asked with SIGUSR1 and appends a JSON line to *path*. None if none came in *timeout* s."""
+    def count():
+        try:
+            with open(path) as f:
+                return f.read().count("\n")
+        except OSError:
+            return 0
+    before = count()
+    os.kill(pid, signal.SIGUSR1)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if count() > before:
+            with open(path) as f:
+                return json.loads(f.read().splitlines()[before])
+        time.sleep(0.02)
+    return None
+
+
+def proc_fds(pid):
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+
+
+def linear_slope(points):
+    """Least-squares slope of [(x, y), ...]; None with fewer than two distinct x."""
+    points = [(x, y) for x, y in points if x is not None and y is not None]
+    if len(points) < 2:
+        return None
+    mx = sum(x for x, _ in points) / len(points)
+    my = sum(y for _, y in points) / len(points)
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    if sxx == 0:
+        return None
+    return sum((x - mx) * (y - my) for x, y in points) / sxx
+
+
+def _settle(pid, path, done, timeout, interval=0.25):
+    """Sample the server's counters until done(stats); (stats, seconds waited, reached)."""
+    t0 = time.monotonic()
+    stats = None
+    while True:
+        stats = server_stats(pid, path) or stats
+        waited = time.monotonic() - t0
+        if stats is not None and done(stats):
+            return stats, waited, True
+        if waited >= timeout:
+            return stats, waited, False
+        time.sleep(interval)
+
+
+def _scan_log(path):
+    """Tracebacks, errors and the broadcaster's INFO lines in the server's log."""
+    out = {"tracebacks": 0, "gevent_failures": 0, "error_lines": 0, "first_problems": [],
+           "metrics_lines": 0, "last_metrics_line": None}
+    try:
+        with open(path, errors="replace") as f:
+            lines = f.readlines()
+    except OSError:
+        return out
+    for line in lines:
+        problem = None
+        if line.startswith("Traceback"):
+            out["tracebacks"] += 1
+            problem = line
+        elif " failed with " in line:  # gevent's report of a greenlet that raised
+            out["gevent_failures"] += 1
+            problem = line
+        elif " ERROR " in line or " CRITICAL " in line:
+            out["error_lines"] += 1
+            problem = line
+        elif line.startswith("sbio.live INFO broadcaster "):
+            out["metrics_lines"] += 1
+            out["last_metrics_line"] = line.strip()
+        if problem and len(out["first_problems"]) < 10:
+            out["first_problems"].append(problem.strip()[:300])
+    return out
+
+
+def run_soak(minutes, clients=1000, churn=20, rate=10.0, sample_interval=None, log_dir=None,
+             server_env=None, drain_timeout=60.0, settle_timeout=None, quiet=False):
+    """The soak: churn against one sbio bench server for *minutes*; the result dict.
+
+    *clients* subscribed connections (half tick_private, half tick_shared),
+    *rate* notifies per second, *churn* connections dropped (half cleanly,
+    half by a TCP reset) and as many opened per second. The server is
+    sampled (RSS, open fds, CPU; greenlets, Namespace instances,
+    subscriptions, broadcaster counters from its --stats-file) at every
+    "#sample" of the generator, every *sample_interval* s (default: 60, or
+    a sixth of a shorter run). After every connection closed, the counts
+    must be back to the baseline (taken after a warm-up connection) within
+    *settle_timeout* s (default: the server's ping_interval).
+    """
+    duration = float(minutes) * 60
+    if sample_interval is None:
+        sample_interval = min(60.0, max(5.0, duration / 6))
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    server_cpus, loadgen_cpus = cpu_layout()
+    log_dir = log_dir or os.path.join(RESULTS_DIR, datetime.datetime.now().strftime(
+        "soak-%Y%m%d-%H%M%S"))
+    os.makedirs(log_dir, exist_ok=True)
+    server_log = os.path.join(log_dir, "server.log")
+    gen_log = os.path.join(log_dir, "loadgen.log")
+    stats_path = os.path.join(log_dir, "server-stats.jsonl")
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=_pythonpath(), PYTHONUNBUFFERED="1",
+               SBIO_SERVER__MESSAGE_QUEUE="")
+    env.update(server_env or {})
+    result = {"minutes": minutes, "clients": clients, "churn_per_s": churn, "rate": rate,
+              "sample_interval_s": sample_interval, "log_dir": log_dir,
+              "pinning": {"server": server_cpus, "loadgen": loadgen_cpus}, "samples": []}
+    srv = gen = None
+    try:
+        with open(server_log, "w") as log:
+            srv = subprocess.Popen(
+                pinned([sys.executable, os.path.join(BENCH_DIR, "servers.py"), "sbio",
+                        "--port", str(port), "--stats-file", stats_path], server_cpus),
+                cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL)
+        wait_for_port(port, srv)
+        argv = ["node", os.path.join(BENCH_DIR, "loadgen.js"), "--url", f"http://127.0.0.1:{port}",
+                "--scenario", "soak", "--sync", "--clients", str(clients), "--churn", str(churn),
+                "--rate", str(rate), "--duration", str(duration),
+                "--sample-interval", str(sample_interval), "--window", "16",
+                "--drain-timeout", str(drain_timeout), "--timeout", str(int(duration + 900))]
+        with open(gen_log, "w") as glog:
+            gen = subprocess.Popen(pinned(argv, loadgen_cpus), cwd=BENCH_DIR, stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=glog, text=True, bufsize=1)
+        watchdog = threading.Timer(duration + 960, gen.kill)
+        watchdog.start()
+        payload = None
+        baseline = None
+        cpu0 = proc_sched_seconds(srv.pid) or proc_cpu_seconds(srv.pid)
+        last_cpu, last_t = cpu0, time.monotonic()
+
+        def go():
+            gen.stdin.write("go\n")
+            gen.stdin.flush()
+
+        try:
+            for line in gen.stdout:
+                line = line.strip()
+                if line == "#mark baseline":
+                    # the warm-up connection is gone: wait until the server let go of it
+                    history = []
+
+                    def settled(st, history=history):
+                        history.append(st.get("greenlets"))
+                        return (st.get("namespace_instances") == 0 and st.get("connections") == 0
+                                and len(history) >= 3 and len(set(history[-3:])) == 1)
+                    baseline, waited, ok = _settle(srv.pid, stats_path, settled, 60.0)
+                    baseline = dict(baseline or {}, rss_kb=proc_rss_kb(srv.pid),
+                                    fds=proc_fds(srv.pid), settled=ok, waited_s=round(waited, 2))
+                    result["baseline"] = baseline
+                    say(f"# soak: baseline {baseline.get('greenlets')} greenlets, "
+                        f"{baseline.get('namespace_instances')} Namespace instances, "
+                        f"{baseline['rss_kb'] / 1024:.1f} MB RSS")
+                    go()
+                elif line.startswith("#mark "):
+                    go()
+                elif line.startswith("#sample "):
+                    client = json.loads(line[len("#sample "):])
+                    now = time.monotonic()
+                    cpu = proc_sched_seconds(srv.pid) or proc_cpu_seconds(srv.pid)
+                    st = server_stats(srv.pid, stats_path) or {}
+                    smp = {"phase": client.get("phase"), "t_s": client.get("t"),
+                           "rss_kb": proc_rss_kb(srv.pid), "fds": proc_fds(srv.pid),
+                           "cpu_s": round(cpu - cpu0, 3),
+                           "cpu_util": round((cpu - last_cpu) / (now - last_t), 3)
+                           if now > last_t else None,
+                           "server": st, "client": client}
+                    last_cpu, last_t = cpu, now
+                    result["samples"].append(smp)
+                    bm = st.get("broadcaster") or {}
+                    say(f"# soak {smp['t_s']:7.1f}s {smp['phase']:<8} "
+                        f"rss {smp['rss_kb'] / 1024:6.1f} MB  fds {smp['fds']}  "
+                        f"cpu {(smp['cpu_util'] or 0) * 100:3.0f}%  "
+                        f"greenlets {st.get('greenlets')}  "
+                        f"instances {st.get('namespace_instances')}  "
+                        f"subs {st.get('subscriptions')}  coalesced {bm.get('coalesced')}  "
+                        f"clients {client.get('active')}  connects {client.get('connects')}")
+                elif line.startswith("{"):
+                    payload = json.loads(line)
+                elif line.startswith("#"):
+                    say(f"# soak loadgen: {line.lstrip('# ')}")
+            gen.wait(30)
+        finally:
+            watchdog.cancel()
+        if payload is None:
+            raise RuntimeError(f"loadgen printed no result (exit {gen.returncode}): "
+                               f"{_tail(gen_log).strip()[-500:]}")
+        result["loadgen"] = payload
+        if "error" in payload:
+            raise RuntimeError(f"loadgen: {payload['error']}")
+        if srv.poll() is not None:
+            raise RuntimeError(f"server exited with code {srv.returncode} during the soak")
+        # every connection is closed: counts back to the baseline within ping_interval
+        base = result.get("baseline") or {}
+        ping_interval = base.get("ping_interval") or 25.0
+
+        def back(st):
+            return (st.get("namespace_instances", 1) <= base.get("namespace_instances", 0)
+                    and st.get("greenlets", 1 << 30) <= base.get("greenlets", 0)
+                    and st.get("connections") == 0 and st.get("subscriptions") == 0
+                    and st.get("engineio_sockets") == 0)
+        after, waited, reached = _settle(srv.pid, stats_path, back,
+                                         settle_timeout if settle_timeout else ping_interval)
+        result["after_close"] = dict(after or {}, rss_kb=proc_rss_kb(srv.pid),
+                                     fds=proc_fds(srv.pid), back_to_baseline=reached,
+                                     seconds=round(waited, 2), ping_interval=ping_interval)
+    except Exception as exc:
+        result["error"] = str(exc)
+    finally:
+        if gen is not None and gen.poll() is None:
+            gen.kill()
+            gen.wait(5)
+        if srv is not None:
+            stop_process(srv, timeout=5)
+    result["server_log"] = _scan_log(server_log)
+    result["summary"] = soak_summary(result)
+    return result
+
+
+def soak_summary(result):
+    """The numbers of a soak: RSS slopes, counts, checks."""
+    samples = [s for s in result.get("samples", []) if s.get("phase") in ("soak", "soak-end")]
+    duration = result["minutes"] * 60
+    pts = [(s["t_s"] / 60, s["rss_kb"]) for s in samples if s.get("rss_kb") is not None]
+    first = [p for p in pts if p[0] * 60 <= duration / 2]
+    second = [p for p in pts if p[0] * 60 >= duration / 2]
+    slope1, slope2 = linear_slope(first), linear_slope(second)
+    checks = (result.get("loadgen") or {}).get("checks") or {}
+    base = result.get("baseline") or {}
+    after = result.get("after_close") or {}
+    log = result.get("server_log") or {}
+
+    def span(key, src="server"):
+        vals = [s[src].get(key) if src else s.get(key) for s in samples]
+        vals = [v for v in vals if v is not None]
+        return [min(vals), max(vals)] if vals else None
+
+    bm = [s["server"].get("broadcaster") or {} for s in samples if s.get("server")]
+    b0 = bm[0] if bm else {}
+    b1 = (result.get("samples") or [{}])[-1].get("server", {}).get("broadcaster") or {}
+    runs = b1.get("reruns", 0) - b0.get("reruns", 0)
+    coalesced = b1.get("coalesced", 0) - b0.get("coalesced", 0)
+    util = [s["cpu_util"] for s in samples[1:] if s.get("cpu_util") is not None]
+    tracebacks = log.get("tracebacks", 0) + log.get("gevent_failures", 0)
+    summary = {
+        "minutes": result["minutes"],
+        "clients": result["clients"],
+        "connections_opened": checks.get("connects"),
+        "churned": checks.get("churned"),
+        "dropped_clean": checks.get("dropped_clean"),
+        "dropped_reset": checks.get("dropped_reset"),
+        "notifies": checks.get("bumps"),
+        "updates_received": checks.get("updates"),
+        "rss_mb_first_last": ([round(pts[0][1] / 1024, 1), round(pts[-1][1] / 1024, 1)]
+                              if pts else None),
+        "rss_slope_kib_per_min_first_half": None if slope1 is None else round(slope1, 1),
+        "rss_slope_kib_per_min_second_half": None if slope2 is None else round(slope2, 1),
+        "rss_slope_goal_kib_per_min": SOAK_RSS_SLOPE_GOAL_KIB,
+        "greenlets_min_max": span("greenlets"),
+        "namespace_instances_min_max": span("namespace_instances"),
+        "subscriptions_min_max": span("subscriptions"),
+        "fds_min_max": span("fds", None),
+        "server_cpu_util_median": round(statistics.median(util), 3) if util else None,
+        "broadcaster_runs": runs,
+        "broadcaster_coalesced": coalesced,
+        "coalesced_share": round(coalesced / (runs + coalesced), 3) if runs + coalesced else None,
+        "final_value": f"{checks.get('on_final_value')}/{checks.get('clients_at_end')}",
+        "stale_updates": checks.get("stale"),
+        "errors": {k: checks.get(k) for k in ("connect_errors", "subscribe_errors",
+                                                "update_errors", "unexpected_disconnects",
+                                                "bump_errors", "bad_acks")},
+        "tracebacks": tracebacks,
+        "server_error_lines": log.get("error_lines", 0),
+        "baseline": {k: base.get(k) for k in ("greenlets", "namespace_instances")},
+        "after_close": {k: after.get(k) for k in ("greenlets", "namespace_instances",
+                                                  "subscriptions", "engineio_sockets",
+                                                  "websocket_registry")},
+        "back_to_baseline_s": after.get("seconds") if after.get("back_to_baseline") else None,
+        "ping_interval_s": after.get("ping_interval"),
+        "metrics_log_lines": log.get("metrics_lines"),
+        "last_metrics_log_line": log.get("last_metrics_line"),
+    }
+    summary["ok"] = bool(
+        "error" not in result and checks.get("ok") and tracebacks == 0
+        and after.get("back_to_baseline"))
+    summary["rss_slope_ok"] = (None if slope2 is None
+                               else abs(slope2) <= SOAK_RSS_SLOPE_GOAL_KIB)
+    if "error" in result:
+        summary["error"] = result["error"]
+    return summary
+
+
+def format_soak_summary(s):
+    def f(v, spec=""):
+        return "-" if v is None else format(v, spec)
+    lines = [
+        f"soak: {f(s['minutes'], 'g')} min, {s['clients']} clients, "
+        f"{f(s['connections_opened'], ',')} connections opened, {f(s['churned'], ',')} churned "
+        f"({f(s['dropped_clean'])} clean / {f(s['dropped_reset'])} reset incl. the final close), "
+        f"{f(s['notifies'], ',')} notifies, {f(s['updates_received'], ',')} updates received",
+        f"RSS {s['rss_mb_first_last']} MB; slope first half "
+        f"{f(s['rss_slope_kib_per_min_first_half'])} KiB/min, second half "
+        f"{f(s['rss_slope_kib_per_min_second_half'])} KiB/min "
+        f"(goal ±{s['rss_slope_goal_kib_per_min']:g}: "
+        f"{ {True: 'met', False: 'MISSED', None: 'n/a'}[s['rss_slope_ok']] })",
+        f"during the soak: greenlets {s['greenlets_min_max']}, Namespace instances "
+        f"{s['namespace_instances_min_max']}, subscriptions {s['subscriptions_min_max']}, "
+        f"fds {s['fds_min_max']}, server CPU median {f(s['server_cpu_util_median'])}",
+        f"broadcaster: {s['broadcaster_runs']} runs, {s['broadcaster_coalesced']} coalesced "
+        f"(share {f(s['coalesced_share'])}); {f(s['metrics_log_lines'])} INFO metrics lines",
+        f"final value: {s['final_value']} clients; stale (out of order) updates: "
+        f"{s['stale_updates']}; errors {s['errors']}",
+        f"server log: {s['tracebacks']} tracebacks, {s['server_error_lines']} ERROR lines",
+        f"after the close: {s['after_close']} (baseline {s['baseline']}); back to baseline "
+        f"in {f(s['back_to_baseline_s'])} s (ping_interval {f(s['ping_interval_s'], 'g')} s)",
+        "OK" if s["ok"] else f"FAILED{': ' + s['error'] if s.get('error') else ''}",
+    ]
+    return "\n".join(lines)
+
+
+def soak_main(opts):
+    print(f"# soak: {opts.soak:g} min, {opts.soak_clients} clients, churn {opts.soak_churn}/s, "
+          f"{opts.soak_rate:g} notifies/s", file=sys.stderr, flush=True)
+    result = run_soak(opts.soak, clients=opts.soak_clients, churn=opts.soak_churn,
+                      rate=opts.soak_rate, sample_interval=opts.soak_sample)
+    if not opts.no_save:
+        os.makedirs(RESULTS_DIR, exist_ok=True)
+        path = os.path.join(RESULTS_DIR, os.path.basename(result["log_dir"]) + ".json")
+        with open(path, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"# raw results: {os.path.relpath(path, REPO_ROOT)}; server log in "
+              f"{os.path.relpath(result['log_dir'], REPO_ROOT)}", file=sys.stderr)
+    if opts.json:
+        print(json.dumps(result["summary"], indent=1))
+    else:
+        print(format_soak_summary(result["summary"]))
+    return 0 if result["summary"]["ok"] else 1
+
+
+# --------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------
 def parse_args(argv):
@@ -971,7 +1325,20 @@ def parse_args(argv):
                    help="do not write bench/results/<timestamp>.json")
     p.add_argument("--json", action="store_true",
                    help="print the summary as JSON instead of the table")
+    p.add_argument("--soak", type=float, metavar="MINUTES",
+                   help="run the soak instead (sbio only, loopback): MINUTES of churn with "
+                        "memory and counts sampled; see docs/benchmarks.md")
+    p.add_argument("--soak-clients", type=int, default=1000,
+                   help="soak: subscribed connections (default %(default)s)")
+    p.add_argument("--soak-churn", type=int, default=20,
+                   help="soak: connections dropped and opened per second (default %(default)s)")
+    p.add_argument("--soak-rate", type=float, default=10,
+                   help="soak: notifies per second (default %(default)s)")
+    p.add_argument("--soak-sample", type=float,
+                   help="soak: seconds between samples (default 60, or a sixth of a shorter run)")
     opts = p.parse_args(argv)
+    if opts.soak is not None and opts.soak <= 0:
+        p.error("--soak takes a positive number of minutes")
     if opts.duration is None:
         opts.duration = 1.0 if opts.quick else 3.0
     if opts.warmup is None:
@@ -990,6 +1357,12 @@ def main(argv=None):
     if why:
         print(why, file=sys.stderr)
         return 2
+    if opts.soak is not None:
+        why = _live_missing()
+        if why:
+            print(f"cannot soak: {why}", file=sys.stderr)
+            return 2
+        return soak_main(opts)
 
     REDIS_URL[0] = opts.redis_url
     names = []

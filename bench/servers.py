@@ -32,6 +32,10 @@ The ``sbio`` server reads sbio's configuration as ``sbio run`` does, so
 in its environment make it one process of a cluster (``bench/run.py``'s
 cluster group starts two like that).
 
+``--stats-file PATH`` (sbio only, for ``bench/run.py --soak``): on SIGUSR1
+the server appends one JSON line of its own counters to PATH (see
+``sbio_stats``) and logs the broadcaster's counters at INFO.
+
 The process prints ``listening <host>:<port>`` on stdout once the socket is
 bound; ``bench/run.py`` waits for the port itself, the line is for humans.
 Logging is kept quiet (warnings only) so it costs no CPU under load.
@@ -43,11 +47,13 @@ monkey.patch_all()
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
+import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 
 import gevent  # noqa: E402
 
@@ -190,12 +196,68 @@ def sbio_namespace():
     return Bench
 
 
-def serve_sbio(host, port, tcp_nodelay=True):
+def sbio_stats(server):
+    """What the soak samples inside the sbio server (``--stats-file``; bench only).
+
+    Counted after a full ``gc.collect()``, so what is counted is what is
+    still referenced: greenlets (every ``greenlet.greenlet`` object, the
+    hub's included), ``sbio.Namespace`` instances, the live-data registries
+    and counters of ``/bench``, the Engine.IO sockets, the connections the
+    WSGI server handles and its websocket registry.
+    """
+    import gc
+
+    import greenlet
+
+    import sbio
+
+    collected = gc.collect()
+    greenlets = instances = objects = 0
+    for obj in gc.get_objects():
+        objects += 1
+        if isinstance(obj, greenlet.greenlet):
+            greenlets += 1
+        elif isinstance(obj, sbio.Namespace):
+            instances += 1
+    broadcaster = server.live.broadcaster(NAMESPACE)
+    wsgi = server._wsgi_server  # the bench reads the server's own listener
+    return {
+        "t": time.time(),
+        "greenlets": greenlets,
+        "namespace_instances": instances,
+        "connections": len(server.dispatcher(NAMESPACE).instances),
+        "subscriptions": broadcaster.subscription_count(),
+        "registries": broadcaster.registry_sizes(),
+        "broadcaster": dict(broadcaster.metrics),
+        "engineio_sockets": len(server.sio.eio.sockets),
+        "tcp_connections": getattr(wsgi, "connections", None),
+        "websocket_registry": len(getattr(wsgi, "clients", None) or ()),
+        "gc_objects": objects,
+        "gc_collected": collected,
+        "ping_interval": float(server.config["server"]["ping_interval"]),
+    }
+
+
+def serve_sbio(host, port, tcp_nodelay=True, stats_file=None):
     import sbio
     from sbio.config import load_sbio_config
 
     config = load_sbio_config(overrides={"server.tcp_nodelay": tcp_nodelay})
     server = sbio.Server(namespaces=[sbio_namespace()], config=config, host=host, port=port)
+    if stats_file:
+        # bench only: SIGUSR1 appends one JSON line of sbio_stats() to the file
+        # (bench/run.py --soak); the broadcaster's counters go to the log at INFO
+        logging.getLogger("sbio.live").setLevel(logging.INFO)
+
+        def dump_stats():
+            try:
+                line = json.dumps(sbio_stats(server))
+            except Exception as exc:  # reported to the runner, not raised into gevent
+                line = json.dumps({"t": time.time(), "error": repr(exc)})
+            with open(stats_file, "a") as f:
+                f.write(line + "\n")
+
+        gevent.signal_handler(signal.SIGUSR1, dump_stats)
     server.start()
     print(f"listening {host}:{port}", flush=True)
     _stop_on_signals(lambda: server.stop(1))
@@ -218,9 +280,15 @@ def main(argv=None):
     parser.add_argument("--tcp-nodelay", choices=("on", "off"), default="on",
                         help="TCP_NODELAY on accepted sockets "
                              "(default on, as sbio's server.tcp_nodelay)")
+    parser.add_argument("--stats-file",
+                        help="sbio only: on SIGUSR1 append a JSON line of server counters "
+                             "(greenlets, Namespace instances, subscriptions, ...) to this file")
     args = parser.parse_args(argv)
     _quiet_logging()
-    SERVERS[args.kind](args.host, args.port, tcp_nodelay=args.tcp_nodelay == "on")
+    extra = {"stats_file": args.stats_file} if args.stats_file else {}
+    if extra and args.kind != "sbio":
+        parser.error("--stats-file is for the sbio server")
+    SERVERS[args.kind](args.host, args.port, tcp_nodelay=args.tcp_nodelay == "on", **extra)
     return 0
 
 

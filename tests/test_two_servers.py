@@ -83,6 +83,8 @@ def servers(sbio_config):
     def make(config=None, lifecycle=None):
         server = Server([Two], config=config or sbio_config,
                         lifecycle=Lifecycle() if lifecycle is None else lifecycle)
+        # a new server may get the id() of an earlier test's, collected meanwhile
+        RUNS.pop(id(server), None)
         made.append(server)
         return server.start()
 

@@ -271,51 +271,55 @@ class Broadcaster:
 
     def _loop(self) -> None:
         wake = self._wake
-        metrics = self.metrics
         while True:
             wake.wait()
             if self._stopping:
                 return
             wake.clear()
-            pending, self._pending = self._pending, {}
-            requests, self._requests = self._requests, {}
-            metrics["queue_depth"] = 0
-            metrics["cycles"] += 1
-            targets: dict[_Target, str] = {}
-            index = self.index
-            reached = len(requests)
-            for channel, trigger in pending.items():
-                channel_targets = index.get(channel, ())
-                reached += len(channel_targets)
-                for target in channel_targets:
-                    targets[target] = trigger
-            targets.update(requests)
-            folded = reached - len(targets)  # reached through several channels: one run
-            started = coalesced = 0
-            for target, trigger in targets.items():
-                if not target.alive:
-                    continue
-                if target.running:
-                    if target.dirty is not _NOT_DIRTY:
-                        folded += 1  # its next run is due already: this joins it
-                    target.dirty = trigger
-                    coalesced += 1
-                    continue
-                target.running = True
-                started += 1
-                self.pool.spawn(self._run, target, trigger)  # waits while the pool is full
-                if self._stopping:
-                    return
-            metrics["coalesced"] += folded
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("broadcaster %s: cycle of %d channel(s), %d run(s) started, "
-                          "%d coalesced into running ones; metrics %s", self.namespace,
-                          len(pending), started, coalesced, metrics)
-            # Nothing of this cycle is held while waiting for the next one: the
-            # targets hold their Namespace instances (a disconnected one would
-            # live until the next notification otherwise).
-            pending = requests = targets = {}
-            target = trigger = channel_targets = None
+            # One cycle per call: its locals (the targets, which hold their
+            # Namespace instances) are gone while this loop waits for the next
+            # notification, so a disconnected instance is not kept alive.
+            if not self._cycle():
+                return
+
+    def _cycle(self) -> bool:
+        """Run (or mark) every target of what is queued; False when stopping."""
+        metrics = self.metrics
+        pending, self._pending = self._pending, {}
+        requests, self._requests = self._requests, {}
+        metrics["queue_depth"] = 0
+        metrics["cycles"] += 1
+        targets: dict[_Target, str] = {}
+        index = self.index
+        reached = len(requests)
+        for channel, trigger in pending.items():
+            channel_targets = index.get(channel, ())
+            reached += len(channel_targets)
+            for target in channel_targets:
+                targets[target] = trigger
+        targets.update(requests)
+        folded = reached - len(targets)  # reached through several channels: one run
+        started = coalesced = 0
+        for target, trigger in targets.items():
+            if not target.alive:
+                continue
+            if target.running:
+                if target.dirty is not _NOT_DIRTY:
+                    folded += 1  # its next run is due already: this joins it
+                target.dirty = trigger
+                coalesced += 1
+                continue
+            target.running = True
+            started += 1
+            self.pool.spawn(self._run, target, trigger)  # waits while the pool is full
+            if self._stopping:
+                return False
+        metrics["coalesced"] += folded
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("broadcaster %s: cycle of %d channel(s), %d run(s) started, "
+                      "%d coalesced into running ones; metrics %s", self.namespace,
+                      len(pending), started, coalesced, metrics)
+        return True
 
     # -- runs ---------------------------------------------------------------------------
 

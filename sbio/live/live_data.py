@@ -100,7 +100,8 @@ class LiveData:
         #: the greenlet logging the counters every metrics_log_interval (see log_metrics)
         self._reporter: gevent.Greenlet | None = None
         self._reporter_stop: gevent.event.Event | None = None
-        self._reported: dict[str, dict[str, int]] = {}  # namespace -> the counters at the last report
+        # namespace -> the counters at the last report
+        self._reported: dict[str, dict[str, int]] = {}
 
     def __repr__(self) -> str:
         return f"<LiveData namespaces={sorted(self.broadcasters)}>"
@@ -321,8 +322,8 @@ class LiveData:
                 log.exception("stopping the broadcaster of %s failed", broadcaster.namespace)
 
 
-def _check_bus(bus: object) -> Bus:
-def _report_metrics(ref, stop, interval):
+def _report_metrics(ref: "weakref.ref[LiveData]", stop: gevent.event.Event,
+                    interval: float) -> None:
     """The loop of LiveData's metrics logger: one report every *interval* s until *stop*."""
     while not stop.wait(interval):
         live = ref()
@@ -336,7 +337,7 @@ def _report_metrics(ref, stop, interval):
         del live
 
 
-def _check_bus(bus):
+def _check_bus(bus: object) -> Bus:
     if not isinstance(bus, Bus):
         raise TypeError(f"a live-data bus must be a sbio.live.Bus, got {bus!r}")
     return bus

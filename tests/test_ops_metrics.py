@@ -264,8 +264,12 @@ def test_a_coalesced_rerun_is_counted(sbio_server, sbio_live_client):
     sub = client.subscribe("value")
     sbio.notify("slow")
     wait_for(lambda: len(runs) == 2, what="the first re-run")
-    sbio.notify("slow")  # the subscription is running: folded into it
+    # Two notifications before the broadcaster's next cycle: one run for both
+    # (one run saved: coalesced), and the subscription runs once more after
+    # the run in progress.
     broadcaster = server.live.broadcaster("/slow")
+    sbio.notify("slow")
+    sbio.notify("slow")
     wait_for(lambda: broadcaster.metrics["coalesced"] == 1, what="the coalesced run")
     release.set()
     assert sub.wait_update() == 2

@@ -21,6 +21,8 @@ import sys
 
 import pytest
 
+from sbio.testing import missing_service
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH_DIR = os.path.join(REPO_ROOT, "bench")
 
@@ -36,19 +38,14 @@ def _load_runner():
 bench = _load_runner()
 
 
-def _missing(what):
-    if os.environ.get("SBIO_REQUIRE_SERVICES", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"{what} and SBIO_REQUIRE_SERVICES is set", pytrace=False)
-    pytest.skip(what)
-
 
 @pytest.fixture(scope="module")
 def node_ready():
     if not shutil.which("node"):
-        _missing("node is not available (the load generator needs Node.js)")
+        missing_service("node (the load generator needs Node.js)")
     why = bench.ensure_node_modules(quiet=True)
     if why:
-        _missing(f"bench/node_modules could not be installed: {why}")
+        missing_service(f"bench/node_modules ({why})")
 
 
 SERVERS = ["bare", "sbio"]
@@ -220,7 +217,7 @@ def test_instructions_counts_the_measured_window(node_ready):
     # that it is plausible (an ack costs far more than 1,000 and far less than
     # 10 million instructions), never a time.
     if not shutil.which("valgrind"):
-        _missing("valgrind is not available (bench/instructions.py needs it)")
+        missing_service("valgrind (bench/instructions.py needs it)")
     proc = subprocess.run([sys.executable, os.path.join(BENCH_DIR, "instructions.py"),
                            "--scenarios", "echo-1", "--servers", "sbio", "--count", "100",
                            "--json"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)

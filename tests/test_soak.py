@@ -21,6 +21,8 @@ import shutil
 
 import pytest
 
+from sbio.testing import missing_service
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLIENTS = 200
 CHURN = 20
@@ -37,19 +39,14 @@ def _load_runner():
 bench = _load_runner()
 
 
-def _missing(what):
-    if os.environ.get("SBIO_REQUIRE_SERVICES", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"{what} and SBIO_REQUIRE_SERVICES is set", pytrace=False)
-    pytest.skip(what)
-
 
 @pytest.fixture(scope="module")
 def soak(tmp_path_factory):
     if not shutil.which("node"):
-        _missing("node is not available (the load generator needs Node.js)")
+        missing_service("node (the load generator needs Node.js)")
     why = bench.ensure_node_modules(quiet=True)
     if why:
-        _missing(f"bench/node_modules could not be installed: {why}")
+        missing_service(f"bench/node_modules ({why})")
     why = bench._live_missing()
     if why:
         pytest.skip(f"sbio live data not benchmarkable: {why}")

@@ -41,6 +41,33 @@ def test_readyz_is_503_while_a_graceful_stop_drains(sbio_server):
     assert server.ops.readiness() == (False, "not started")
 
 
+def test_a_socketio_handshake_while_stopping_is_refused_with_503(sbio_server):
+    """During the drain the listener still accepts (a keep-alive connection, a
+    balancer that has not noticed yet): a new session would be closed at once,
+    so its handshake is refused and the client retries elsewhere or later;
+    requests of an existing session (``sid=``) still reach Engine.IO."""
+    server = sbio_server(shop_namespace(), config=config(health__drain_time=120))
+    polling = server.url + "/socket.io/?EIO=4&transport=polling"
+    session = requests.get(polling, timeout=5)
+    assert session.status_code == 200 and session.text.startswith("0{")
+    sid = session.text.split('"sid":"', 1)[1].split('"', 1)[0]
+    stopper = gevent.spawn(server.stop)
+    try:
+        wait_for(lambda: server.stopping, what="the stop to begin")
+        refused = requests.get(polling, timeout=5)
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["Retry-After"] == "1"
+        assert refused.headers["Connection"] == "close"
+        assert refused.text == "server stopping\n"
+        # the open session is not refused: Engine.IO answers it (its CONNECT)
+        answer = requests.post(f"{polling}&sid={sid}", data="40", timeout=5)
+        assert answer.status_code == 200 and answer.text == "OK", answer.text
+    finally:
+        server.stop()
+        stopper.join(30)
+    assert stopper.dead
+
+
 def test_readyz_is_503_until_the_shutdown_hooks_are_done(sbio_server):
     lifecycle = Lifecycle(name="health-test")
     seen = []

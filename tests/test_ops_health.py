@@ -128,3 +128,22 @@ def test_health_endpoints_can_be_turned_off(sbio_server):
     server = sbio_server(shop_namespace(), config=config(health__enabled=False))
     assert requests.get(server.url + "/healthz", timeout=5).status_code == 404
     assert requests.get(server.url + "/readyz", timeout=5).status_code == 404
+
+
+def test_an_app_that_routes_healthz_itself_keeps_it(sbio_server, caplog):
+    import flask
+
+    app = flask.Flask("own-health")
+
+    @app.get("/healthz")
+    def healthz():
+        return {"mine": True}
+
+    with caplog.at_level("WARNING", logger="sbio.ops"):
+        server = sbio_server(shop_namespace(), app=app, config=config())
+    answer = requests.get(server.url + "/healthz", timeout=5)
+    assert answer.status_code == 200 and answer.json() == {"mine": True}
+    assert get(server, "/readyz") == (200, {"ready": True, "reason": "ready"})  # still sbio's
+    warnings = [r.getMessage() for r in caplog.records if r.name == "sbio.ops"]
+    assert warnings == ["the application routes /healthz itself: sbio's health check is not "
+                        "served there (set health.enabled = false to turn both off)"], warnings

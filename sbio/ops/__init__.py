@@ -33,6 +33,9 @@ __all__ = ["Operations", "Access", "readiness"]
 
 log = logging.getLogger("sbio.ops")
 
+#: the health checks' paths (``health.enabled``)
+HEALTH_PATHS = ("/healthz", "/readyz")
+
 _WSGIAnswer = Iterable[bytes]
 _StartResponse = Callable[..., Any]
 
@@ -126,12 +129,40 @@ class Operations:
     def start(self) -> None:
         """Start the status sampler and the Admin UI (at the server's start)."""
         self._drain_over.clear()
+        self._yield_to_app()
         if self.sampler is not None:
             self.sampler.start()
         if self._admin_auth is not None and self.admin is None:
             from .admin import instrument
 
             self.admin = instrument(self.server, self.admin_settings, self._admin_auth)
+
+    def _yield_to_app(self) -> None:
+        """Leave ``/healthz`` and ``/readyz`` to a Flask app that routes them itself.
+
+        The health checks are on by default; an application that already had
+        its own (an upgrade from Flask-SocketIO, say) keeps answering them.
+        Checked at start, when the app's routes are all registered.
+        """
+        from flask import Flask
+        from werkzeug.exceptions import NotFound
+
+        app = self.server.app
+        if not isinstance(app, Flask):
+            return
+        urls = app.url_map.bind("localhost")
+        for path in HEALTH_PATHS:
+            if path not in self._routes:
+                continue
+            try:
+                urls.match(path, method="GET")
+            except NotFound:
+                continue
+            except Exception:  # a redirect or a method mismatch: the app routes it
+                pass
+            del self._routes[path]
+            log.warning("the application routes %s itself: sbio's health check is not served "
+                        "there (set health.enabled = false to turn both off)", path)
 
     def stop(self) -> None:
         """Stop what :meth:`start` started. Idempotent."""
